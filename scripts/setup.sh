@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what warden needs on a Debian 12 host and (re)builds the project's virtualenv.
+# Idempotent: a second run installs nothing and returns in about a second.
+# Called by `make up` and `make test`; safe to run by hand.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv="$here/.venv"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    say "warden manages UML guests, jails, cgroups and host networks: run this as root." >&2
+    exit 1
+fi
+
+# Debian packages, by purpose. Only the missing ones are installed.
+packages=(
+    # the guest kernel and disk tools
+    user-mode-linux uml-utilities e2fsprogs busybox-static debootstrap
+    # the Python runtime the virtualenv is made from
+    python3 python3-venv python3-dev
+    # the small C shim loaded into linux.uml (see src/warden/uml/xstate_shim.c)
+    gcc libc6-dev
+    # networking, capture and the concentrator's test client
+    iproute2 nftables dnsmasq-base tcpdump iputils-ping openssh-client
+    # building the honeypot kernel from Debian's source
+    linux-source-6.1 make bc bison flex libssl-dev libelf-dev libvdeplug-dev xz-utils
+)
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+# The virtualenv, rebuilt only when pyproject.toml changes.
+stamp="$venv/.warden-stamp"
+want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "building the virtualenv in $venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -e "$here[dev]"
+    echo "$want" > "$stamp"
+fi
+say "ready ($("$venv/bin/python" --version), $(/usr/bin/linux.uml --version 2>/dev/null || echo 'no linux.uml'))"

@@ -1,0 +1,546 @@
+"""The fleet file (TOML): what guests exist, who owns them, and how the host is shared.
+
+`load(path)` parses and validates a whole file and returns a Fleet, or raises SpecError listing
+every problem, each naming the file, the table (machine, owner, ...), the key, the bad value
+and what is allowed. Nothing is applied before the whole file is valid.
+
+The schema is declared once, as data (the FIELDS tables below), so that validation, the
+documentation (docs/fleet.md) and the "did you mean" hints all come from the same place.
+"""
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warden.errors import SpecError
+from warden.units import SIZE_HELP, parse_size
+
+MACHINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+OWNER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LINE_NAME = re.compile(r"^(con0|ssl\d{1,2})$")
+MAX_SERIAL_LINES = 8
+RESTART_POLICIES = ("no", "on-failure", "always")
+EGRESS_RATE = re.compile(r"^(\d+)/(second|minute|hour)$")
+FORWARD = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
+CRYPT_HASH = re.compile(r"^\$(1|5|6)\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}$")
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    keys: tuple[str, ...] = ()
+    password_hash: str = ""
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class Nic:
+    network: str
+    ip: str = ""  # empty: DHCP
+
+
+@dataclass(frozen=True)
+class Forward:
+    proto: str
+    host_port: int
+    guest_port: int
+
+    def __str__(self) -> str:
+        return f"{self.proto}:{self.host_port}:{self.guest_port}"
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    subnet: str
+    nat: bool = False
+
+    @property
+    def net(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.net.network_address + 1)
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    owner: str
+    image: str = "minimal"
+    memory: int = 128 << 20
+    memory_min: int = 0  # 0: no floor beyond the balancer's own safety margin
+    memory_weight: int = 100
+    serial_lines: int = 0
+    kernel_args: str = ""
+    autostart: bool = True
+    kernel: str = "stock"
+    restart: str = "no"
+    root_password_hash: str = ""
+    nics: tuple[Nic, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    egress: str = "allow"
+    honeypot: bool = False
+    tty_log: bool = False
+    disguise: str = ""
+    jail: bool = True
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return ("con0",) + tuple(f"ssl{i}" for i in range(self.serial_lines))
+
+
+@dataclass(frozen=True)
+class Host:
+    memory_budget: int = 0  # 0: host MemTotal minus memory_reserve
+    memory_reserve: int = 1 << 30
+    netns: str = ""
+    uid_base: int = 200000
+    uid_count: int = 65536
+    balance_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Concentrator:
+    listen: str = ""  # "" : no SSH concentrator
+    idle_timeout: int = 1800
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Logs:
+    quota: int = 64 << 20  # per guest, all of its session logs together
+
+
+@dataclass(frozen=True)
+class Fleet:
+    source: str
+    host: Host = field(default_factory=Host)
+    concentrator: Concentrator = field(default_factory=Concentrator)
+    logs: Logs = field(default_factory=Logs)
+    owners: tuple[Owner, ...] = ()
+    networks: tuple[Network, ...] = ()
+    machines: tuple[Machine, ...] = ()
+
+    def owner(self, name: str) -> Owner | None:
+        return next((o for o in self.owners if o.name == name), None)
+
+    def machine(self, name: str) -> Machine | None:
+        return next((m for m in self.machines if m.name == name), None)
+
+
+# ---- validation -------------------------------------------------------------------------
+
+Check = Callable[[Any], Any]  # returns the converted value or raises ValueError(what is allowed)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _size(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        raise ValueError(f"expected {SIZE_HELP}")
+    try:
+        return parse_size(v)
+    except ValueError:
+        raise ValueError(f"expected {SIZE_HELP}") from None
+
+
+def _int_range(lo: int, hi: int) -> Check:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}")
+        return v
+
+    return check
+
+
+def _positive_number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        raise ValueError("expected a number greater than 0")
+    return float(v)
+
+
+def _choice(*allowed: str) -> Check:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError("expected one of " + ", ".join(repr(a) for a in allowed))
+        return str(v)
+
+    return check
+
+
+def _pattern(rx: re.Pattern[str], what: str) -> Check:
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or not rx.match(v):
+            raise ValueError(f"expected {what}")
+        return v
+
+    return check
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected a list of strings")
+    return tuple(v)
+
+
+def _ssh_keys(v: Any) -> tuple[str, ...]:
+    keys = _str_list(v)
+    for k in keys:
+        parts = k.split()
+        if len(parts) < 2 or not (parts[0].startswith("ssh-") or parts[0].startswith("ecdsa-")):
+            raise ValueError('expected OpenSSH public keys such as "ssh-ed25519 AAAA... user@host"')
+    return keys
+
+
+def _listen(v: Any) -> str:
+    if not isinstance(v, str) or ":" not in v:
+        raise ValueError('expected "ADDRESS:PORT", e.g. "127.0.0.1:2222"')
+    host, _, port = v.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('expected "ADDRESS:PORT" with a port from 0 to 65535')
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError('expected a numeric address, e.g. "127.0.0.1:2222"') from None
+    return v
+
+
+def _subnet(v: Any) -> str:
+    try:
+        net = ipaddress.IPv4Network(_str(v), strict=True)
+    except ValueError:
+        raise ValueError('expected an IPv4 subnet such as "10.77.0.0/24"') from None
+    if net.prefixlen > 29:
+        raise ValueError("expected a subnet of at least /29 (the host takes .1)")
+    return str(net)
+
+
+def _egress(v: Any) -> str:
+    if v in ("allow", "deny") or (isinstance(v, str) and EGRESS_RATE.match(v)):
+        return str(v)
+    raise ValueError('expected "allow", "deny" or a rate such as "20/second"')
+
+
+def _forwards(v: Any) -> tuple[Forward, ...]:
+    out = []
+    for item in _str_list(v):
+        m = FORWARD.match(item)
+        if not m or not (0 < int(m[2]) < 65536 and 0 < int(m[3]) < 65536):
+            raise ValueError(f'{item!r}: expected "tcp:HOSTPORT:GUESTPORT" or "udp:..."')
+        out.append(Forward(m[1], int(m[2]), int(m[3])))
+    return tuple(out)
+
+
+def _nics(v: Any) -> tuple[Nic, ...]:
+    if not isinstance(v, list):
+        raise ValueError('expected a list of tables like { network = "lan0", ip = "10.77.0.10" }')
+    out = []
+    for item in v:
+        if not isinstance(item, dict) or set(item) - {"network", "ip"} or "network" not in item:
+            raise ValueError('each NIC is { network = "NAME", ip = "ADDRESS" } (ip optional)')
+        ip = item.get("ip", "")
+        if ip:
+            try:
+                ipaddress.IPv4Address(ip)
+            except ValueError:
+                raise ValueError(f"NIC ip {ip!r} is not an IPv4 address") from None
+        out.append(Nic(network=_str(item["network"]), ip=ip))
+    return tuple(out)
+
+
+HOST_FIELDS: dict[str, Check] = {
+    "memory_budget": _size,
+    "memory_reserve": _size,
+    "netns": _pattern(re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "a network namespace name"),
+    "uid_base": _int_range(1000, 2**31 - 70000),
+    "uid_count": _int_range(1, 65536),
+    "balance_interval": _positive_number,
+}
+CONCENTRATOR_FIELDS: dict[str, Check] = {
+    "listen": _listen,
+    "idle_timeout": _int_range(0, 7 * 86400),
+}
+LOGS_FIELDS: dict[str, Check] = {"quota": _size}
+OWNER_FIELDS: dict[str, Check] = {
+    "name": _pattern(OWNER_NAME, "a lower-case name of up to 32 characters"),
+    "keys": _ssh_keys,
+    "password_hash": _pattern(CRYPT_HASH, "a crypt(3) hash ($1$, $5$ or $6$)"),
+    "admin": _bool,
+}
+NETWORK_FIELDS: dict[str, Check] = {
+    "name": _pattern(re.compile(r"^[a-z0-9][a-z0-9-]{0,10}$"), "a short lower-case name"),
+    "subnet": _subnet,
+    "nat": _bool,
+}
+MACHINE_FIELDS: dict[str, Check] = {
+    "name": _pattern(MACHINE_NAME, "lower-case letters, digits and '-', at most 31"),
+    "owner": _str,
+    "image": _str,
+    "memory": _size,
+    "memory_min": _size,
+    "memory_weight": _int_range(1, 10000),
+    "serial_lines": _int_range(0, MAX_SERIAL_LINES),
+    "kernel_args": _str,
+    "autostart": _bool,
+    "kernel": _str,
+    "restart": _choice(*RESTART_POLICIES),
+    "root_password_hash": _pattern(CRYPT_HASH, "a crypt(3) hash ($1$, $5$ or $6$)"),
+    "nics": _nics,
+    "forwards": _forwards,
+    "egress": _egress,
+    "honeypot": _bool,
+    "tty_log": _bool,
+    "disguise": _str,
+    "jail": _bool,
+}
+TOP_LEVEL = ("host", "concentrator", "logs", "owner", "network", "machine")
+MIN_MEMORY = 32 << 20
+
+
+class _Problems:
+    def __init__(self, source: str):
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, where: str, text: str) -> None:
+        self.items.append(f"{self.source}: {where}: {text}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError("\n".join(self.items))
+
+
+def _hint(key: str, allowed: dict[str, Check]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"key {key!r} is unknown{hint}; allowed: {', '.join(allowed)}"
+
+
+def _table(
+    raw: Any, fields: dict[str, Check], where: str, problems: _Problems, required: tuple[str, ...]
+) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        problems.add(where, "expected a table")
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        check = fields.get(key)
+        if check is None:
+            problems.add(where, _hint(key, fields))
+            continue
+        try:
+            out[key] = check(value)
+        except ValueError as e:
+            problems.add(where, f"{key} = {value!r}: {e}")
+    for key in required:
+        if key not in raw:
+            problems.add(where, f"key {key!r} is required")
+    return out
+
+
+def _array(raw: Any, name: str, problems: _Problems) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.add(name, f"expected [[{name}]] tables")
+        return []
+    return raw
+
+
+def parse(text: str, source: str = "<fleet>") -> Fleet:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{source}: not valid TOML: {e}") from None
+    problems = _Problems(source)
+    for key in doc:
+        if key not in TOP_LEVEL:
+            close = difflib.get_close_matches(key, TOP_LEVEL, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.add("top level", f"{key!r} is unknown{hint}; allowed: {', '.join(TOP_LEVEL)}")
+
+    host = Host(**_table(doc.get("host", {}), HOST_FIELDS, "[host]", problems, ()))
+    conc = Concentrator(
+        **_table(doc.get("concentrator", {}), CONCENTRATOR_FIELDS, "[concentrator]", problems, ())
+    )
+    logs = Logs(**_table(doc.get("logs", {}), LOGS_FIELDS, "[logs]", problems, ()))
+
+    owners: list[Owner] = []
+    for i, raw in enumerate(_array(doc.get("owner"), "owner", problems)):
+        label = (
+            f"owner {raw.get('name', f'#{i + 1}')!r}"
+            if isinstance(raw, dict)
+            else f"owner #{i + 1}"
+        )
+        vals = _table(raw, OWNER_FIELDS, label, problems, ("name",))
+        if "name" in vals:
+            if any(o.name == vals["name"] for o in owners):
+                problems.add(label, "name is used twice; owner names must be unique")
+            owners.append(Owner(**vals))
+
+    networks: list[Network] = []
+    for i, raw in enumerate(_array(doc.get("network"), "network", problems)):
+        label = (
+            f"network {raw.get('name', f'#{i + 1}')!r}"
+            if isinstance(raw, dict)
+            else f"network #{i + 1}"
+        )
+        vals = _table(raw, NETWORK_FIELDS, label, problems, ("name", "subnet"))
+        if "name" in vals and "subnet" in vals:
+            net = Network(**vals)
+            for other in networks:
+                if other.name == net.name:
+                    problems.add(label, "name is used twice; network names must be unique")
+                elif other.net.overlaps(net.net):
+                    problems.add(
+                        label,
+                        f"subnet {net.subnet} overlaps network {other.name!r} ({other.subnet})",
+                    )
+            networks.append(net)
+
+    machines: list[Machine] = []
+    for i, raw in enumerate(_array(doc.get("machine"), "machine", problems)):
+        label = (
+            f"machine {raw.get('name', f'#{i + 1}')!r}"
+            if isinstance(raw, dict)
+            else f"machine #{i + 1}"
+        )
+        vals = _table(raw, MACHINE_FIELDS, label, problems, ("name", "owner"))
+        if "name" not in vals or "owner" not in vals:
+            continue
+        m = Machine(**vals)
+        _check_machine(m, label, owners, networks, machines, problems)
+        machines.append(m)
+
+    fleet = Fleet(
+        source=source,
+        host=host,
+        concentrator=conc,
+        logs=logs,
+        owners=tuple(owners),
+        networks=tuple(networks),
+        machines=tuple(machines),
+    )
+    if host.memory_budget:
+        floors = sum(m.memory_min for m in machines)
+        if floors > host.memory_budget:
+            problems.add(
+                "[host]",
+                f"memory_budget = {host.memory_budget >> 20}M is below the sum of the machines' "
+                f"memory_min ({floors >> 20}M): raise the budget or lower the floors",
+            )
+    problems.raise_if_any()
+    return fleet
+
+
+def _check_machine(
+    m: Machine,
+    label: str,
+    owners: list[Owner],
+    networks: list[Network],
+    earlier: list[Machine],
+    problems: _Problems,
+) -> None:
+    if any(o.name == m.name for o in earlier):
+        problems.add(label, "name is used twice; machine names must be unique")
+    if not any(o.name == m.owner for o in owners):
+        known = ", ".join(o.name for o in owners) or "none defined"
+        problems.add(label, f"owner = {m.owner!r} is not an [[owner]] (known: {known})")
+    if m.memory < MIN_MEMORY:
+        problems.add(label, f"memory = {m.memory >> 20}M is too small; at least 32M")
+    if m.memory_min > m.memory:
+        problems.add(
+            label,
+            f"memory_min ({m.memory_min >> 20}M) is above memory ({m.memory >> 20}M), "
+            "the boot size and maximum",
+        )
+    if (m.tty_log or m.disguise) and m.kernel == "stock":
+        problems.add(
+            label,
+            'tty_log and disguise need the honeypot kernel: set kernel = "honeypot" '
+            "(built by `warden kernel build honeypot`)",
+        )
+    nets = {n.name: n for n in networks}
+    for nic in m.nics:
+        net = nets.get(nic.network)
+        if net is None:
+            known = ", ".join(nets) or "none defined"
+            problems.add(
+                label, f"nic network {nic.network!r} is not a [[network]] (known: {known})"
+            )
+            continue
+        if nic.ip:
+            addr = ipaddress.IPv4Address(nic.ip)
+            if addr not in net.net:
+                problems.add(label, f"nic ip {nic.ip} is outside {net.name}'s subnet {net.subnet}")
+            elif (
+                addr in (net.net.network_address, net.net.broadcast_address)
+                or nic.ip == net.gateway
+            ):
+                problems.add(
+                    label,
+                    f"nic ip {nic.ip} is reserved in {net.subnet} (network, gateway .1, broadcast)",
+                )
+            for other in earlier:
+                if any(o.ip == nic.ip for o in other.nics):
+                    problems.add(label, f"nic ip {nic.ip} is taken by machine {other.name!r}")
+    for fwd in m.forwards:
+        for other in earlier:
+            if any(f.host_port == fwd.host_port and f.proto == fwd.proto for f in other.forwards):
+                problems.add(
+                    label, f"forward {fwd}: host port {fwd.host_port} is taken by {other.name!r}"
+                )
+    if m.forwards and not m.nics:
+        problems.add(label, "forwards need a NIC (nics = [{ network = ... }])")
+
+
+def load(path: str | Path) -> Fleet:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no such fleet file") from None
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read: {e.strerror}") from None
+    return parse(text, str(p))
+
+
+def validate_machine(raw: dict[str, Any], fleet: Fleet, source: str) -> Machine:
+    """One [[machine]] table checked against an existing fleet (for `warden create`)."""
+    problems = _Problems(source)
+    vals = _table(
+        raw, MACHINE_FIELDS, f"machine {raw.get('name', '?')!r}", problems, ("name", "owner")
+    )
+    problems.raise_if_any()
+    m = Machine(**vals)
+    _check_machine(
+        m,
+        f"machine {m.name!r}",
+        list(fleet.owners),
+        list(fleet.networks),
+        list(fleet.machines),
+        problems,
+    )
+    problems.raise_if_any()
+    return m
