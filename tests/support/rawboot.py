@@ -85,7 +85,7 @@ class RawGuest:
             stdout=log,
             stderr=log,
             pass_fds=(fd,),
-            env={"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(shim), "TMPDIR": "/tmp"},
+            env={"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(shim)},
             preexec_fn=preexec,
         )
         log.close()

@@ -1,10 +1,15 @@
-"""Empty jails for guest kernels (issue 4). The launcher calls enter_and_exec."""
+"""Empty jails for guest kernels (issue 4). Called by the launcher; never by the daemon."""
 
-from collections.abc import Callable
 from typing import Any
 
 
-def enter_and_exec(
-    plan: Any, prepare_stdio: Callable[[Any], None], report: Callable[[dict[str, object]], None]
-) -> None:
+def namespace_flags(plan: Any) -> int:
+    raise NotImplementedError("jails are not built yet")
+
+
+def prepare_parent(plan: Any) -> None:
+    raise NotImplementedError("jails are not built yet")
+
+
+def enter(plan: Any) -> None:
     raise NotImplementedError("jails are not built yet")

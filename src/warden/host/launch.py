@@ -5,14 +5,18 @@ process and then doing that is fragile); it starts `python -m warden.host.launch
 on stdin and the fds to hand over, and this module does the host-side set-up and execs the
 kernel. Protocol with the daemon:
 
+    argv            python -m warden.host.launch STATUS_FD
     stdin           the plan, JSON (LaunchPlan.to_json), then EOF
-    STATUS_FD (3)   close-on-exec pipe: one JSON line {"pid": N} once the kernel's pid is
+    STATUS_FD       close-on-exec pipe: one JSON line {"pid": N} once the kernel's pid is
                     known, or {"error": "..."} on failure; EOF without an error means the
                     exec happened.
 
-With a jail (warden.host.jail) the kernel runs in new namespaces and is a child of this
-process, which exits once it is started: the kernel is then reparented to the daemon, a child
-subreaper, so the daemon still collects its exit status.
+The kernel always runs as pid 1 of a new pid namespace: when it dies, the host kernel kills
+every process of the guest with it (UML leaves orphans behind otherwise), and nothing of the
+guest is ever re-parented to the daemon but the kernel itself. unshare(CLONE_NEWPID) applies to
+children only, so the launcher forks; the child execs the kernel and the launcher exits, which
+re-parents the kernel to the daemon, a child subreaper, so the daemon still collects its exit
+status. With a jail (warden.host.jail) the child also enters the other namespaces.
 """
 
 import json
@@ -22,7 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATUS_FD = 3
+STATUS_FD = -1  # set from argv by main()
 
 
 @dataclass
@@ -70,24 +74,43 @@ def _prepare_stdio(plan: LaunchPlan) -> None:
         os.set_inheritable(fd, True)
 
 
+def _child(plan: LaunchPlan) -> None:
+    """pid 1 of the new namespace: becomes the kernel (never returns)."""
+    try:
+        os.setsid()
+        if plan.jail is not None:
+            import warden.host.jail as jail
+
+            jail.enter(plan)
+        _set_rlimits(plan.rlimits)
+        _prepare_stdio(plan)
+        os.chdir(plan.cwd)
+        os.execve(plan.argv[0], plan.argv, plan.env)
+    except BaseException as e:
+        _report({"error": f"{type(e).__name__}: {e}"})
+    os._exit(127)
+
+
 def run(plan: LaunchPlan) -> None:
-    from warden.host import cgroup
+    from warden.host import cgroup, ns
 
     cgroup.join(plan.cgroup_procs)
-    os.setsid()
-    _set_rlimits(plan.rlimits)
+    flags = ns.CLONE_NEWPID
     if plan.jail is not None:
         import warden.host.jail as jail
 
-        jail.enter_and_exec(plan, _prepare_stdio, _report)
-        return  # not reached: enter_and_exec execs or exits
-    _prepare_stdio(plan)
-    os.chdir(plan.cwd)
-    _report({"pid": os.getpid()})
-    os.execve(plan.argv[0], plan.argv, plan.env)
+        flags |= jail.namespace_flags(plan)
+        jail.prepare_parent(plan)
+    ns.unshare(flags)
+    pid = os.fork()
+    if pid == 0:
+        _child(plan)
+    _report({"pid": pid})
 
 
 def main() -> None:
+    global STATUS_FD
+    STATUS_FD = int(sys.argv[1])
     os.set_inheritable(STATUS_FD, False)
     try:
         plan = LaunchPlan.from_json(sys.stdin.read())
@@ -95,6 +118,7 @@ def main() -> None:
     except Exception as e:  # the daemon shows this text as the start failure
         _report({"error": f"{type(e).__name__}: {e}"})
         os._exit(1)
+    os._exit(0)
 
 
 if __name__ == "__main__":

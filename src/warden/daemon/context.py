@@ -1,0 +1,105 @@
+"""What every supervisor shares with the daemon: paths, state, host facts and plug-ins.
+
+Features that add something to a boot (a NIC's tap fd, the honeypot kernel's tty-log fd, a
+jail) do it through BootHook objects registered here, so the supervisor stays generic.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from warden.daemon.lines import LineLog, NullLog
+from warden.host.cgroup import Hierarchy
+from warden.images.store import ImageStore
+from warden.paths import Layout
+from warden.spec.fleet import Fleet
+from warden.store import Store
+
+if TYPE_CHECKING:
+    from warden.daemon.supervisor import Supervisor
+
+log = logging.getLogger("warden.daemon")
+
+
+@dataclass
+class BootExtras:
+    """What hooks add to one boot. fds are passed to the kernel and closed after launch."""
+
+    fds: list[int] = field(default_factory=list)
+    kernel_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    network: dict[str, str] = field(default_factory=dict)  # seed network.env
+    jail: dict[str, Any] | None = None  # warden.host.jail plan, set by the jail hook
+    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+class BootHook(Protocol):
+    name: str
+
+    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
+        """Add fds/args/env for this boot; raise WardenError to refuse the start."""
+
+    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
+        """The kernel process exists (not yet up)."""
+
+    async def on_up(self, sup: "Supervisor") -> None:
+        """The kernel answers its mconsole."""
+
+    async def after_exit(self, sup: "Supervisor") -> None:
+        """The kernel and every process of the guest are gone."""
+
+
+class LogFactory(Protocol):
+    def __call__(self, machine: str, line: str, boot: int, reattach: bool) -> LineLog: ...
+
+
+def null_logs(machine: str, line: str, boot: int, reattach: bool) -> LineLog:
+    return NullLog()
+
+
+class EventBus:
+    """Fan-out of events (dicts) to API watchers; a slow watcher loses events, not the daemon."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[dict[str, Any]]] = []
+
+    def subscribe(self) -> "asyncio.Queue[dict[str, Any]]":
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10000)
+        self._queues.append(q)
+        return q
+
+    def unsubscribe(self, q: "asyncio.Queue[dict[str, Any]]") -> None:
+        with contextlib.suppress(ValueError):
+            self._queues.remove(q)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in self._queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+
+
+@dataclass
+class Context:
+    layout: Layout
+    store: Store
+    hierarchy: Hierarchy
+    images: ImageStore
+    fleet: Fleet
+    bus: EventBus = field(default_factory=EventBus)
+    hooks: list[BootHook] = field(default_factory=list)
+    logs: LogFactory = null_logs
+
+    def event(self, machine: str | None, kind: str, **detail: Any) -> None:
+        self.store.event(machine, kind, **detail)
+        self.bus.publish({"machine": machine, "kind": kind, **detail})

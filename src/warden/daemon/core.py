@@ -1,0 +1,278 @@
+"""The daemon: one per WARDEN_HOME; owns every guest's supervisor and the fleet file.
+
+Start-up order matters for guests that outlived the previous daemon: the database says which
+guests were live; each is verified (pid + process start time + cgroup membership) and its
+lines, mconsole and exit watch are re-attached before anything new is started.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import time
+from typing import Any
+
+from warden.daemon import machine as m
+from warden.daemon.context import BootHook, Context
+from warden.daemon.supervisor import Supervisor
+from warden.errors import Conflict, NotFound, SpecError, WardenError
+from warden.host import cgroup, ns
+from warden.images.store import ImageStore
+from warden.paths import Layout
+from warden.spec import fleet as fleetmod
+from warden.store import Store
+from warden.tasks import spawn
+
+log = logging.getLogger("warden.daemon")
+
+NOFILE_WANTED = 1 << 16
+EMPTY_FLEET = fleetmod.Fleet(source="<none>")
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE toward 65536 (hundreds of guests x a handful of fds each)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(NOFILE_WANTED, hard)
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Daemon:
+    def __init__(self, layout: Layout, hooks: list[BootHook] | None = None):
+        self.layout = layout
+        self.extra_hooks = hooks or []
+        self.sups: dict[str, Supervisor] = {}
+        self.started = time.time()
+        self.ctx: Context | None = None
+        self.services: list[Any] = []  # started/stopped with the daemon (concentrator, ...)
+
+    @property
+    def c(self) -> Context:
+        assert self.ctx is not None, "daemon not started"
+        return self.ctx
+
+    # ---- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.layout.ensure()
+        ns.set_child_subreaper()
+        self.fd_limit = raise_fd_limit()
+        hierarchy = cgroup.detect()
+        store = Store(self.layout.db)
+        saved = store.load_fleet()
+        fleet = EMPTY_FLEET
+        if saved is not None:
+            try:
+                fleet = fleetmod.parse(saved[1], saved[0])
+            except SpecError as e:
+                log.error("the stored fleet no longer validates: %s", e)
+        self.ctx = Context(
+            layout=self.layout,
+            store=store,
+            hierarchy=hierarchy,
+            images=ImageStore(self.layout),
+            fleet=fleet,
+            hooks=list(self.extra_hooks),
+        )
+        self._install_features()
+        for spec in fleet.machines:
+            self._add(spec)
+        reattached = 0
+        for sup in self.sups.values():
+            if sup.machine.state in m.LIVE and sup.reattach():
+                reattached += 1
+        self.c.event(None, "daemon-started", pid=os.getpid(), reattached=reattached)
+        for svc in self.services:
+            await svc.start()
+        self._autostart()
+
+    def _install_features(self) -> None:
+        """Hook in the features built as separate modules (session logs, jails, network...)."""
+        for name in (
+            "warden.console.feature",
+            "warden.host.jail_feature",
+            "warden.net.feature",
+            "warden.memory.feature",
+            "warden.honeypot.feature",
+        ):
+            try:
+                module = __import__(name, fromlist=["install"])
+            except ModuleNotFoundError as e:
+                if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+                    continue  # that feature is not part of this build
+                raise
+            module.install(self)
+
+    def _add(self, spec: fleetmod.Machine) -> Supervisor:
+        sup = Supervisor(self.c, spec)
+        row = self.c.store.machine(spec.name)
+        if row is not None:
+            sup.restore(row)
+        self.sups[spec.name] = sup
+        return sup
+
+    def _autostart(self) -> None:
+        for sup in self.sups.values():
+            if sup.machine.state in m.LIVE:
+                continue
+            row_wants = sup.machine.desired == "running"
+            never_stopped = sup.machine.state is m.State.ABSENT
+            if row_wants or (sup.spec.autostart and never_stopped):
+                try:
+                    self.start_machine(sup.name)
+                except WardenError as e:
+                    self.c.event(sup.name, "autostart-failed", error=str(e))
+
+    async def shutdown(self, stop_guests: bool, timeout: float = 40.0) -> None:
+        for svc in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await svc.stop()
+        if stop_guests:
+            await self.stop_all(timeout)
+        for sup in self.sups.values():
+            sup.detach()
+        if self.ctx is not None:
+            self.c.event(None, "daemon-stopped", guests_left_running=not stop_guests)
+            self.c.store.close()
+
+    async def stop_all(self, timeout: float = 40.0) -> None:
+        live = [s for s in self.sups.values() if s.machine.state in m.LIVE]
+        for sup in live:
+            with contextlib.suppress(WardenError):
+                if sup.machine.state is m.State.STOPPING:
+                    continue
+                sup.post(m.Stop(cad_timeout=timeout * 0.6, halt_timeout=timeout * 0.25))
+        await asyncio.gather(
+            *(self._wait_down(s, timeout + 10) for s in live), return_exceptions=True
+        )
+
+    async def _wait_down(self, sup: Supervisor, timeout: float) -> None:
+        await sup.wait_state((m.State.STOPPED, m.State.CRASHED, m.State.ABSENT), timeout)
+
+    # ---- fleet ------------------------------------------------------------------------------
+    def apply(self, text: str, source: str, prune: bool = False) -> dict[str, Any]:
+        new = fleetmod.parse(text, source)
+        old_names = set(self.sups)
+        new_names = {mm.name for mm in new.machines}
+        gone = sorted(old_names - new_names)
+        blocking = [n for n in gone if self.sups[n].machine.state is not m.State.ABSENT]
+        if blocking and not prune:
+            raise Conflict(
+                f"{source}: machines {', '.join(blocking)} are not in the fleet file any more but "
+                "still exist; destroy them first (warden destroy NAME) or apply with --prune"
+            )
+        for n in new_names - old_names:
+            # Validate images up front so a bad path fails the apply, not a later start.
+            spec = new.machine(n)
+            assert spec is not None
+            row = self.c.store.machine(n)
+            if row is None:
+                self.c.images.resolve(spec.image)
+        report: dict[str, Any] = {"added": [], "changed": [], "removed": [], "started": []}
+        for n in gone:
+            sup = self.sups[n]
+            if sup.machine.state in m.LIVE:
+                sup.post(m.Kill())
+            report["removed"].append(n)
+        self.c.fleet = new
+        self.c.store.save_fleet(source, text)
+        for spec in new.machines:
+            if spec.name in self.sups:
+                if self.sups[spec.name].spec != spec:
+                    self.sups[spec.name].update_spec(spec)
+                    report["changed"].append(spec.name)
+            else:
+                self._add(spec)
+                report["added"].append(spec.name)
+        if gone:
+            spawn(self._forget(gone), "prune")
+        self.c.event(
+            None, "fleet-applied", source=source, **{k: ",".join(v) for k, v in report.items()}
+        )
+        for svc in self.services:
+            if hasattr(svc, "fleet_changed"):
+                svc.fleet_changed()
+        before = {n for n, s in self.sups.items() if s.machine.state in m.LIVE}
+        self._autostart()
+        report["started"] = sorted(
+            n for n, s in self.sups.items() if s.machine.state in m.LIVE and n not in before
+        )
+        return report
+
+    async def _forget(self, names: list[str]) -> None:
+        for n in names:
+            sup = self.sups[n]
+            with contextlib.suppress(TimeoutError):
+                await self._wait_down(sup, 15)
+            with contextlib.suppress(WardenError):
+                sup.destroy()
+            del self.sups[n]
+
+    # ---- machine operations ------------------------------------------------------------------
+    def sup(self, name: str) -> Supervisor:
+        sup = self.sups.get(name)
+        if sup is None:
+            raise NotFound(f"no machine named {name!r} (warden ls lists them)")
+        return sup
+
+    def start_machine(self, name: str) -> None:
+        sup = self.sup(name)
+        if sup.machine.state is m.State.ABSENT:
+            sup.create()
+        sup.post(m.Start())
+
+    async def start_and_wait(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
+        sup = self.sup(name)
+        self.start_machine(name)
+        state = await sup.wait_state((m.State.RUNNING, m.State.CRASHED, m.State.STOPPED), timeout)
+        if state is not m.State.RUNNING:
+            raise WardenError(f"{name} did not start: {sup.machine.last_exit}")
+        return sup.info()
+
+    async def stop_machine(self, name: str, timeout: float = 30.0, wait: bool = True) -> None:
+        sup = self.sup(name)
+        sup.post(m.Stop(cad_timeout=timeout, halt_timeout=10.0))
+        if wait:
+            await sup.wait_state((m.State.STOPPED, m.State.CRASHED), timeout + 30)
+
+    async def kill_machine(self, name: str, wait: bool = True) -> None:
+        sup = self.sup(name)
+        sup.post(m.Kill())
+        if wait:
+            await sup.wait_state((m.State.STOPPED, m.State.CRASHED), 30)
+
+    def create_machine(self, name: str) -> None:
+        sup = self.sup(name)
+        if sup.machine.state is not m.State.ABSENT:
+            raise Conflict(f"{name} already exists ({sup.machine.state})")
+        sup.create()
+
+    def reset_machine(self, name: str) -> None:
+        self.sup(name).reset()
+
+    def destroy_machine(self, name: str) -> None:
+        self.sup(name).destroy()
+
+    def pause_machine(self, name: str) -> None:
+        self.sup(name).post(m.Pause())
+
+    def resume_machine(self, name: str) -> None:
+        self.sup(name).post(m.Resume())
+
+    def status(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for s in self.sups.values():
+            states[str(s.machine.state)] = states.get(str(s.machine.state), 0) + 1
+        return {
+            "pid": os.getpid(),
+            "home": str(self.layout.home),
+            "uptime": time.time() - self.started,
+            "cgroups": self.c.hierarchy.describe(),
+            "fleet": self.c.fleet.source,
+            "machines": len(self.sups),
+            "states": states,
+            "fd_limit": self.fd_limit,
+            "open_fds": len(os.listdir("/proc/self/fd")),
+        }

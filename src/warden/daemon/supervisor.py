@@ -1,0 +1,532 @@
+"""Drives one guest: performs the actions its state machine (daemon/machine.py) asks for.
+
+Everything here runs on the daemon's event loop; nothing blocks it for long (the launcher is a
+separate process, mconsole requests are datagrams with timeouts, writing the seed disk runs in
+an executor). Per guest the daemon holds: a pidfd, the two FIFO ends of each line, the notify
+and mconsole reply sockets while the kernel runs: a handful of fds and no thread.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from warden.daemon import machine as m
+from warden.daemon.context import BootExtras, Context
+from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
+from warden.daemon.lines import Line
+from warden.errors import Conflict, WardenError
+from warden.host import cgroup
+from warden.host.launch import LaunchPlan
+from warden.images import seed as seedmod
+from warden.spec.fleet import Machine as Spec
+from warden.store import MachineRow
+from warden.tasks import spawn
+from warden.uml import cmdline, kernel, mconsole
+
+log = logging.getLogger("warden.supervisor")
+
+LAUNCH_TIMEOUT = 30.0
+REBOOT_MARK = b"reboot: Restarting system"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks after boot): tells a pid's reuse apart."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text.rsplit(")", 1)[1].split()
+    return int(rest[19])
+
+
+class Supervisor:
+    def __init__(self, ctx: Context, spec: Spec):
+        self.ctx = ctx
+        self.spec = spec
+        self.name = spec.name
+        self.files = MachineFiles(ctx.layout.machine(spec.name), spec.name)
+        self.machine = m.Machine(spec.name, restart=spec.restart)
+        self.lines: dict[str, Line] = {}
+        self._sync_lines()
+        self.cgroup = cgroup.Cgroup(ctx.hierarchy, ctx.layout.instance, spec.name)
+        self.boot = 0
+        self.started_at: float | None = None
+        self.base: str | None = None
+        self.uid: int | None = None
+        self.pid_start: int | None = None
+        self.kernel_path: Path | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._pidfd: int | None = None
+        self.mconsole: mconsole.AsyncClient | None = None
+        self._notify: mconsole.NotifyListener | None = None
+        self._changed = asyncio.Condition()
+        self._rebooting = False
+        self.up_hooks: list[Callable[[], None]] = []
+
+    # ---- spec and persistence -------------------------------------------------------------
+    def _sync_lines(self) -> None:
+        for name in self.spec.lines:
+            if name not in self.lines:
+                self.lines[name] = Line(self.name, name, self.files)
+
+    def update_spec(self, spec: Spec) -> None:
+        """A re-applied fleet file changed this machine; it takes effect at the next boot."""
+        self.spec = spec
+        self.machine.restart = spec.restart
+        if self.machine.state not in m.LIVE:
+            self._sync_lines()
+
+    def restore(self, row: MachineRow) -> None:
+        self.machine.state = m.State(row.state)
+        self.machine.desired = row.desired
+        self.machine.pid = row.pid
+        self.machine.last_exit = row.last_exit
+        self.boot = row.boot
+        self.started_at = row.started_at
+        self.base = row.base
+        self.uid = row.uid
+        self.pid_start = row.pid_start
+
+    def row(self) -> MachineRow:
+        return MachineRow(
+            name=self.name,
+            state=str(self.machine.state),
+            desired=self.machine.desired,
+            pid=self.machine.pid,
+            pid_start=self.pid_start,
+            boot=self.boot,
+            started_at=self.started_at,
+            base=self.base,
+            uid=self.uid,
+            last_exit=self.machine.last_exit,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """What `warden ls` shows (kept cheap: no I/O)."""
+        up = time.time() - self.started_at if self.started_at and self.machine.pid else None
+        return {
+            "name": self.name,
+            "owner": self.spec.owner,
+            "state": str(self.machine.state),
+            "memory": self.spec.memory,
+            "image": self.spec.image,
+            "kernel": self.spec.kernel,
+            "pid": self.machine.pid,
+            "uptime": up,
+            "boot": self.boot,
+            "lines": list(self.spec.lines),
+            "last_exit": self.machine.last_exit,
+            "desired": self.machine.desired,
+        }
+
+    # ---- events and actions ---------------------------------------------------------------
+    def post(self, event: m.Event) -> None:
+        actions = self.machine.handle(event, time.time())
+        for action in actions:
+            self._perform(action)
+
+    def _perform(self, action: m.Action) -> None:
+        match action:
+            case m.Launch():
+                spawn(self._launch(), f"launch:{self.name}")
+            case m.Mconsole(command=command):
+                spawn(self._fire_mconsole(command), f"mconsole:{self.name}:{command}")
+            case m.KillGroup():
+                self._kill_group()
+            case m.Freeze():
+                self.cgroup.freeze()
+            case m.Thaw():
+                self.cgroup.thaw()
+            case m.StartTimer(timer=timer, seconds=seconds):
+                self._cancel_timer(timer)
+                loop = asyncio.get_running_loop()
+                self._timers[timer] = loop.call_later(seconds, self._timer_fired, timer)
+            case m.CancelTimer(timer=timer):
+                self._cancel_timer(timer)
+            case m.Persist(kind=kind, detail=detail):
+                self.ctx.store.put_machine(self.row())
+                self.ctx.event(self.name, kind, state=str(self.machine.state), **dict(detail))
+                spawn(self._notify_changed(), f"changed:{self.name}")
+
+    def _timer_fired(self, timer: str) -> None:
+        self._timers.pop(timer, None)
+        try:
+            self.post(m.Timeout(timer))
+        except WardenError as e:
+            log.warning("%s: timer %s: %s", self.name, timer, e)
+
+    def _cancel_timer(self, timer: str) -> None:
+        handle = self._timers.pop(timer, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _notify_changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_state(self, states: tuple[m.State, ...], timeout: float) -> m.State:
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.machine.state in states)
+        return self.machine.state
+
+    def _kill_group(self) -> None:
+        if self.cgroup.exists():
+            self.cgroup.kill()
+        elif self.machine.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.machine.pid, 9)
+
+    async def _fire_mconsole(self, command: str) -> None:
+        try:
+            await self.request(command)
+        except WardenError as e:
+            # The stop timers escalate anyway; record why the polite way failed.
+            self.ctx.event(self.name, "mconsole-failed", command=command, error=str(e))
+
+    async def request(self, command: str, timeout: float | None = None) -> str:
+        if self.mconsole is None or self.machine.state not in m.LIVE:
+            raise Conflict(f"{self.name} is {self.machine.state}: its mconsole is not listening")
+        return await self.mconsole.request(command, timeout)
+
+    # ---- create, reset, destroy -----------------------------------------------------------
+    def create(self) -> None:
+        if self.machine.state is not m.State.ABSENT:
+            return
+        base = self.ctx.images.resolve(self.spec.image)
+        self.files.create(self.spec.lines)
+        self.base = str(base)
+        for a in self.machine.created():
+            self._perform(a)
+
+    def reset(self) -> None:
+        if self.machine.state in m.LIVE:
+            raise Conflict(f"{self.name} is {self.machine.state}; stop it before a reset")
+        self.files.cow.unlink(missing_ok=True)
+        self.base = None
+        self.ctx.store.put_machine(self.row())
+        self.ctx.event(self.name, "reset", state=str(self.machine.state))
+
+    def destroy(self) -> None:
+        for a in self.machine.destroyed():
+            self._perform(a)
+        self.cgroup.remove()
+        self._archive_logs()
+        self.files.destroy()
+        self.base = None
+        self.boot = 0
+        self.ctx.store.delete_machine(self.name)
+
+    def _archive_logs(self) -> None:
+        """Session logs are evidence: destroying a guest keeps them under archive/."""
+        logs = self.files.logs
+        if logs.exists() and any(logs.iterdir()):
+            dest = self.ctx.layout.home / "archive" / f"{self.name}-{int(time.time())}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            logs.rename(dest)
+
+    # ---- launching ------------------------------------------------------------------------
+    def _base_for_boot(self) -> Path:
+        if self.files.cow.exists() and self.base:
+            return Path(self.base)
+        return self.ctx.images.resolve(self.spec.image)
+
+    def _seed(self, extras: BootExtras) -> seedmod.Seed:
+        return seedmod.Seed(
+            hostname=self.name,
+            lines=tuple(cmdline.guest_tty(line) for line in self.spec.lines),
+            root_hash=self.spec.root_password_hash,
+            network=extras.network,
+        )
+
+    async def _launch(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        kernel_fds: list[KernelLineFds] = []
+        extras = BootExtras()
+        log_fd: int | None = None
+        launched = False
+        try:
+            k = kernel.resolve(self.ctx.layout, spec.kernel)
+            self.kernel_path = k.path
+            shim = await loop.run_in_executor(None, kernel.xstate_shim, self.ctx.layout)
+            base = self._base_for_boot()
+            self.files.create(spec.lines)
+            self._sync_lines()
+            if self.cgroup.exists() and self.cgroup.populated():
+                raise Conflict(
+                    f"{self.name}: processes of an earlier boot are still in {self.cgroup.path} "
+                    f"(pids {self.cgroup.pids()}); kill them with `warden kill {self.name}`"
+                )
+            self.cgroup.create()
+            for hook in self.ctx.hooks:
+                await hook.before_boot(self, extras)
+            await loop.run_in_executor(None, seedmod.write, self.files.seed, self._seed(extras))
+            self.boot += 1
+            self.base = str(base)
+            self._bind_sockets()
+            for line in spec.lines:
+                kernel_fds.append(open_kernel_ends(self.files, line))
+            log_fd = os.open(
+                self.files.kernel_log(self.boot),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o640,
+            )
+            plan = cmdline.BootPlan(
+                memory=spec.memory,
+                cow=self.files.cow,
+                base=base,
+                umid=self.name,
+                uml_dir=self.files.ctl,
+                lines=tuple(cmdline.LineFds(f.line, f.read, f.write) for f in kernel_fds),
+                seed=self.files.seed,
+                notify=self.files.notify,
+                kernel_args=spec.kernel_args,
+                extra=tuple(extras.kernel_args),
+            )
+            keep = [fd for f in kernel_fds for fd in f.all()] + extras.fds
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": str(shim), **extras.env}
+            launch = LaunchPlan(
+                argv=cmdline.argv(k.path, plan),
+                env=env,
+                keep_fds=keep,
+                log_fd=log_fd,
+                cgroup_procs=[str(p) for p in self.cgroup.procs_files()],
+                cwd=str(self.files.root),
+                rlimits=extras.rlimits,
+                jail=extras.jail,
+            )
+            pid = await self._run_launcher(launch, keep + [log_fd])
+            launched = True
+            self.pid_start = process_start_time(pid)
+            self.started_at = time.time()
+            self._watch_exit(pid)
+            for name, relay in self.lines.items():
+                if name in spec.lines:
+                    relay.on_output = [self._watch_reboot]
+                    relay.open_boot(self.ctx.logs(self.name, name, self.boot, False))
+            self.post(m.Launched(pid))
+            for hook in self.ctx.hooks:
+                await hook.after_launch(self, pid)
+        except (WardenError, OSError) as e:
+            if not launched:
+                self._close_sockets()
+                self._kill_group()
+                self.cgroup.wait_empty(5)
+                self.cgroup.remove()
+                for fn in extras.cleanup:
+                    with contextlib.suppress(Exception):
+                        fn()
+                self.post(m.LaunchFailed(str(e)))
+            else:
+                log.exception("%s: after launch", self.name)
+        finally:
+            for f in kernel_fds:
+                f.close()
+            extras.close_fds()
+            if log_fd is not None:
+                os.close(log_fd)
+
+    async def _run_launcher(self, plan: LaunchPlan, fds: list[int]) -> int:
+        """Start warden.host.launch, hand it the plan, return the kernel's pid."""
+        loop = asyncio.get_running_loop()
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "warden.host.launch", str(status_w)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=[*fds, status_w],
+                env=dict(os.environ),
+            )
+        finally:
+            os.close(status_w)
+        assert proc.stdin is not None
+        proc.stdin.write(plan.to_json().encode())
+        proc.stdin.close()
+        try:
+            status = await asyncio.wait_for(
+                loop.run_in_executor(None, _read_all, status_r), LAUNCH_TIMEOUT
+            )
+        finally:
+            os.close(status_r)
+        stderr = await loop.run_in_executor(None, _reap_launcher, proc)
+        pid: int | None = None
+        for text in status.decode(errors="replace").splitlines():
+            msg = json.loads(text)
+            if "error" in msg:
+                raise WardenError(f"{self.name}: starting the kernel failed: {msg['error']}")
+            pid = int(msg["pid"])
+        if pid is None:
+            tail = stderr.decode(errors="replace").strip()[-2000:]
+            raise WardenError(f"{self.name}: the launcher exited {proc.returncode}: {tail}")
+        return pid
+
+    def _bind_sockets(self) -> None:
+        self._close_sockets()
+        self._notify = mconsole.NotifyListener(self.files.notify)
+        self.mconsole = mconsole.AsyncClient(self.files.mconsole, self.files.reply)
+        os.chmod(self.files.reply, 0o666)  # a jailed kernel (another uid) must reach it
+        asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
+
+    def _close_sockets(self) -> None:
+        if self._notify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._notify.sock.fileno())
+            self._notify.close()
+            self._notify = None
+        if self.mconsole is not None:
+            self.mconsole.close()
+            self.mconsole = None
+
+    def _notified(self) -> None:
+        assert self._notify is not None
+        try:
+            notes = self._notify.read_ready()
+        except mconsole.ProtocolError as e:
+            self.ctx.event(self.name, "notify-garbage", error=str(e))
+            return
+        for note in notes:
+            if note.type is mconsole.NotifyType.SOCKET:
+                self.post(m.KernelUp())
+                if self.machine.state is m.State.RUNNING:
+                    for hook in self.ctx.hooks:
+                        spawn(hook.on_up(self), f"on-up:{hook.name}:{self.name}")
+            elif note.type is mconsole.NotifyType.PANIC:
+                self.post(m.Panic(note.text))
+            else:
+                self.ctx.event(self.name, "guest-notify", type=note.type.name, text=note.text)
+
+    def _watch_reboot(self, data: bytes) -> None:
+        if REBOOT_MARK in data:
+            self._rebooting = True
+
+    # ---- exit -----------------------------------------------------------------------------
+    def _watch_exit(self, pid: int) -> None:
+        self._pidfd = os.pidfd_open(pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._exited)
+
+    def _exited(self) -> None:
+        assert self._pidfd is not None
+        loop = asyncio.get_running_loop()
+        status: int | None = None
+        signo: int | None = None
+        try:
+            res = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            res = None  # not our child (started by an earlier daemon): no status to collect
+        else:
+            if res is None:
+                return  # spurious wake-up
+            if res.si_code == os.CLD_EXITED:
+                status = res.si_status
+            else:
+                signo = res.si_status
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        spawn(self._after_exit(status, signo), f"exit:{self.name}")
+
+    async def _after_exit(self, status: int | None, signo: int | None) -> None:
+        # The kernel is gone; its pid namespace takes the rest of the guest with it, but make
+        # sure (a jail-less guest on an old kernel, a process that escaped the namespace).
+        if self.cgroup.exists() and self.cgroup.populated():
+            self.cgroup.kill()
+        await asyncio.get_running_loop().run_in_executor(None, self.cgroup.wait_empty, 10.0)
+        self.cgroup.remove()
+        for line in self.lines.values():
+            if line.open:
+                line.close_boot(self._exit_reason(status, signo))
+        self._close_sockets()
+        for hook in self.ctx.hooks:
+            try:
+                await hook.after_exit(self)
+            except Exception:
+                log.exception("%s: hook %s after exit", self.name, hook.name)
+        rebooting, self._rebooting = self._rebooting, False
+        self.pid_start = None
+        self.post(m.Exited(status, signo, rebooting=rebooting))
+
+    @staticmethod
+    def _exit_reason(status: int | None, signo: int | None) -> str:
+        if signo is not None:
+            return f"kernel ended by signal {signo}"
+        if status is not None:
+            return f"kernel exited with status {status}"
+        return "kernel ended"
+
+    # ---- the daemon restarts ---------------------------------------------------------------
+    def reattach(self) -> bool:
+        """Called by a new daemon for a guest the database says was live. True if it runs."""
+        pid = self.machine.pid
+        alive = (
+            pid is not None
+            and self.pid_start is not None
+            and process_start_time(pid) == self.pid_start
+            and pid in self.cgroup.pids()
+        )
+        if not alive:
+            if self.machine.state in m.LIVE:
+                # It ended while no daemon ran: its exit status is lost.
+                self.machine.pid = None
+                if self.cgroup.exists() and self.cgroup.populated():
+                    self.cgroup.kill()
+                self.cgroup.wait_empty(5)
+                self.cgroup.remove()
+                self.post(m.Exited(None, None))
+            return False
+        assert pid is not None
+        self._bind_sockets()
+        self._watch_exit(pid)
+        for name, line in self.lines.items():
+            if name in self.spec.lines:
+                line.on_output = [self._watch_reboot]
+                line.open_boot(self.ctx.logs(self.name, name, self.boot, True), reattach=True)
+        self.post(m.Reattached(pid))
+        return True
+
+    def detach(self) -> None:
+        """The daemon is leaving and the guest stays: release our ends only."""
+        for t in list(self._timers):
+            self._cancel_timer(t)
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        for line in self.lines.values():
+            if line.open:
+                line.detach_daemon()
+            line.drop_all("the daemon is shutting down")
+        self._close_sockets()
+
+
+def _reap_launcher(proc: "subprocess.Popen[bytes]") -> bytes:
+    """The launcher exits right after forking the kernel: collect its stderr and status."""
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return err
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        data = os.read(fd, 65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
