@@ -36,6 +36,8 @@ class RawGuest:
         name: str | None = None,
         seed: Path | None = None,
         log: Path | None = None,
+        pass_fds: tuple[int, ...] = (),
+        cow_only: bool = False,
     ):
         self.layout = layout
         self.name = name or f"raw{os.getpid()}-{next(_seq)}"
@@ -47,6 +49,10 @@ class RawGuest:
         self.extra = extra
         self.seed = seed
         self.log = log or (cow.parent / f"{self.name}.log")
+        self.pass_fds = pass_fds  # more fds for the kernel, by number (tty log, disguise)
+        # cow_only: boot `ubd0=COW` without naming the backing file, so that the kernel takes
+        # it from the COW header (as after `warden disk rebase`)
+        self.cow_only = cow_only
         self.uml_dir = cow.parent / f"{self.name}.ctl"
         self.proc: subprocess.Popen[bytes] | None = None
         self.cg = cgroup.Cgroup(cgroup.detect(), layout.instance, self.name)
@@ -70,6 +76,8 @@ class RawGuest:
             extra=self.extra,
         )
         argv = cmdline.argv(self.kernel, plan)
+        if self.cow_only:
+            argv = [f"ubd0={self.cow}" if a.startswith("ubd0=") else a for a in argv]
         self.cg.create()
         shim = kernel.xstate_shim(self.layout)
         procs = [str(p) for p in self.cg.procs_files()]
@@ -84,7 +92,7 @@ class RawGuest:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            pass_fds=(fd,),
+            pass_fds=(fd, *self.pass_fds),
             env={"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(shim)},
             preexec_fn=preexec,
         )
