@@ -2,21 +2,30 @@
 shared so slow artefacts are built once per machine."""
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from warden.paths import Layout, layout
 
+if TYPE_CHECKING:
+    from tests.support.daemon import DaemonProc
+
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Layout:
-    h = tmp_path / "home"
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Layout]:
+    """A fresh WARDEN_HOME. Short on purpose: UNIX socket paths under it (a guest's mconsole)
+    must stay below 108 bytes, which pytest's own tmp_path names can exceed."""
+    h = Path(tempfile.mkdtemp(prefix="wh-", dir="/tmp"))
     monkeypatch.setenv("WARDEN_HOME", str(h))
     lay = layout(h)
     lay.ensure()
-    return lay
+    yield lay
+    shutil.rmtree(h, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +38,47 @@ def minimal_image() -> Iterator[Path]:
     lay = layout(Path(os.environ.get("WARDEN_TEST_IMAGE_HOME", "/tmp/warden-test-images")))
     lay.ensure()
     yield minimal.build(ImageStore(lay), NullProgress())
+
+
+FLEET_HEAD = """
+[[owner]]
+name = "alice"
+keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGV4YW1wbGUta2V5LW5vdC1yZWFsLWFsaWNlLTAwMDAw alice@t"]
+
+[[owner]]
+name = "bob"
+keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGV4YW1wbGUta2V5LW5vdC1yZWFsLWJvYi0wMDAwMDAw bob@t"]
+"""
+
+
+def machine_toml(name: str, owner: str = "alice", **keys: object) -> str:
+    """A [[machine]] table; values are written as TOML literals."""
+    import json
+
+    lines = ["[[machine]]", f'name = "{name}"', f'owner = "{owner}"']
+    keys.setdefault("memory", "64M")
+    for k, v in keys.items():
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, int | float):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def daemon(home: Layout, minimal_image: Path) -> Iterator["DaemonProc"]:
+    """A running daemon for this test's home, with the minimal image installed in it."""
+    from tests.support.daemon import DaemonProc
+    from warden.images import minimal
+    from warden.images.store import ImageStore
+    from warden.progress import NullProgress
+
+    minimal.build(ImageStore(home), NullProgress())  # cached: links the image into this home
+    d = DaemonProc(home).start()
+    try:
+        yield d
+    finally:
+        d.close()
+        d.assert_clean()

@@ -18,6 +18,10 @@ COMMAND_MODULES = (
     "warden.cli.images",
     "warden.cli.disk",
     "warden.cli.kernel",
+    "warden.cli.jail",
+    "warden.cli.logs",
+    "warden.cli.mem",
+    "warden.cli.net",
 )
 
 

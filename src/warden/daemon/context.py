@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from warden.daemon.lines import LineLog, NullLog
@@ -34,8 +35,14 @@ class BootExtras:
     env: dict[str, str] = field(default_factory=dict)
     network: dict[str, str] = field(default_factory=dict)  # seed network.env
     jail: dict[str, Any] | None = None  # warden.host.jail plan, set by the jail hook
+    # Host path -> the path the kernel sees it at (a jail bind-mounts files elsewhere).
+    paths: dict[str, str] = field(default_factory=dict)
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def view(self, path: Path) -> Path:
+        """Where the kernel sees host file `path` (itself, unless a hook remapped it)."""
+        return Path(self.paths.get(str(path), str(path)))
 
     def close_fds(self) -> None:
         for fd in self.fds:

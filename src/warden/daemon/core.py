@@ -48,6 +48,12 @@ class Daemon:
         self.started = time.time()
         self.ctx: Context | None = None
         self.services: list[Any] = []  # started/stopped with the daemon (concentrator, ...)
+        # API routes added by features: (method, path under /v1, aiohttp handler)
+        self.routes: list[tuple[str, str, Any]] = []
+
+    def add_route(self, method: str, path: str, handler: Any) -> None:
+        """For features' install(): expose `handler` at /v1/`path` on the daemon's API."""
+        self.routes.append((method, path, handler))
 
     @property
     def c(self) -> Context:

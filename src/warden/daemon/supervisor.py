@@ -34,6 +34,7 @@ from warden.uml import cmdline, kernel, mconsole
 log = logging.getLogger("warden.supervisor")
 
 LAUNCH_TIMEOUT = 30.0
+PANIC_GRACE = 3.0
 REBOOT_MARK = b"reboot: Restarting system"
 
 
@@ -280,22 +281,23 @@ class Supervisor:
                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                 0o640,
             )
+            v = extras.view
             plan = cmdline.BootPlan(
                 memory=spec.memory,
-                cow=self.files.cow,
-                base=base,
+                cow=v(self.files.cow),
+                base=v(base),
                 umid=self.name,
-                uml_dir=self.files.ctl,
+                uml_dir=v(self.files.ctl),
                 lines=tuple(cmdline.LineFds(f.line, f.read, f.write) for f in kernel_fds),
-                seed=self.files.seed,
-                notify=self.files.notify,
+                seed=v(self.files.seed),
+                notify=v(self.files.notify),
                 kernel_args=spec.kernel_args,
                 extra=tuple(extras.kernel_args),
             )
             keep = [fd for f in kernel_fds for fd in f.all()] + extras.fds
             env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": str(shim), **extras.env}
             launch = LaunchPlan(
-                argv=cmdline.argv(k.path, plan),
+                argv=cmdline.argv(v(k.path), plan),
                 env=env,
                 keep_fds=keep,
                 log_fd=log_fd,
@@ -403,8 +405,15 @@ class Supervisor:
                         spawn(hook.on_up(self), f"on-up:{hook.name}:{self.name}")
             elif note.type is mconsole.NotifyType.PANIC:
                 self.post(m.Panic(note.text))
+                # The kernel is dead either way; with the shim it exits by itself at once,
+                # without it (a static kernel) it may spin: do not wait long for it.
+                asyncio.get_running_loop().call_later(PANIC_GRACE, self._kill_after_panic)
             else:
                 self.ctx.event(self.name, "guest-notify", type=note.type.name, text=note.text)
+
+    def _kill_after_panic(self) -> None:
+        if self.machine.pid is not None and self.machine.state in m.LIVE:
+            self._kill_group()
 
     def _watch_reboot(self, data: bytes) -> None:
         if REBOOT_MARK in data:

@@ -18,9 +18,16 @@
  *
  * The buffer is static, not on the stack: UML calls this on its own kernel stacks (16 KiB).
  * UML issues ptrace from one host thread at a time, so one buffer suffices.
+ *
+ * The same file carries a second fix, for a kernel that runs as pid 1 of its own pid namespace
+ * (as warden runs every guest): after a panic UML ends in uml_abort() (arch/um/os-Linux/
+ * util.c), which loops on kill(getpid(), SIGABRT) until the signal kills it. A namespace's init
+ * never receives signals it has no handler for, so the loop spins at 100% CPU forever. kill()
+ * below turns that one call into _exit(128 + SIGABRT), the status a shell reports for an abort.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
@@ -113,4 +120,11 @@ long ptrace(enum __ptrace_request request, ...)
 		return word;
 	}
 	return raw_ptrace(request, pid, addr, data);
+}
+
+int kill(pid_t pid, int sig)
+{
+	if (sig == SIGABRT && getpid() == 1 && (pid == 1 || pid == 0))
+		_exit(128 + SIGABRT);
+	return (int)syscall(SYS_kill, pid, sig);
 }
