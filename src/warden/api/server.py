@@ -97,8 +97,8 @@ class Api:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        for method, path, handler in self.daemon.routes:  # features installed by daemon.start()
-            self.app.router.add_route(method, "/v1/" + path.lstrip("/"), handler)
+        for method, route, handler in self.daemon.routes:  # added by features' install()
+            self.app.router.add_route(method, "/v1/" + route.lstrip("/"), handler)
         path = self.daemon.layout.socket
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
