@@ -219,3 +219,20 @@ def test_diff_reports_exactly_what_the_guest_changed(home: Layout, minimal_image
     assert blob.sha256 == hashlib.sha256(pattern(2097152)).hexdigest()
     index = next(ch for ch in r.changes if ch.path == "/srv/www/index.html")
     assert index.sha256 == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_warden_records_the_backing_path_as_the_kernel_does(
+    home: Layout, minimal_image: Path
+) -> None:
+    d = home.home
+    (d / "real").mkdir()
+    shutil.copy2(minimal_image, d / "real" / "base.img")
+    (d / "link").symlink_to(d / "real")
+    given = d / "link" / "base.img"  # a symbolic link in the directory part
+    with RawGuest(home, given, d / "kernel.cow") as g:
+        g.wait_prompt()
+    by_kernel = cow.open_cow(d / "kernel.cow").header
+    by_warden = create.create(d / "warden.cow", given)
+    assert by_kernel.backing == by_warden.backing == os.fsencode(d / "real" / "base.img")
+    assert (by_kernel.mtime, by_kernel.size) == (by_warden.mtime, by_warden.size)
+    assert cow.encode_header(by_warden) == (d / "warden.cow").read_bytes()[: by_warden.header_size]
