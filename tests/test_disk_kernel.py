@@ -175,6 +175,7 @@ def test_diff_reports_exactly_what_the_guest_changed(home: Layout, minimal_image
             ": > /srv/empty",
             "yes warden-cow-test | head -c 2097152 > /srv/www/new/blob",
             "ln -s /srv/www /www",
+            "ln -s /srv/www/new/" + "x" * 70 + " /srv/long-link",  # a slow symlink (a block)
             "ln /srv/www/index.html /srv/hardlink",
             # a name with a space and a control character (\001, made by the guest's printf)
             "printf x > \"$(printf '/srv/odd name\\001')\"",
@@ -204,6 +205,7 @@ def test_diff_reports_exactly_what_the_guest_changed(home: Layout, minimal_image
         "/srv/empty",
         "/www",
         "/srv/hardlink",
+        "/srv/long-link",
         "/srv/odd name\\x01",
         "/mnt2",
     }
@@ -217,6 +219,8 @@ def test_diff_reports_exactly_what_the_guest_changed(home: Layout, minimal_image
     blob = next(ch for ch in r.changes if ch.path == "/srv/www/new/blob")
     assert blob.size == 2097152
     assert blob.sha256 == hashlib.sha256(pattern(2097152)).hexdigest()
+    links = {ch.path: ch.target for ch in r.changes if ch.type == "symlink"}
+    assert links == {"/www": "/srv/www", "/srv/long-link": "/srv/www/new/" + "x" * 70}
     index = next(ch for ch in r.changes if ch.path == "/srv/www/index.html")
     assert index.sha256 == hashlib.sha256(b"hello").hexdigest()
 

@@ -168,7 +168,8 @@ def _diff(args: argparse.Namespace) -> int:
         size = "" if c.size is None else format_size(c.size)
         old = "" if c.old_size is None or c.kind != "deleted" else format_size(c.old_size)
         detail = f" ({', '.join(c.what)})" if c.what else ""
-        print(f"{marks[c.kind]} {c.type:<8} {size or old:>7}  {c.path}{detail}")
+        link = f" -> {c.target}" if c.target is not None else ""
+        print(f"{marks[c.kind]} {c.type:<8} {size or old:>7}  {c.path}{link}{detail}")
     print(
         f"{len(r.of_kind('created'))} created, {len(r.of_kind('modified'))} modified, "
         f"{len(r.of_kind('deleted'))} deleted ({r.blocks_written} blocks written, "

@@ -73,6 +73,7 @@ class Change:
     what: tuple[str, ...] = ()  # for modified: content, size, mode, owner, mtime, links,
     #                             target, type, inode (replaced by another file)
     sha256: str | None = None  # of the guest's content, for created and modified files
+    target: str | None = None  # where a created or modified symlink points now
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class Change:
             "old_size": self.old_size,
             "changes": list(self.what),
             "sha256": self.sha256,
+            "target": self.target,
         }
 
 
@@ -262,7 +264,24 @@ def _is_data(mode: int) -> bool:
     return stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFLNK)
 
 
-def _change(f: _Found, ghash: dict[int, str]) -> Change:
+def _link_targets(dbg: Debugfs, inos: list[int], work: Path) -> dict[int, bytes]:
+    """Where each symlink points: fast ones from `stat`, slow ones (60 bytes or more) dumped."""
+    info = _stats(dbg, inos)
+    out = {i: x.fast_link for i, x in info.items() if x.fast_link is not None}
+    slow = [i for i in inos if i not in out]
+    dbg.run([f"dump <{i}> {work / f'link-{i}'}" for i in slow])
+    for i in slow:
+        path = work / f"link-{i}"
+        try:
+            out[i] = path.read_bytes()[: info[i].size]
+        except FileNotFoundError:
+            raise DiffError(f"{dbg.image}: debugfs could not read symlink inode {i}") from None
+        finally:
+            path.unlink(missing_ok=True)
+    return out
+
+
+def _change(f: _Found, ghash: dict[int, str], targets: dict[int, bytes]) -> Change:
     g, b = f.guest, f.base
     mode = g.mode if g is not None else b.mode if b is not None else 0
     return Change(
@@ -273,6 +292,7 @@ def _change(f: _Found, ghash: dict[int, str]) -> Change:
         old_size=f.old_size if f.old_size is not None else (b.size if b is not None else None),
         what=tuple(f.what),
         sha256=ghash.get(g.ino) if g is not None and stat.S_ISREG(g.mode) else None,
+        target=display(targets[g.ino]) if g is not None and g.ino in targets else None,
     )
 
 
@@ -361,8 +381,16 @@ def diff(
             if f.guest is not None and stat.S_ISREG(f.guest.mode) and f.guest.ino not in ghash
         }
         ghash.update(_hashes(guest, want, work))
+        links = sorted(
+            {
+                f.guest.ino
+                for f in found
+                if f.guest is not None and f.kind != "deleted" and stat.S_ISLNK(f.guest.mode)
+            }
+        )
+        targets = _link_targets(guest, links, work)
 
-    changes = [_change(f, ghash) for f in found]
+    changes = [_change(f, ghash, targets) for f in found]
     changes.sort(key=lambda ch: (ch.path, ch.kind))
     return DiffReport(
         cow=cow_path,
