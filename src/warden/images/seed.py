@@ -18,6 +18,23 @@ class Seed:
     lines: tuple[str, ...] = ("tty0",)
     root_hash: str = ""
     network: dict[str, str] = field(default_factory=dict)  # WARDEN_IP, WARDEN_GATEWAY, ...
+    admin_hash: str = ""  # WARDEN_ADMIN_HASH: crypt(3) hash for the user admin ("": none)
+    ssh_keys: tuple[str, ...] = ()  # WARDEN_SSH_KEYS: authorized keys of root and admin
+
+
+def _check(seed: Seed) -> None:
+    """ImageError for values that would corrupt the guest's files (one line each, no ':')."""
+    if any(c in seed.admin_hash for c in ":\n\r\0"):
+        raise ImageError(
+            "seed: admin_hash must be one crypt(3) hash (e.g. from `openssl passwd -6`), "
+            "without ':' or line breaks"
+        )
+    for i, key in enumerate(seed.ssh_keys):
+        if not key.strip() or any(c in key for c in "\n\r\0"):
+            raise ImageError(
+                f"seed: ssh_keys[{i}] must be one authorized_keys line (e.g. the contents of "
+                f"id_ed25519.pub), not empty and without line breaks; got {key[:40]!r}"
+            )
 
 
 def _env(values: dict[str, str]) -> str:
@@ -26,18 +43,21 @@ def _env(values: dict[str, str]) -> str:
 
 def write(path: Path, seed: Seed) -> None:
     """Atomically (re)write the seed disk at `path`."""
+    _check(seed)
     with tempfile.TemporaryDirectory(prefix="warden-seed-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
-        (root / "seed.env").write_text(
-            _env(
-                {
-                    "WARDEN_HOSTNAME": seed.hostname,
-                    "WARDEN_LINES": " ".join(seed.lines),
-                    "WARDEN_ROOT_HASH": seed.root_hash,
-                }
-            )
-        )
+        values = {
+            "WARDEN_HOSTNAME": seed.hostname,
+            "WARDEN_LINES": " ".join(seed.lines),
+            "WARDEN_ROOT_HASH": seed.root_hash,
+        }
+        # optional: written only when set, so seeds without them stay as they were
+        if seed.admin_hash:
+            values["WARDEN_ADMIN_HASH"] = seed.admin_hash
+        if seed.ssh_keys:
+            values["WARDEN_SSH_KEYS"] = "\n".join(k.strip() for k in seed.ssh_keys)
+        (root / "seed.env").write_text(_env(values))
         if seed.network:
             (root / "network.env").write_text(_env(seed.network))
         partial = path.with_name(f".{path.name}.partial{os.getpid()}")

@@ -1,0 +1,91 @@
+#!/bin/sh
+# warden Debian image: /usr/lib/warden/seed, run by warden-seed.service early at every boot.
+# Reads this guest's settings from the seed disk (/dev/ubdb, docs/formats/seed.md) and writes
+# what depends on them under /run/warden (a tmpfs: nothing of it lands in the guest's
+# copy-on-write disk). /etc/hostname, /etc/resolv.conf and /etc/network/interfaces point
+# there. Only the password hashes live in /etc/shadow, rewritten when the seed changes them.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+umask 022
+RUN=/run/warden
+mkdir -p "$RUN/ssh"
+
+say() { echo "warden-seed: $*"; }
+
+WARDEN_HOSTNAME=localhost
+WARDEN_LINES=tty0
+WARDEN_ROOT_HASH=
+WARDEN_ADMIN_HASH=
+WARDEN_SSH_KEYS=
+mnt=$RUN/seed.mnt
+if [ -b /dev/ubdb ]; then
+    mkdir -p "$mnt"
+    if mount -t ext4 -o ro,nodev,nosuid,noexec /dev/ubdb "$mnt"; then
+        if [ -f "$mnt/seed.env" ]; then
+            . "$mnt/seed.env"
+        else
+            say "the seed disk has no seed.env; using defaults"
+        fi
+        [ -f "$mnt/network.env" ] && cp "$mnt/network.env" "$RUN/network.env"
+        umount "$mnt"
+    else
+        say "/dev/ubdb is not a seed disk; using defaults"
+    fi
+    rmdir "$mnt"
+else
+    say "no seed disk (/dev/ubdb); using defaults"
+fi
+
+# Hostname (/etc/hostname is a link to $RUN/hostname; libnss-myhostname resolves it).
+echo "$WARDEN_HOSTNAME" > "$RUN/hostname"
+echo "$WARDEN_HOSTNAME" > /proc/sys/kernel/hostname || say "cannot set hostname $WARDEN_HOSTNAME"
+
+# Passwords: the seed decides at every boot; an empty hash means no password ('*').
+set_hash() {
+    current=$(getent shadow "$1" | cut -d: -f2)
+    if [ "$current" != "$2" ]; then
+        usermod -p "$2" "$1" || say "cannot set the password of $1"
+    fi
+}
+set_hash root "${WARDEN_ROOT_HASH:-*}"
+set_hash admin "${WARDEN_ADMIN_HASH:-*}"
+
+# Logins: without a root password, root is logged in at once on every wired line.
+# /usr/lib/warden/getty reads $RUN/autologin.
+rm -f "$RUN/autologin"
+[ -n "$WARDEN_ROOT_HASH" ] || touch "$RUN/autologin"
+for line in $WARDEN_LINES; do
+    case "$line" in
+        tty0) ;; # con0: console-getty.service
+        ttyS[0-9]|ttyS[0-9][0-9]) systemctl --no-block start "warden-getty@$line.service" ;;
+        *) say "ignoring unknown line $line" ;;
+    esac
+done
+
+# SSH keys for root and admin (sshd_config.d/warden.conf names these files).
+if [ -n "$WARDEN_SSH_KEYS" ]; then
+    for user in root admin; do
+        printf '%s\n' "$WARDEN_SSH_KEYS" > "$RUN/ssh/authorized_keys.$user"
+    done
+fi
+
+# Network: eth0 (renamed from vec0 by udev) static from network.env, else DHCP.
+WARDEN_IP=
+WARDEN_GATEWAY=
+WARDEN_DNS=
+[ -f "$RUN/network.env" ] && . "$RUN/network.env"
+{
+    echo "# written at boot by /usr/lib/warden/seed from this guest's seed disk"
+    echo "allow-hotplug eth0"
+    case "$WARDEN_IP" in
+        "") echo "iface eth0 inet dhcp" ;;
+        *:*) printf 'iface eth0 inet6 static\n    address %s\n' "$WARDEN_IP" ;;
+        *) printf 'iface eth0 inet static\n    address %s\n' "$WARDEN_IP" ;;
+    esac
+    [ -n "$WARDEN_IP" ] && [ -n "$WARDEN_GATEWAY" ] && echo "    gateway $WARDEN_GATEWAY"
+} > "$RUN/interfaces"
+: > "$RUN/resolv.conf"
+for dns in $WARDEN_DNS; do
+    echo "nameserver $dns" >> "$RUN/resolv.conf"
+done
+
+say "hostname $WARDEN_HOSTNAME, lines $WARDEN_LINES, eth0 ${WARDEN_IP:-dhcp}"

@@ -1,0 +1,405 @@
+"""The Debian image (`warden image build debian`): built once per machine into the shared cache,
+then booted for real under UML with seed disks written by warden.images.seed.write."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.support.rawboot import RawGuest
+from warden.errors import ImageError
+from warden.images import debian
+from warden.images.seed import Seed, write
+from warden.images.store import ImageStore
+from warden.paths import Layout, layout
+from warden.progress import NullProgress
+
+GUEST_MEMORY = 256 << 20
+BOOT_TIMEOUT = 180.0  # a loaded 2-core host; a guest alone reaches its login in about 8 s
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Iterator[Path]:
+    """The Debian image at its default size, built into the shared cache (once per machine)."""
+    lay = layout(Path(os.environ.get("WARDEN_TEST_IMAGE_HOME", "/tmp/warden-test-images")))
+    lay.ensure()
+    yield debian.build(ImageStore(lay), NullProgress())
+
+
+def crypt(password: str) -> str:
+    out = subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def boot(home: Layout, image: Path, seed: Seed | None, name: str) -> RawGuest:
+    """A guest over `image` with its own COW and (unless None) a seed disk; not started."""
+    d = home.machine(name)
+    d.mkdir(parents=True)
+    seed_path = None
+    if seed is not None:
+        seed_path = d / "seed.img"
+        write(seed_path, seed)
+    return RawGuest(home, image, d / "disk.cow", memory=GUEST_MEMORY, seed=seed_path)
+
+
+def sh(g: RawGuest, command: str, timeout: float = 120.0) -> str:
+    """`command`'s output on the guest's console, without terminal escapes and carriage returns."""
+    out = g.run(command, timeout).encode()
+    return ANSI.sub(b"", out).decode(errors="replace").replace("\r", "")
+
+
+def login(g: RawGuest, user: str, password: str) -> None:
+    g.expect(b" login: ", BOOT_TIMEOUT)
+    g.send(f"{user}\n".encode())
+    g.expect(b"Password: ", 60)
+    g.send(f"{password}\n".encode())
+    g.wait_prompt(60)
+
+
+def system_state(g: RawGuest) -> str:
+    """`systemctl is-system-running --wait`, with the failed units when it is not 'running'."""
+    state = sh(g, "systemctl is-system-running --wait").split()[-1]
+    if state != "running":
+        failed = sh(g, "systemctl --no-pager --failed --no-legend --plain")
+        return f"{state}; failed units:\n{failed}"
+    return state
+
+
+def host_key_fingerprints(g: RawGuest) -> list[str]:
+    out = sh(g, "for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done")
+    return sorted(line.split()[1] for line in out.splitlines() if "SHA256:" in line)
+
+
+def debugfs(image: Path, request: str) -> str:
+    out = subprocess.run(
+        ["debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# no guest: mirror, progress, input checks, the seed's new fields
+
+
+def test_mirror_from_one_line_and_deb822_sources(tmp_path: Path) -> None:
+    lst = tmp_path / "sources.list"
+    lst.write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb http://other.example/debian trixie main\n"
+        "deb http://contrib-only.example/debian bookworm contrib\n"
+    )
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "a.sources").write_text(
+        "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nComponents: main\n"
+        "Enabled: no\n\n"
+        "Types: deb deb-src\n# a comment\nURIs: http://mirror.example/debian/\n"
+        "Suites: bookworm bookworm-updates\nComponents: main contrib\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    (d / "b.list").write_text("deb [arch=amd64] http://later.example/debian bookworm main\n")
+    assert debian.find_mirror("bookworm", lst, d) == "http://mirror.example/debian"
+    assert debian.find_mirror("trixie", lst, d) == "http://other.example/debian"
+    (d / "a.sources").unlink()
+    assert debian.find_mirror("bookworm", lst, d) == "http://later.example/debian"
+
+
+def test_no_mirror_is_a_clear_error(tmp_path: Path) -> None:
+    lst = tmp_path / "sources.list"
+    lst.write_text("deb http://ftp.example/debian bullseye main\n")
+    with pytest.raises(ImageError, match=r"no Debian mirror for 'bookworm'.*sources\.list"):
+        debian.find_mirror("bookworm", lst, tmp_path / "missing.d")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def step(self, message: str) -> None:
+        self.events.append(("step", message))
+
+    def total(self, n: float) -> None:
+        self.events.append(("total", n))
+
+    def advance(self, n: float = 1) -> None:
+        self.events.append(("advance", n))
+
+
+# Lines as debootstrap 1.0.128 prints them (trailing blanks included).
+DEBOOTSTRAP_OUTPUT = """\
+I: Target architecture can be executed
+I: Retrieving InRelease 
+I: Checking Release signature
+I: Retrieving Packages 
+I: Validating Packages 
+I: Resolving dependencies of required packages...
+I: Resolving dependencies of base packages...
+I: Checking component main on http://deb.debian.org/debian...
+I: Retrieving adduser 3.134
+I: Validating adduser 3.134
+I: Retrieving apt 2.6.1
+I: Validating apt 2.6.1
+I: Retrieving udev 252.39-1~deb12u2
+I: Validating udev 252.39-1~deb12u2
+I: Chosen extractor for .deb packages: dpkg-deb
+I: Extracting adduser...
+I: Extracting apt...
+I: Installing core packages...
+I: Unpacking required packages...
+I: Unpacking adduser...
+I: Unpacking apt...
+I: Configuring required packages...
+I: Configuring adduser...
+I: Configuring apt...
+I: Unpacking the base system...
+I: Unpacking udev...
+I: Configuring the base system...
+I: Configuring udev...
+I: Base system installed successfully.
+warden: installing warden's units and the user admin
+"""
+
+
+def test_debootstrap_lines_become_progress_steps(tmp_path: Path) -> None:
+    (tmp_path / "debootstrap").mkdir()
+    (tmp_path / "debootstrap" / "required").write_text("adduser apt\n")
+    (tmp_path / "debootstrap" / "base").write_text("udev\n")
+    rec = Recorder()
+    feed = debian.DebootstrapProgress(rec, tmp_path)
+    for line in DEBOOTSTRAP_OUTPUT.splitlines(keepends=True):
+        feed.feed(line)
+    assert rec.events == [
+        ("step", "fetching the package index"),
+        ("step", "resolving dependencies"),
+        ("step", "downloading packages"),
+        ("advance", 1),
+        ("advance", 1),
+        ("advance", 1),
+        ("step", "extracting the required packages"),
+        ("total", 2),
+        ("advance", 1),
+        ("advance", 1),
+        ("step", "unpacking the required packages"),
+        ("total", 2),
+        ("advance", 1),
+        ("advance", 1),
+        ("step", "configuring the required packages"),
+        ("total", 2),
+        ("advance", 1),
+        ("advance", 1),
+        ("step", "unpacking the base system"),
+        ("total", 1),
+        ("advance", 1),
+        ("step", "configuring the base system"),
+        ("total", 1),
+        ("advance", 1),
+        ("step", "base system installed"),
+        ("step", "installing warden's units and the user admin"),
+    ]
+    assert feed.tail[-1] == "warden: installing warden's units and the user admin"
+
+
+@pytest.mark.parametrize("size", [64 << 20, debian.MIN_SIZE - 1024, (1 << 30) + 1])
+def test_bad_size_is_refused_before_any_work(home: Layout, size: int) -> None:
+    cache = home.cache / "images"
+    before = sorted(cache.iterdir()) if cache.exists() else []
+    with pytest.raises(ImageError, match=r"give a whole number of KiB, at least 512M"):
+        debian.build(ImageStore(home), NullProgress(), size=size)
+    after = sorted(cache.iterdir()) if cache.exists() else []
+    assert after == before
+    assert not (home.images / "debian.img").exists()
+
+
+def read_seed_env(seed_img: Path) -> dict[str, str]:
+    """Source seed.env from the seed disk with a POSIX shell, as the guest does."""
+    env_text = debugfs(seed_img, "cat /seed.env")
+    script = env_text + 'for v in ${!WARDEN_*}; do printf "%s=%s\\0" "$v" "${!v}"; done\n'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return dict(item.split("=", 1) for item in out.stdout.split("\0") if item)
+
+
+def test_seed_admin_hash_and_ssh_keys(tmp_path: Path) -> None:
+    h = crypt("s3cret")
+    keys = ("ssh-ed25519 AAAAC3Nza1 alice@example", 'from="10.0.0.0/8" ssh-rsa AAAAB3Nz bob')
+    write(tmp_path / "seed.img", Seed("web1", admin_hash=h, ssh_keys=keys))
+    env = read_seed_env(tmp_path / "seed.img")
+    assert env["WARDEN_ADMIN_HASH"] == h
+    assert env["WARDEN_SSH_KEYS"].split("\n") == list(keys)
+    assert env["WARDEN_HOSTNAME"] == "web1"
+    # without them, seed.env is what it was before these fields existed
+    write(tmp_path / "old.img", Seed("web1", root_hash=h))
+    assert debugfs(tmp_path / "old.img", "cat /seed.env") == (
+        f"WARDEN_HOSTNAME=web1\nWARDEN_LINES=tty0\nWARDEN_ROOT_HASH={shlex.quote(h)}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seed", "what"),
+    [
+        (Seed("web1", admin_hash="$6$x$y:z"), "admin_hash"),
+        (Seed("web1", admin_hash="$6$x$y\nroot::0:0"), "admin_hash"),
+        (Seed("web1", ssh_keys=("ssh-ed25519 AAAA a\nssh-rsa BBBB b",)), r"ssh_keys\[0\]"),
+        (Seed("web1", ssh_keys=("ssh-ed25519 AAAA a", "  ")), r"ssh_keys\[1\]"),
+    ],
+)
+def test_seed_refuses_values_that_would_corrupt_the_guest(
+    tmp_path: Path, seed: Seed, what: str
+) -> None:
+    with pytest.raises(ImageError, match=rf"seed: {what} must be"):
+        write(tmp_path / "seed.img", seed)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the built image
+
+
+def test_image_is_cached_and_holds_nothing_machine_specific(
+    debian_image: Path, home: Layout
+) -> None:
+    cached = home.cache / "images" / debian_image.name
+    st = cached.stat()
+    assert st.st_mode & 0o777 == 0o444
+    again = debian.build(ImageStore(home), NullProgress())  # another home, same cache
+    assert again.name == debian_image.name
+    assert cached.stat().st_ino == st.st_ino and cached.stat().st_mtime == st.st_mtime
+    assert (home.images / "debian.img").resolve() == again
+    # each guest makes its own machine-id and SSH host keys; per-guest files point into /run
+    assert "ssh_host_" not in debugfs(debian_image, "ls /etc/ssh")
+    assert debugfs(debian_image, "cat /etc/machine-id") == ""
+    for path, target in (
+        ("/etc/hostname", "/run/warden/hostname"),
+        ("/etc/resolv.conf", "/run/warden/resolv.conf"),
+    ):
+        assert f'Fast link dest: "{target}"' in debugfs(debian_image, f"stat {path}")
+    assert "admin:x:1000:1000" in debugfs(debian_image, "cat /etc/passwd")
+    assert re.search(r"^sudo:x:27:admin$", debugfs(debian_image, "cat /etc/group"), re.M)
+
+
+# ---------------------------------------------------------------------------------------------
+# real guests
+
+guest = pytest.mark.guest
+
+
+@guest
+@pytest.mark.timeout(900)
+def test_root_password_login_hostname_and_a_running_system(
+    debian_image: Path, home: Layout, record_property: Callable[[str, object], None]
+) -> None:
+    with boot(home, debian_image, Seed("deb-pw", root_hash=crypt("rootpw")), "deb-pw") as g:
+        g.expect(b"deb-pw login: ", BOOT_TIMEOUT)
+        g.send(b"root\n")
+        g.expect(b"Password: ", 60)
+        g.send(b"wrong\n")
+        g.expect(b"Login incorrect", 60)
+        login(g, "root", "rootpw")
+        assert system_state(g) == "running"
+        assert sh(g, "id -un; hostname; cat /etc/hostname").split() == ["root", "deb-pw", "deb-pw"]
+        assert sh(g, "systemctl is-active ssh.service console-getty.service").split() == [
+            "active",
+            "active",
+        ]
+        assert len(host_key_fingerprints(g)) == 3  # rsa, ecdsa, ed25519, made at first boot
+        virt = sh(g, "virt-what").split()
+        record_property("virt_what", " ".join(virt))
+        print(f"virt-what in a Debian guest: {virt}", file=sys.stderr)
+        assert virt[0] == "uml"  # /proc/cpuinfo says "User Mode Linux"; the honeypot hides it
+
+
+@guest
+@pytest.mark.timeout(900)
+def test_no_root_hash_gives_a_root_shell_and_each_guest_its_own_host_keys(
+    debian_image: Path, home: Layout
+) -> None:
+    with ExitStack() as stack:
+        guests = [
+            stack.enter_context(boot(home, debian_image, Seed(f"deb-{i}"), f"deb-{i}"))
+            for i in (1, 2)
+        ]
+        keys = []
+        ids = []
+        for i, g in enumerate(guests, 1):
+            g.expect(b"(automatic login)", BOOT_TIMEOUT)
+            g.wait_prompt(60)
+            assert system_state(g) == "running"
+            assert sh(g, "id -un; hostname").split() == ["root", f"deb-{i}"]
+            assert sh(g, "systemctl is-active ssh.service").strip() == "active"
+            keys.append(host_key_fingerprints(g))
+            ids.append(sh(g, "cat /etc/machine-id").strip())
+        assert len(keys[0]) == len(keys[1]) == 3
+        assert not set(keys[0]) & set(keys[1])
+        assert ids[0] != ids[1] and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+@guest
+@pytest.mark.timeout(900)
+def test_admin_password_sudo_seed_ssh_keys_and_network_settings(
+    debian_image: Path, home: Layout, tmp_path: Path
+) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "warden-test", "-f", str(key)],
+        check=True,
+    )
+    seed = Seed(
+        "deb-admin",
+        root_hash=crypt("rootpw"),
+        admin_hash=crypt("adminpw"),
+        ssh_keys=(key.with_suffix(".pub").read_text().strip(),),
+        network={
+            "WARDEN_IP": "10.9.8.7/24",
+            "WARDEN_GATEWAY": "10.9.8.1",
+            "WARDEN_DNS": "10.9.8.2",
+        },
+    )
+    with boot(home, debian_image, seed, "deb-admin") as g:
+        login(g, "admin", "adminpw")
+        assert system_state(g) == "running"
+        assert sh(g, "id -un").strip() == "admin"
+        assert sh(g, "echo adminpw | sudo -S -p '' id -un 2>/dev/null").strip() == "root"
+        # the seed's key logs in as admin and as root (over the guest's own loopback)
+        g.send(f"cat > ~/k <<'EOF'\n{key.read_text()}EOF\n".encode())
+        g.wait_prompt(60)
+        ssh = "ssh -i ~/k -o BatchMode=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR"
+        assert sh(g, f"chmod 600 ~/k; {ssh} admin@localhost id -un").strip() == "admin"
+        assert sh(g, f"{ssh} root@localhost id -un").strip() == "root"
+        # eth0's settings are ready for when a NIC is wired (no NIC in this test)
+        eth0 = dict(
+            line.split(": ", 1) for line in sh(g, "/sbin/ifquery eth0").splitlines() if ": " in line
+        )
+        assert (eth0["address"], eth0["netmask"], eth0["gateway"]) == (
+            "10.9.8.7",
+            "255.255.255.0",
+            "10.9.8.1",
+        )
+        assert sh(g, "cat /etc/resolv.conf").strip() == "nameserver 10.9.8.2"
+
+
+@guest
+@pytest.mark.timeout(900)
+def test_without_a_seed_disk_the_guest_uses_defaults(debian_image: Path, home: Layout) -> None:
+    with boot(home, debian_image, None, "deb-noseed") as g:
+        g.expect(b"(automatic login)", BOOT_TIMEOUT)
+        g.wait_prompt(60)
+        assert system_state(g) == "running"
+        assert sh(g, "id -un; hostname").split() == ["root", "localhost"]
+        assert "no seed disk" in sh(g, "journalctl --no-pager -b -u warden-seed -o cat")
