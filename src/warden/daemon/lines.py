@@ -205,6 +205,11 @@ class Line:
         return data[-limit:]
 
     # -- clients to guest
+    @property
+    def pending_input(self) -> int:
+        """Bytes clients sent that the guest has not read yet (for flow control upstream)."""
+        return len(self._pending)
+
     def write(self, client: Client, data: bytes) -> None:
         if not client.writer:
             return  # a spy's keystrokes go nowhere

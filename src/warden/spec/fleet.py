@@ -120,6 +120,7 @@ class Concentrator:
 @dataclass(frozen=True)
 class Logs:
     quota: int = 64 << 20  # per guest, all of its session logs together
+    enabled: bool = True  # false: no session logs (consoles still work)
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ CONCENTRATOR_FIELDS: dict[str, Check] = {
     "listen": _listen,
     "idle_timeout": _int_range(0, 7 * 86400),
 }
-LOGS_FIELDS: dict[str, Check] = {"quota": _size}
+LOGS_FIELDS: dict[str, Check] = {"quota": _size, "enabled": _bool}
 OWNER_FIELDS: dict[str, Check] = {
     "name": _pattern(OWNER_NAME, "a lower-case name of up to 32 characters"),
     "keys": _ssh_keys,

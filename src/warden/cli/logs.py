@@ -1,0 +1,344 @@
+"""`warden logs ls|verify|export|search|dump` and `warden replay`: the session logs.
+
+These read the log files directly (docs/formats/session-log.md), so they work with no daemon
+running; when one runs, they first ask it to write out what it has queued, so a live file is
+read up to date.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from warden.console import export, logstore, replay
+from warden.console import search as searchmod
+from warden.console import sessionlog as sl
+from warden.errors import DaemonNotRunning, WardenError
+from warden.paths import Layout, layout
+
+
+def _flush_daemon(lay: Layout) -> None:
+    from warden.api.client import ApiClient
+
+    if not lay.socket.exists():
+        return
+    try:
+        ApiClient(lay, timeout=60).post("/logs/flush")
+    except (DaemonNotRunning, WardenError, OSError):
+        pass  # no daemon (or an older one): the files are what there is
+
+
+def _key(lay: Layout) -> bytes:
+    return logstore.load_key(lay)
+
+
+def _when(us: int) -> str:
+    if not us:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us / 1e6)) + f".{us % 1000000:06d}"
+
+
+def _records(
+    lay: Layout, name: str, line: str, boot: int | None
+) -> tuple[list[sl.Record], dict[str, Any]]:
+    key = _key(lay)
+    records: list[sl.Record] = []
+    meta: dict[str, Any] = {}
+    for ref in logstore.select_one(lay, name, line, boot):
+        with logstore.reading(ref, key) as reader:
+            meta = meta or dict(reader.header.meta)
+            records.extend(reader)
+            if reader.state.problem:
+                print(
+                    f"warden: {ref.path}: {reader.state.problem}; showing the records before it",
+                    file=sys.stderr,
+                )
+    return records, meta
+
+
+# ---- ls ---------------------------------------------------------------------------------
+def _ls(args: argparse.Namespace) -> int:
+    lay = layout()
+    rows: list[dict[str, Any]] = []
+    for ref in logstore.find(lay, args.name):
+        st = ref.path.stat()
+        try:
+            with sl.open_raw(ref.path) as f:
+                header = sl.LogReader(f, None, str(ref.path)).header
+            started = int(header.meta.get("created_us", 0))
+        except (WardenError, OSError, EOFError):
+            started = 0
+        state = "live" if ref.is_live() else ("closed" if ref.compressed else "open")
+        rows.append(
+            {
+                "machine": ref.machine,
+                "line": ref.line,
+                "boot": ref.boot,
+                "part": ref.part,
+                "archived": ref.archived,
+                "state": state,
+                "started_us": started,
+                "modified": st.st_mtime,
+                "bytes": st.st_size,
+                "path": str(ref.path),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no session logs" + (f" of {args.name}" if args.name else ""))
+        return 0
+    print(f"{'MACHINE':<16} {'LINE':<5} {'BOOT':>5} {'STATE':<7} {'STARTED':<19} {'SIZE':>10}")
+    for r in rows:
+        label = r["machine"] + (" (archived)" if r["archived"] else "")
+        boot = f"{r['boot']}" + (f".{r['part']}" if r["part"] > 1 else "")
+        print(
+            f"{label:<16} {r['line']:<5} {boot:>5} {r['state']:<7} "
+            f"{_when(r['started_us'])[:19]:<19} {r['bytes']:>10}"
+        )
+    return 0
+
+
+# ---- verify -----------------------------------------------------------------------------
+def _verify(args: argparse.Namespace) -> int:
+    lay = layout()
+    _flush_daemon(lay)
+    key = _key(lay)
+    refs = logstore.find(lay, args.name, args.line, args.boot)
+    if not refs:
+        raise WardenError("no session logs to verify" + (f" for {args.name}" if args.name else ""))
+    results = []
+    for ref in refs:
+        v = sl.verify(ref.path, key, live=ref.is_live())
+        results.append((ref, v))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": str(ref.path),
+                        "machine": ref.machine,
+                        "line": ref.line,
+                        "boot": ref.boot,
+                        "part": ref.part,
+                        "status": v.status,
+                        "ok": v.ok,
+                        "records": v.records,
+                        "bad_record": v.bad_seq,
+                        "message": v.message,
+                    }
+                    for ref, v in results
+                ],
+                indent=1,
+            )
+        )
+    else:
+        for ref, v in results:
+            word = "OK  " if v.ok else "FAIL"
+            print(f"{word} {ref.label}: {v.status}: {v.message}")
+            if not v.ok:
+                print(f"     {ref.path}")
+    return 0 if all(v.ok for _, v in results) else 1
+
+
+# ---- export -----------------------------------------------------------------------------
+def _export(args: argparse.Namespace) -> int:
+    lay = layout()
+    _flush_daemon(lay)
+    name, _, line = args.name.partition(":")
+    records, meta = _records(lay, name, line or args.line, args.boot)
+    out = open(args.output, "wb") if args.output else None  # noqa: SIM115
+    try:
+        write = out.write if out is not None else sys.stdout.buffer.write
+        if args.format == "asciicast":
+            for text in export.asciicast(records, meta, with_input=not args.no_input):
+                write(text.encode())
+        elif args.format == "text":
+            write(export.text(records, args.direction).encode())
+            write(b"\n")
+        else:
+            for chunk in export.raw(records, args.direction):
+                write(chunk)
+    finally:
+        if out is not None:
+            out.close()
+        else:
+            sys.stdout.flush()
+    return 0
+
+
+# ---- search -----------------------------------------------------------------------------
+def _search(args: argparse.Namespace) -> int:
+    lay = layout()
+    _flush_daemon(lay)
+    key = _key(lay)
+    needle = args.string.encode()
+    if not needle:
+        raise WardenError("search: the string is empty")
+    hits: list[searchmod.Hit] = []
+    for ref in logstore.find(lay, args.machine, args.line, args.boot):
+        hits.extend(
+            searchmod.search_file(
+                ref,
+                key,
+                needle,
+                ignore_case=args.ignore_case,
+                typed=not args.printed,
+                printed=not args.typed,
+            )
+        )
+    hits.sort(key=lambda h: h.time_us)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "machine": h.machine,
+                        "line": h.line,
+                        "boot": h.boot,
+                        "part": h.part,
+                        "direction": h.direction,
+                        "seq": h.seq,
+                        "time_us": h.time_us,
+                        "time": _when(h.time_us),
+                        "user": h.user,
+                        "context": h.context.decode("utf-8", "replace"),
+                        "path": h.path,
+                    }
+                    for h in hits
+                ],
+                indent=1,
+            )
+        )
+    else:
+        for h in hits:
+            who = f" by {h.user}" if h.direction == "typed" and h.user else ""
+            ctx = export.strip_controls(h.context.decode("utf-8", "replace")).replace("\n", "⏎")
+            print(
+                f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}{who}  "
+                f"record {h.seq}: …{ctx}…"
+            )
+    return 0 if hits else 1
+
+
+# ---- dump -------------------------------------------------------------------------------
+def _dump(args: argparse.Namespace) -> int:
+    lay = layout()
+    _flush_daemon(lay)
+    name, _, line = args.name.partition(":")
+    records, _meta = _records(lay, name, line or args.line, args.boot)
+    for r in records:
+        item: dict[str, Any] = {"seq": r.seq, "time_us": r.time_us, "type": r.kind}
+        if r.type in (sl.OUTPUT, sl.INPUT):
+            item["data"] = r.data.decode("latin-1")
+            if r.type == sl.INPUT:
+                item["user"] = r.user
+        elif r.type in (sl.EVENT, sl.END):
+            item.update(r.event)
+        if args.json:
+            print(json.dumps(item))
+        else:
+            rest = {k: v for k, v in item.items() if k not in ("seq", "time_us", "type")}
+            print(f"{r.seq:>7} {_when(r.time_us)} {r.kind:<10} {json.dumps(rest)}")
+    return 0
+
+
+# ---- replay -----------------------------------------------------------------------------
+def _replay(args: argparse.Namespace) -> int:
+    lay = layout()
+    _flush_daemon(lay)
+    name, _, line = args.name.partition(":")
+    try:
+        start = replay.parse_time(args.start) if args.start else 0.0
+    except ValueError as e:
+        raise WardenError(str(e)) from None
+    if args.speed <= 0:
+        raise WardenError(f"--speed {args.speed}: expected a number above 0, e.g. 2 or 0.5")
+    records, meta = _records(lay, name, line or args.line, args.boot)
+    if sys.stderr.isatty():
+        print(
+            f"[warden: replaying {meta.get('machine')} {meta.get('line')} boot "
+            f"{meta.get('boot')} from {_when(records[0].time_us) if records else '-'}; "
+            "Ctrl-C stops]",
+            file=sys.stderr,
+        )
+    steps = replay.schedule(
+        records,
+        speed=args.speed,
+        start=start,
+        max_idle=args.max_idle if args.max_idle > 0 else None,
+        events=args.events,
+    )
+    replay.play(steps, sys.stdout.fileno())
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("logs", help="session logs: list, verify, export, search")
+    lsub = p.add_subparsers(dest="logs_command", metavar="COMMAND", required=True)
+
+    q = lsub.add_parser("ls", help="list session logs (all guests, or one)")
+    q.add_argument("name", nargs="?")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_ls)
+
+    q = lsub.add_parser("verify", help="check the HMAC chain of session logs")
+    q.add_argument("name", nargs="?", help="a guest (default: every log)")
+    q.add_argument("--line")
+    q.add_argument("--boot", type=int)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_verify)
+
+    q = lsub.add_parser("export", help="export one log: asciicast v2, plain text or raw bytes")
+    q.add_argument("name", help="NAME or NAME:LINE")
+    q.add_argument("--line", default="con0")
+    q.add_argument("--boot", type=int, help="default: the latest")
+    q.add_argument("--format", choices=("asciicast", "text", "raw"), default="asciicast")
+    q.add_argument(
+        "--direction",
+        choices=("out", "in", "both"),
+        default="out",
+        help="text/raw: what the guest printed (out), what was typed (in), or both",
+    )
+    q.add_argument("--no-input", action="store_true", help="asciicast: leave out 'i' events")
+    q.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    q.set_defaults(func=_export)
+
+    q = lsub.add_parser("search", help="find where a string was typed or printed")
+    q.add_argument("string")
+    q.add_argument("--machine")
+    q.add_argument("--line")
+    q.add_argument("--boot", type=int)
+    q.add_argument("-i", "--ignore-case", action="store_true")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--typed", action="store_true", help="only what clients typed")
+    which.add_argument("--printed", action="store_true", help="only what guests printed")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_search)
+
+    q = lsub.add_parser("dump", help="every record of one log, one per line")
+    q.add_argument("name", help="NAME or NAME:LINE")
+    q.add_argument("--line", default="con0")
+    q.add_argument("--boot", type=int, help="default: the latest")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_dump)
+
+    p = sub.add_parser("replay", help="play a session log back with its timing")
+    p.add_argument("name", help="NAME or NAME:LINE")
+    p.add_argument("--line", default="con0")
+    p.add_argument("--boot", type=int, help="default: the latest")
+    p.add_argument("--speed", type=float, default=1.0, help="2: twice as fast")
+    p.add_argument(
+        "--from", dest="start", help="start at T (seconds or [H:]M:S); earlier output at once"
+    )
+    p.add_argument(
+        "--max-idle", type=float, default=2.0, help="shorten pauses to this (0: keep them)"
+    )
+    p.add_argument("--events", action="store_true", help="show attach/detach/... inline")
+    p.set_defaults(func=_replay)
+
+
+__all__ = ["register"]

@@ -1,0 +1,89 @@
+"""`warden replay`: play a session log back with its timing.
+
+`schedule()` is the policy, pure: records in, (delay, bytes) steps out. Output before `--from`
+is written at once (the screen must be rebuilt before playing from there), pauses longer than
+`max_idle` are shortened to it (as asciinema's idle limit), and every delay is divided by
+`speed`. `play()` performs the steps on a file descriptor.
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from warden.console import sessionlog as sl
+
+
+@dataclass(frozen=True)
+class Step:
+    delay: float  # seconds to wait before writing
+    data: bytes
+    at: float  # seconds from the start of the log (for a progress display)
+
+
+def schedule(
+    records: Iterable[sl.Record],
+    speed: float = 1.0,
+    start: float = 0.0,
+    max_idle: float | None = 2.0,
+    events: bool = False,
+) -> Iterator[Step]:
+    if speed <= 0:
+        raise ValueError("speed must be above 0")
+    first: int | None = None
+    prev: float | None = None  # log time of the last step played with timing
+    for r in records:
+        if first is None:
+            first = r.time_us
+        at = (r.time_us - first) / 1e6
+        if r.type == sl.OUTPUT:
+            data = r.data
+        elif events and r.type == sl.EVENT and r.kind not in ("open", "resize"):
+            ev = r.event
+            detail = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k != "kind")
+            data = f"\r\n[warden log: {r.kind} {detail}]\r\n".encode()
+        else:
+            continue
+        if at < start:
+            yield Step(0.0, data, at)
+            continue
+        if prev is None:
+            delay = 0.0
+        else:
+            delay = max(0.0, at - prev)
+            if max_idle is not None:
+                delay = min(delay, max_idle)
+        prev = at
+        yield Step(delay / speed, data, at)
+
+
+def play(
+    steps: Iterable[Step],
+    fd: int,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Write the steps to `fd` with their delays; returns the bytes written."""
+    n = 0
+    for s in steps:
+        if s.delay > 0:
+            sleep(s.delay)
+        view = memoryview(s.data)
+        while view:
+            k = os.write(fd, view)
+            view = view[k:]
+        n += len(s.data)
+    return n
+
+
+def parse_time(text: str) -> float:
+    """--from: seconds ("90", "1.5") or [[H:]M:]S ("1:30", "0:01:30")."""
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        raise ValueError(f"--from {text!r}: expected seconds or [H:]M:S, e.g. 90 or 1:30") from None
+    if len(parts) > 3 or any(p < 0 for p in parts):
+        raise ValueError(f"--from {text!r}: expected seconds or [H:]M:S, e.g. 90 or 1:30")
+    total = 0.0
+    for p in parts:
+        total = total * 60 + p
+    return total

@@ -1,0 +1,82 @@
+"""`warden logs search`: on which guest, line and time a string was typed or printed.
+
+Each file's output and input are searched as two continuous streams, so a string split over
+several records (a typed word is one record per keystroke) is still found; a hit reports the
+time and sequence number of the record where it starts, and for input, who typed it.
+"""
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from warden.console import logstore
+from warden.console import sessionlog as sl
+
+
+@dataclass(frozen=True)
+class Hit:
+    machine: str
+    line: str
+    boot: int
+    part: int
+    direction: str  # "printed" or "typed"
+    seq: int
+    time_us: int
+    user: str
+    context: bytes
+    path: str
+
+
+class _Stream:
+    """One direction of one file, concatenated, remembering where each record starts."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.starts: list[int] = []
+        self.recs: list[sl.Record] = []
+
+    def add(self, r: sl.Record) -> None:
+        self.starts.append(len(self.data))
+        self.recs.append(r)
+        self.data += r.data
+
+    def record_at(self, offset: int) -> sl.Record:
+        return self.recs[bisect.bisect_right(self.starts, offset) - 1]
+
+
+def search_file(
+    ref: logstore.LogRef,
+    key: bytes | None,
+    needle: bytes,
+    ignore_case: bool = False,
+    typed: bool = True,
+    printed: bool = True,
+    context: int = 30,
+) -> Iterator[Hit]:
+    out, inp = _Stream(), _Stream()
+    with logstore.reading(ref, key) as reader:
+        for r in reader:
+            if r.type == sl.OUTPUT and printed:
+                out.add(r)
+            elif r.type == sl.INPUT and typed:
+                inp.add(r)
+    pattern = needle.lower() if ignore_case else needle
+    for direction, stream in (("typed", inp), ("printed", out)):
+        hay = bytes(stream.data).lower() if ignore_case else bytes(stream.data)
+        pos = hay.find(pattern)
+        while pos >= 0:
+            rec = stream.record_at(pos)
+            lo, hi = max(0, pos - context), pos + len(pattern) + context
+            yield Hit(
+                ref.machine,
+                ref.line,
+                ref.boot,
+                ref.part,
+                direction,
+                rec.seq,
+                rec.time_us,
+                rec.user,
+                bytes(stream.data[lo:hi]),
+                str(ref.path),
+            )
+            pos = hay.find(pattern, pos + max(1, len(pattern)))
