@@ -20,8 +20,6 @@ SSH_OPTS = [
     "-o",
     "UserKnownHostsFile=/dev/null",
     "-o",
-    "LogLevel=ERROR",
-    "-o",
     "ConnectTimeout=20",
     "-o",
     "IdentitiesOnly=yes",
@@ -61,8 +59,18 @@ class SshUser:
         tty: bool = False,
         batch: bool = True,
         extra: tuple[str, ...] = (),
+        log_level: str = "ERROR",
     ) -> list[str]:
-        args = ["ssh", *SSH_OPTS, "-p", str(port), "-i", str(self.key)]
+        args = [
+            "ssh",
+            *SSH_OPTS,
+            "-o",
+            f"LogLevel={log_level}",
+            "-p",
+            str(port),
+            "-i",
+            str(self.key),
+        ]
         args += ["-o", "BatchMode=yes"] if batch else []
         args += ["-tt"] if tty else ["-T"]
         return [*args, *extra, f"{self.name}@127.0.0.1", *command]

@@ -63,10 +63,12 @@ def parse_command(command: str | None) -> Request:
         return Refuse("warden: file transfer (scp, sftp, rsync) is not offered here")
     target = words[0]
     name, _, line = target.partition(":")
-    if not MACHINE_NAME.match(name):
+    if not MACHINE_NAME.match(name) or any(
+        not w.startswith("-") and not w.isdigit() for w in words[1:]
+    ):
         return Refuse(
-            f"warden: {target!r} is not a guest name; this is a console concentrator: no shell "
-            "and no host commands (`help` says what it does)"
+            f"warden: {command.strip()!r}: this is a console concentrator: no shell and no "
+            "host commands; give a guest name (`help` says what it does)"
         )
     line = line or "con0"
     if not LINE_NAME.match(line):

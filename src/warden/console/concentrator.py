@@ -367,8 +367,8 @@ class Session(asyncssh.SSHServerSession[bytes]):
         self._notice(f"[warden: attached to {req.machine} {req.line} as {mode}; Ctrl-] . detaches]")
         if sup.machine.state is not m.State.RUNNING:
             self._notice(
-                f"[warden: {req.machine} is {sup.machine.state}; its output appears here when "
-                "it runs]"
+                f"[warden: {req.machine} is not running ({sup.machine.state}); its output "
+                "appears here when it runs]"
             )
         if req.scrollback:
             self._send(line.recent(req.scrollback))
@@ -451,7 +451,7 @@ class Session(asyncssh.SSHServerSession[bytes]):
         return False
 
     def eof_received(self) -> bool:
-        self.end("", 0)
+        self.end("", 0, reason="the client closed its input")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -473,10 +473,11 @@ class Session(asyncssh.SSHServerSession[bytes]):
                 t.cancel()
         self._idle = self._resume = None
 
-    def end(self, message: str, status: int, notice: bool = True) -> None:
+    def end(self, message: str, status: int, notice: bool = True, reason: str = "") -> None:
         if self.ended:
             return
-        self._detach(message.strip("[]") or "detached")
+        text = message.strip().removeprefix("[").removesuffix("]").removeprefix("warden: ")
+        self._detach(reason or text or "detached")
         self._cancel_timers()
         self.ended = True
         if self.chan is not None:
