@@ -50,6 +50,9 @@ class Daemon:
         self.services: list[Any] = []  # started/stopped with the daemon (concentrator, ...)
         # API routes added by features: (method, path under /v1, aiohttp handler)
         self.routes: list[tuple[str, str, Any]] = []
+        # Called with the Supervisor before a start changes anything; raise WardenError to
+        # refuse it (memory admission). Restarts by the restart policy meet BootHooks only.
+        self.start_checks: list[Any] = []
 
     def add_route(self, method: str, path: str, handler: Any) -> None:
         """For features' install(): expose `handler` at /v1/`path` on the daemon's API."""
@@ -132,11 +135,12 @@ class Daemon:
                     self.c.event(sup.name, "autostart-failed", error=str(e))
 
     async def shutdown(self, stop_guests: bool, timeout: float = 40.0) -> None:
+        if stop_guests:
+            # Guests first: their exit hooks still have the services (networks) they use.
+            await self.stop_all(timeout)
         for svc in reversed(self.services):
             with contextlib.suppress(Exception):
                 await svc.stop()
-        if stop_guests:
-            await self.stop_all(timeout)
         for sup in self.sups.values():
             sup.detach()
         if self.ctx is not None:
@@ -176,6 +180,10 @@ class Daemon:
             row = self.c.store.machine(n)
             if row is None:
                 self.c.images.resolve(spec.image)
+        for svc in self.services:
+            # Host-side checks (a port already bound, a tool missing): refuse before any change.
+            if hasattr(svc, "check_fleet"):
+                svc.check_fleet(new)
         report: dict[str, Any] = {"added": [], "changed": [], "removed": [], "started": []}
         for n in gone:
             sup = self.sups[n]
@@ -225,6 +233,8 @@ class Daemon:
 
     def start_machine(self, name: str) -> None:
         sup = self.sup(name)
+        for check in self.start_checks:
+            check(sup)
         if sup.machine.state is m.State.ABSENT:
             sup.create()
         sup.post(m.Start())
