@@ -3,9 +3,12 @@ then booted for real under UML with seed disks written by warden.images.seed.wri
 
 import os
 import re
+import select
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -48,15 +51,45 @@ def crypt(password: str) -> str:
     return out.stdout.strip()
 
 
-def boot(home: Layout, image: Path, seed: Seed | None, name: str) -> RawGuest:
-    """A guest over `image` with its own COW and (unless None) a seed disk; not started."""
+def boot(
+    home: Layout, image: Path, seed: Seed | None, name: str, ssl0_fd: int | None = None
+) -> RawGuest:
+    """A guest over `image` with its own COW and (unless None) a seed disk; not started.
+    With `ssl0_fd`, its serial line ssl0 (the guest's ttyS0) reads and writes that fd."""
     d = home.machine(name)
     d.mkdir(parents=True)
     seed_path = None
     if seed is not None:
         seed_path = d / "seed.img"
         write(seed_path, seed)
-    return RawGuest(home, image, d / "disk.cow", memory=GUEST_MEMORY, seed=seed_path)
+    extra: tuple[str, ...] = ()
+    fds: tuple[int, ...] = ()
+    if ssl0_fd is not None:
+        extra, fds = (f"ssl0=fd:{ssl0_fd},fd:{ssl0_fd}",), (ssl0_fd,)
+    return RawGuest(
+        home,
+        image,
+        d / "disk.cow",
+        memory=GUEST_MEMORY,
+        seed=seed_path,
+        extra=extra,
+        pass_fds=fds,
+    )
+
+
+def read_until(sock: socket.socket, pattern: bytes, timeout: float, seen: bytearray) -> None:
+    """Read `sock` into `seen` until `pattern` is in it (TimeoutError with what came)."""
+    deadline = time.monotonic() + timeout
+    while pattern not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {pattern!r} within {timeout}s; got {bytes(seen[-500:])!r}")
+        ready, _, _ = select.select([sock], [], [], left)
+        if ready:
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError(f"line closed before {pattern!r}; got {bytes(seen[-500:])!r}")
+            seen += data
 
 
 def sh(g: RawGuest, command: str, timeout: float = 120.0) -> str:
@@ -228,6 +261,80 @@ def test_bad_size_is_refused_before_any_work(home: Layout, size: int) -> None:
     assert not (home.images / "debian.img").exists()
 
 
+def build_leftovers(home: Layout) -> list[str]:
+    """Whatever a Debian build may leave: staging dirs, partial images, its tmpfs mounts."""
+    cache = home.cache / "images"
+    left = [p.name for p in cache.glob(".debian-build-*")]
+    left += [p.name for p in cache.glob(".debian-*.partial*")]
+    left += [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if "debian-bu" in m]
+    return left
+
+
+def refused_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_failed_build_is_a_clear_error_and_leaves_nothing(home: Layout) -> None:
+    mirror = f"http://127.0.0.1:{refused_port()}/debian"
+    with pytest.raises(ImageError) as err:
+        debian.build(ImageStore(home), NullProgress(), size=debian.MIN_SIZE, mirror=mirror)
+    text = str(err.value)
+    assert f"building the Debian image from {mirror} failed while fetching the package index" in (
+        text
+    )
+    assert "E: Failed getting release file" in text
+    assert build_leftovers(home) == []
+    key = debian.input_key(debian.MIN_SIZE, mirror)
+    assert not ImageStore(home).cached("debian", key).exists()
+    assert list(home.images.iterdir()) == []
+
+
+def test_killed_build_leaves_no_process_and_no_mount(home: Layout, tmp_path: Path) -> None:
+    """SIGKILL of warden mid-download: the namespace's processes die with it, its tmpfs goes
+    with the namespace, and the next build removes the staging directory."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        mirror = f"http://127.0.0.1:{port}/debian"  # accepts, never answers: debootstrap waits
+        code = (
+            "from warden.images import debian; from warden.images.store import ImageStore; "
+            "from warden.paths import layout; from warden.progress import NullProgress; "
+            f"debian.build(ImageStore(layout()), NullProgress(), {debian.MIN_SIZE}, {mirror!r})"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+        try:
+            server.settimeout(120)
+            conn, _ = server.accept()  # wget, inside the build's namespaces
+            conn.settimeout(60)
+            request = conn.recv(65536)
+        finally:
+            proc.kill()
+            proc.wait()
+        with conn:
+            assert request.startswith(b"GET /debian/dists/bookworm/")
+            while conn.recv(65536):  # EOF: the download's process is gone
+                pass
+    for _ in range(100):
+        left = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True).stdout
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == b"", "build processes outlived the build"
+    assert [m for m in build_leftovers(home) if not m.startswith(".debian-build-")] == []
+    with pytest.raises(ImageError, match="fetching the package index"):
+        debian.build(
+            ImageStore(home),
+            NullProgress(),
+            size=debian.MIN_SIZE,
+            mirror=f"http://127.0.0.1:{refused_port()}/debian",
+        )
+    assert build_leftovers(home) == []
+
+
 def read_seed_env(seed_img: Path) -> dict[str, str]:
     """Source seed.env from the seed disk with a POSIX shell, as the guest does."""
     env_text = debugfs(seed_img, "cat /seed.env")
@@ -392,6 +499,27 @@ def test_admin_password_sudo_seed_ssh_keys_and_network_settings(
             "10.9.8.1",
         )
         assert sh(g, "cat /etc/resolv.conf").strip() == "nameserver 10.9.8.2"
+
+
+@guest
+@pytest.mark.timeout(900)
+def test_a_wired_serial_line_gets_a_login(debian_image: Path, home: Layout) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    seed = Seed("deb-serial", lines=("tty0", "ttyS0"), root_hash=crypt("rootpw"))
+    with ours, boot(home, debian_image, seed, "deb-serial", ssl0_fd=theirs.fileno()) as g:
+        theirs.close()  # the kernel has its own copy
+        seen = bytearray()
+        read_until(ours, b"deb-serial login: ", BOOT_TIMEOUT, seen)
+        ours.sendall(b"root\n")
+        read_until(ours, b"Password: ", 60, seen)
+        ours.sendall(b"rootpw\n")
+        read_until(ours, b"root@deb-serial:~# ", 60, seen)
+        ours.sendall(b"echo serial-$(tty)-$((6*7))\n")
+        read_until(ours, b"serial-/dev/ttyS0-42", 60, seen)
+        # con0 has its own login all the while
+        login(g, "root", "rootpw")
+        assert sh(g, "tty").strip() == "/dev/console"
+        assert sh(g, "systemctl is-active warden-getty@ttyS0.service").strip() == "active"
 
 
 @guest
