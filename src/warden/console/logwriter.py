@@ -111,7 +111,7 @@ class SessionLog:
         self._suspend = False
         self._end_reason = ""
         self.closed = False
-        writer.submit(self, "open", 0, None)
+        writer.submit(self, "open", logstore.now_us(), None)
 
     def output(self, data: bytes) -> None:
         if not self.closed:
@@ -305,7 +305,7 @@ class LogWriter(_Worker):
                 continue
             assert lg is not None
             if op == "open":
-                self._open(lg)
+                self._open(lg, t)
                 continue
             f = lg.file
             if f is None:
@@ -420,14 +420,14 @@ class LogWriter(_Worker):
         f.failed = False
 
     # opening and closing
-    def _open(self, lg: SessionLog) -> None:
+    def _open(self, lg: SessionLog, t: int) -> None:
         d = self.machines / lg.machine / "logs"
         try:
             d.mkdir(parents=True, exist_ok=True)
             usage = lg.usage_of()
-            f = self._continue(lg, d, usage) if lg.reattach else None
+            f = self._continue(lg, d, usage, t) if lg.reattach else None
             if f is None:
-                f = self._create(lg, d, usage)
+                f = self._create(lg, d, usage, t)
         except OSError as e:
             log.error(
                 "%s %s boot %d: cannot open its session log: %s", lg.machine, lg.line, lg.boot, e
@@ -436,7 +436,7 @@ class LogWriter(_Worker):
         lg.file = f
         self.open_logs.add(lg)
 
-    def _create(self, lg: SessionLog, d: Path, usage: GuestUsage) -> _File:
+    def _create(self, lg: SessionLog, d: Path, usage: GuestUsage, t: int) -> _File:
         part = 1
         while True:
             path = d / logstore.log_name(lg.line, lg.boot, part)
@@ -455,7 +455,7 @@ class LogWriter(_Worker):
             "line": lg.line,
             "boot": lg.boot,
             "part": part,
-            "created_us": logstore.now_us(),
+            "created_us": t,
             "key_id": self.key_id,
             "host": self.hostname,
             "daemon_pid": os.getpid(),
@@ -466,11 +466,11 @@ class LogWriter(_Worker):
         f.buf += head
         usage.add(len(head))
         event = sl.event_payload("open", {"daemon_pid": os.getpid()})
-        self._append(f, sl.EVENT, logstore.now_us(), event)
+        self._append(f, sl.EVENT, t, event)
         self._flush(f)
         return f
 
-    def _continue(self, lg: SessionLog, d: Path, usage: GuestUsage) -> _File | None:
+    def _continue(self, lg: SessionLog, d: Path, usage: GuestUsage, t: int) -> _File | None:
         """Re-open this boot's last part after a daemon restart; None: start a new part."""
         parts = [
             r
@@ -479,9 +479,9 @@ class LogWriter(_Worker):
         ]
         if not parts or parts[-1].compressed:
             return None
-        return self._resume(parts[-1].path, usage)
+        return self._resume(parts[-1].path, usage, t)
 
-    def _resume(self, path: Path, usage: GuestUsage) -> _File | None:
+    def _resume(self, path: Path, usage: GuestUsage, t: int) -> _File | None:
         """Open `path`, check its chain, cut a partial last record, note the recovery."""
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         try:
@@ -509,7 +509,7 @@ class LogWriter(_Worker):
             "was": was,
             "daemon_pid": os.getpid(),
         }
-        self._append(f, sl.EVENT, logstore.now_us(), sl.event_payload("recovered", event))
+        self._append(f, sl.EVENT, t, sl.event_payload("recovered", event))
         self._flush(f)
         return f
 
@@ -585,11 +585,11 @@ class LogWriter(_Worker):
             return
         if not st.ended:
             # No quota here: closing records are tiny and the file must say how it ended.
-            f = self._resume(path, GuestUsage(path.parent, 1 << 62))
+            t = logstore.now_us()
+            f = self._resume(path, GuestUsage(path.parent, 1 << 62), t)
             if f is None:
                 return
             reason = "no daemon re-opened this line: the guest ended while no daemon ran"
-            t = logstore.now_us()
             self._append(f, sl.EVENT, t, sl.event_payload("boot-end", {"reason": reason}))
             self._end(f, t, reason, recovered=True)
             self._flush(f)

@@ -349,11 +349,16 @@ def verify(path: Path, key: bytes, live: bool) -> Verdict:
             st.records,
             f"{st.records} records; the daemon detached while the guest ran (no END yet)",
         )
-    tail = f" and {st.tail} bytes of a partial record" if st.tail else ""
+    if st.tail:
+        where = (
+            f"the file ends inside record {st.last_seq + 1} (offset {st.good_end}, "
+            f"{st.tail} bytes): it was cut there, or that record's length was changed"
+        )
+    else:
+        where = f"the file was cut after record {st.last_seq}"
     return Verdict(
         "cut",
         st.records,
-        f"{st.records} valid records{tail}, no END record, and no daemon writes it: "
-        f"the file was cut after record {st.last_seq}",
+        f"{st.records} valid records, no END record, and no daemon writes it: {where}",
         st.last_seq + 1,
     )
