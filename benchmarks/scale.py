@@ -1,0 +1,127 @@
+"""Claim: one daemon runs many idle guests cheaply (issue 2: goal 500 on 24 GiB, 2 cores).
+
+Boots N idle minimal guests (SCALE_N, default 50; mem=SCALE_MEM, default 64M) through one
+daemon and reports: host memory per guest (the drop in MemAvailable, divided by N), the
+daemon's own memory (PSS) and fds per guest, how long `warden ls` takes, and the time for
+every console to answer a command (all N at once, through the daemon's API). The anchor for
+memory per guest is the figure measured by hand for raw linux.uml guests (57 MB each, ten
+idle busybox guests at mem=64M; shared/guide/uml-facts.md); the goal for supervision cost
+is under a tenth of that per guest.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+from _common import result
+
+import aiohttp
+
+from tests.support.daemon import WARDEN, DaemonProc
+from warden.images import minimal
+from warden.images.store import ImageStore
+from warden.paths import layout
+from warden.progress import NullProgress
+
+N = int(os.environ.get("SCALE_N", "50"))
+MEM = os.environ.get("SCALE_MEM", "64M")
+RAW_GUEST_MB = 57.0  # uml-facts.md: ten idle busybox guests, mem=64M, about 57 MB each
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable")
+
+
+def pss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def answer_all(sock: Path, names: list[str]) -> float:
+    conn = aiohttp.UnixConnector(path=str(sock), limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+
+        async def one(name: str) -> None:
+            ws = await s.ws_connect(f"http://w/v1/machines/{name}/lines/con0/attach")
+            await ws.send_bytes(f"echo answer-$((40+2))-{name}\n".encode())
+            want = f"answer-42-{name}".encode()
+            buf = b""
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    buf += msg.data
+                    if want in buf:
+                        break
+            await ws.close()
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(n) for n in names))
+        return time.monotonic() - t0
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="ws-", dir="/tmp"))
+    os.environ["WARDEN_HOME"] = str(home)
+    lay = layout(home)
+    lay.ensure()
+    minimal.build(ImageStore(lay), NullProgress())
+    names = [f"g{i:03d}" for i in range(N)]
+    fleet = '[[owner]]\nname = "bench"\n' + "".join(
+        f'[[machine]]\nname = "{n}"\nowner = "bench"\nmemory = "{MEM}"\n' for n in names
+    )
+    d = DaemonProc(lay).start()
+    try:
+        time.sleep(1)
+        idle_daemon = pss(json.loads(d.cli("status", "--json").stdout)["pid"]) / 1e6
+        before = mem_available()
+        t0 = time.monotonic()
+        d.apply(fleet)
+        while True:
+            states = [m["state"] for m in d.ls().values()]
+            if all(s == "running" for s in states):
+                break
+            bad = [s for s in states if s in ("crashed", "stopped")]
+            if bad:
+                raise RuntimeError(f"{len(bad)} guests failed to start: {d.log_text()[-2000:]}")
+            time.sleep(0.5)
+        booted = time.monotonic() - t0
+        print(f"{N} guests running after {booted:.1f} s", flush=True)
+        answer = asyncio.run(answer_all(lay.socket, names))
+        print(f"every console answered a command within {answer:.2f} s", flush=True)
+        time.sleep(5)  # let boot-time allocations settle
+        used = before - mem_available()
+        per_guest = used / N / 1e6
+        status = json.loads(d.cli("status", "--json").stdout)
+        daemon_pss = pss(status["pid"]) / 1e6
+        daemon_added = daemon_pss - idle_daemon
+        fds_per_guest = status["open_fds"] / N
+        t1 = time.monotonic()
+        subprocess.run([*WARDEN, "ls"], env={**os.environ}, capture_output=True, check=True)
+        ls_time = time.monotonic() - t1
+        print(f"host memory per guest {per_guest:.1f} MB (raw linux.uml by hand: {RAW_GUEST_MB} MB)")
+        print(f"daemon PSS {daemon_pss:.1f} MB ({idle_daemon:.1f} MB with no guest): "
+              f"{daemon_added / N * 1000:.0f} kB more per guest; "
+              f"{fds_per_guest:.1f} fds per guest; `warden ls` {ls_time * 1000:.0f} ms")
+    finally:
+        d.close()
+    supervision = max(daemon_added, 0.0) / N
+    result(f"{N} idle guests: host memory per guest", per_guest, RAW_GUEST_MB, "report", "MB",
+           "raw linux.uml (uml-facts.md)")
+    result(f"{N} guests: daemon memory per guest", supervision, RAW_GUEST_MB,
+           "<= 0.1x of a guest", "MB", "one raw guest", ok=supervision <= RAW_GUEST_MB / 10)
+    result(f"{N} consoles answer a command", answer, None, "report", "s")
+    _ = _common, sys
+
+
+if __name__ == "__main__":
+    main()
