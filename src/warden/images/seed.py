@@ -1,5 +1,6 @@
 """Writes a guest's seed disk (docs/formats/seed.md)."""
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -42,7 +43,17 @@ def _env(values: dict[str, str]) -> str:
 
 
 def write(path: Path, seed: Seed) -> None:
-    """Atomically (re)write the seed disk at `path`."""
+    """Atomically (re)write the seed disk at `path`, unless it already holds `seed`."""
+    stamp = path.with_name(path.name + ".sha256")
+    digest = hashlib.sha256(repr(seed).encode()).hexdigest()
+    if path.exists() and stamp.exists() and stamp.read_text() == digest:
+        return  # unchanged since the last boot: skip mkfs
+    stamp.unlink(missing_ok=True)
+    _write(path, seed)
+    stamp.write_text(digest)
+
+
+def _write(path: Path, seed: Seed) -> None:
     _check(seed)
     with tempfile.TemporaryDirectory(prefix="warden-seed-") as tmp:
         root = Path(tmp) / "root"
