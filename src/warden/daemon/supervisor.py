@@ -302,7 +302,7 @@ class Supervisor:
                 keep_fds=keep,
                 log_fd=log_fd,
                 cgroup_procs=[str(p) for p in self.cgroup.procs_files()],
-                cwd=str(self.files.root),
+                cwd=str(self.files.ctl),  # see _bind_sockets; a jail maps it (jail.enter)
                 rlimits=extras.rlimits,
                 jail=extras.jail,
             )
@@ -376,7 +376,11 @@ class Supervisor:
     def _bind_sockets(self) -> None:
         self._close_sockets()
         self._notify = mconsole.NotifyListener(self.files.notify)
-        self.mconsole = mconsole.AsyncClient(self.files.mconsole, self.files.reply)
+        # Bound by a relative name: UML replies to it from its working directory, ctl/, which
+        # a jailed kernel can still reach when its root cannot (architecture.md, "Jails").
+        self.mconsole = mconsole.AsyncClient(
+            self.files.mconsole, self.files.reply, relative_reply=True
+        )
         os.chmod(self.files.reply, 0o666)  # a jailed kernel (another uid) must reach it
         asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
 

@@ -86,6 +86,30 @@ def _write(path: Path, value: str) -> None:
         raise CgroupError(f"writing {value!r} to {path}: {e.strerror}") from None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one guest may use (docs/architecture.md, "cgroups": how the numbers are chosen)."""
+
+    memory: int  # bytes: the guest's memory plus the host-side overhead of its processes
+    pids: int  # host processes (a UML guest has one per address space, plus a few helpers)
+    cpu_weight: int  # 1..10000, cgroup v2 semantics (100 = the default share)
+
+    def files(self, hierarchy: "Hierarchy") -> list[tuple[str, str, str]]:
+        """(controller, file, value) for each limit, in the layout of `hierarchy`."""
+        if hierarchy.mode == "v2":
+            return [
+                ("memory", "memory.max", str(self.memory)),
+                ("pids", "pids.max", str(self.pids)),
+                ("cpu", "cpu.weight", str(self.cpu_weight)),
+            ]
+        # v1: cpu.shares is 1024 for the default share where v2's cpu.weight is 100.
+        return [
+            ("memory", "memory.limit_in_bytes", str(self.memory)),
+            ("pids", "pids.max", str(self.pids)),
+            ("cpu", "cpu.shares", str(max(2, self.cpu_weight * 1024 // 100))),
+        ]
+
+
 class Cgroup:
     """The groups of one guest in every hierarchy warden uses."""
 
@@ -195,6 +219,41 @@ class Cgroup:
 
     def exists(self) -> bool:
         return self.path.exists()
+
+    def _limit_dir(self, controller: str) -> Path | None:
+        if self.hierarchy.mode == "v2":
+            return self.path
+        return self._v1(controller)
+
+    def set_limits(self, limits: Limits) -> list[str]:
+        """Write every limit the host's hierarchies can hold; return the controllers that are
+        not available (their limits are not enforced; `warden jail audit` shows it)."""
+        missing = []
+        for controller, name, value in limits.files(self.hierarchy):
+            d = self._limit_dir(controller)
+            if d is None or not (d / name).exists():
+                missing.append(controller)
+                continue
+            _write(d / name, value)
+        return missing
+
+    def limits(self) -> dict[str, str]:
+        """The limit files as the kernel reports them now (for audits and tests)."""
+        out: dict[str, str] = {}
+        for controller, name, _ in Limits(0, 0, 100).files(self.hierarchy):
+            d = self._limit_dir(controller)
+            if d is not None:
+                with contextlib.suppress(OSError):
+                    out[name] = (d / name).read_text().strip()
+        return out
+
+    def peak_memory(self) -> int | None:
+        """Highest memory use of the group so far, in bytes (None where the host cannot say)."""
+        d = self._limit_dir("memory")
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            if d is not None and (d / name).exists():
+                return int((d / name).read_text())
+        return None
 
 
 def join(procs_files: list[str], pid: int = 0) -> None:

@@ -85,6 +85,10 @@ def _child(plan: LaunchPlan) -> None:
         _set_rlimits(plan.rlimits)
         _prepare_stdio(plan)
         os.chdir(plan.cwd)
+        if plan.jail is not None:
+            import warden.host.jail as jail_
+
+            jail_.seal(plan, STATUS_FD)  # fds, credentials, seccomp: the last steps
         os.execve(plan.argv[0], plan.argv, plan.env)
     except BaseException as e:
         _report({"error": f"{type(e).__name__}: {e}"})

@@ -58,6 +58,11 @@ def resolve(layout: Layout, spec: str = "stock") -> Kernel:
                 f"{', '.join(['stock', *known])}. Build it with `warden kernel build {spec}`."
             )
     if not os.access(path, os.X_OK):
+        if os.statvfs(path).f_flag & os.ST_NOEXEC:
+            raise KernelError(
+                f"kernel {path} is on a filesystem mounted noexec, which refuses to run or map "
+                "it executable: put it on one that allows exec"
+            )
         raise KernelError(f"kernel {path} is not executable")
     return Kernel(name=spec, path=path)
 

@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum
@@ -126,11 +127,39 @@ def _check(command: str, target: Path, assembler: ReplyAssembler) -> str:
     return assembler.text
 
 
-def _bind(path: Path) -> socket.socket:
+def _bind(path: Path, relative: bool = False) -> socket.socket:
+    """A datagram socket bound at `path`.
+
+    relative=True binds it by its bare name inside path.parent, so that its address (which UML
+    replies to with sendto(), resolving it in the kernel's own mount namespace) is relative:
+    a jailed kernel, whose working directory is that directory but whose root cannot reach it,
+    still finds it (docs/architecture.md, "Jails"). The name is bound from a short-lived thread
+    with a private working directory (unshare(CLONE_FS)): the daemon's own is never changed.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    sock.bind(str(path))
+    if not relative:
+        sock.bind(str(path))
+        return sock
+    failed: list[BaseException] = []
+
+    def bind_here() -> None:
+        from warden.host import ns
+
+        try:
+            ns.unshare(ns.CLONE_FS)
+            os.chdir(path.parent)
+            sock.bind(path.name)
+        except BaseException as e:
+            failed.append(e)
+
+    worker = threading.Thread(target=bind_here, name="mconsole-bind")
+    worker.start()
+    worker.join()
+    if failed:
+        sock.close()
+        raise failed[0]
     return sock
 
 
@@ -188,11 +217,17 @@ class Client:
 class AsyncClient:
     """asyncio client; safe to share between tasks (requests are serialized)."""
 
-    def __init__(self, target: Path, reply_path: Path, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        target: Path,
+        reply_path: Path,
+        timeout: float = DEFAULT_TIMEOUT,
+        relative_reply: bool = False,
+    ):
         self.target = target
         self.reply_path = reply_path
         self.timeout = timeout
-        self._sock = _bind(reply_path)
+        self._sock = _bind(reply_path, relative_reply)
         self._sock.setblocking(False)
         self._lock = asyncio.Lock()
 

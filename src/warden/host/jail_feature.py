@@ -1,0 +1,443 @@
+"""The jail feature (issue 4): every guest gets a cgroup with limits, and, unless its fleet
+entry says `jail = false`, an empty jail (warden.host.jail) under a uid of its own.
+
+install(daemon) adds:
+- JailHook, a BootHook: before each boot it sets the cgroup limits, removes the previous
+  boot's umid directory, and for a jailed guest checks every file the jail will hold, gives the
+  guest its uid (warden.host.uids), hands its COW file and ctl directory to that uid, and puts
+  the jail plan, TMPDIR, rlimits and the kernel's view of its paths into the boot's extras;
+  once the kernel is up it empties the jail (see Emptier);
+- JailService, which empties the jails of guests a restarted daemon re-attached to;
+- GET /v1/machines/{name}/jail: `warden jail audit` (warden.host.jail_audit).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from warden.daemon import machine as m
+from warden.daemon.context import BootExtras
+from warden.disk import create as disk_create
+from warden.disk.backing import kernel_path
+from warden.errors import MconsoleError, WardenError
+from warden.host import cgroup, jail, uids
+from warden.spec.fleet import Fleet
+from warden.tasks import spawn
+from warden.uml import kernel, mconsole
+
+if TYPE_CHECKING:
+    from warden.daemon.core import Daemon
+    from warden.daemon.supervisor import Supervisor
+
+log = logging.getLogger("warden.jail")
+
+# cgroup limits (docs/architecture.md, "cgroups": the overhead was measured, see there).
+MEMORY_OVERHEAD = 96 << 20  # host memory of a guest beyond its mem=: kernel image, page
+MEMORY_OVERHEAD_PER_GIB = 16 << 20  # tables of its processes, their stacks, the ubd bitmaps
+PIDS_MAX = 1024
+CPU_WEIGHT = 100
+# rlimits of a jailed kernel
+NOFILE = 1024
+# UML grows its memory file by the gap between its binary and its randomised brk
+# ("Adding N bytes to physical memory to account for exec-shield gap", arch/um/kernel/
+# um_arch.c); x86-64 randomises brk within 1 GiB (arch_randomize_brk).
+BRK_GAP_MAX = 1 << 30
+JAIL_TMPFS_SLACK = 64 << 20
+# Emptying: how long a guest may take from "up" to having read its seed disk.
+SEED_WAIT = 120.0
+POLL = 0.2
+HELPER_TIMEOUT = 30.0
+JAIL_TMPDIR = "/tmp"
+
+
+class JailError(WardenError):
+    """A jail cannot be built for this guest as configured."""
+
+
+def limits_for(memory: int) -> cgroup.Limits:
+    overhead = MEMORY_OVERHEAD + MEMORY_OVERHEAD_PER_GIB * -(-memory // (1 << 30))
+    return cgroup.Limits(memory=memory + overhead, pids=PIDS_MAX, cpu_weight=CPU_WEIGHT)
+
+
+# ---- what the kernel binary needs ----------------------------------------------------------
+_ldd_cache: dict[tuple[str, int, int], list[str]] = {}
+
+
+def shared_objects(binary: Path) -> list[str]:
+    """The loader and libraries `binary` needs, as the paths the loader opens them at."""
+    st = binary.stat()
+    key = (str(binary), st.st_mtime_ns, st.st_size)
+    if key in _ldd_cache:
+        return _ldd_cache[key]
+    res = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30)
+    out: list[str] = []
+    if res.returncode == 0:
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if "=>" in parts:
+                target = parts[parts.index("=>") + 1]
+                if target.startswith("/"):
+                    out.append(target)
+            elif parts and parts[0].startswith("/"):
+                out.append(parts[0])  # the loader itself
+    _ldd_cache[key] = out
+    return out
+
+
+def _cpuinfo() -> str:
+    """The two lines of the host's /proc/cpuinfo UML reads at boot (flags, cache alignment)."""
+    keep = []
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(("flags", "cache_alignment")):
+                keep.append(line)
+            if not line.strip():
+                break  # the first CPU is enough
+    return "".join(keep)
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def check_image_link(image: Path, field: str) -> None:
+    """An image path may be a link only to a file in its own directory (as images/NAME.img is):
+    the jail binds the file the link names, and a link leading elsewhere would put a file into
+    the guest that the fleet file does not name."""
+    if not image.is_symlink():
+        return
+    target = Path(os.path.realpath(image))
+    if target.parent != Path(os.path.realpath(image.parent)):
+        raise JailError(
+            f"{field}: {image} is a symbolic link to {target}, outside {image.parent}; a jailed "
+            f"guest gets exactly the file its fleet entry names: give the real path ({target}), "
+            "or copy the image next to the link"
+        )
+
+
+def _bind_exec(path: str) -> jail.Bind:
+    return jail.Bind(src=os.path.realpath(path), dst=path, exec=True)
+
+
+def _check(b: jail.Bind, what: str) -> None:
+    try:
+        jail.check_source(b)
+    except jail.JailSetupError as e:
+        raise JailError(f"{what}: {e}") from None
+
+
+# ---- the hook --------------------------------------------------------------------------------
+class JailHook:
+    name = "jail"
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+        self.emptiers: dict[str, asyncio.Task[None]] = {}
+        self.status: dict[str, dict[str, Any]] = {}  # per guest: the jail's state this boot
+
+    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
+        spec = sup.spec
+        limits = limits_for(spec.memory)
+        missing = sup.cgroup.set_limits(limits)
+        if missing:
+            sup.ctx.event(sup.name, "cgroup-limits-missing", controllers=",".join(missing))
+        # UML refuses a umid directory whose pid file names a live process; as pid 1 of its
+        # namespace it always finds "1" alive (itself), so the previous boot's directory must go.
+        shutil.rmtree(sup.files.ctl / sup.name, ignore_errors=True)
+        self.status[sup.name] = {"jailed": spec.jail, "state": "booting" if spec.jail else "off"}
+        if not spec.jail:
+            return
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(None, self._plan, sup, extras, limits)
+        extras.jail = plan.to_dict()
+
+    def _plan(self, sup: "Supervisor", extras: BootExtras, limits: cgroup.Limits) -> jail.JailPlan:
+        """Check everything, then claim the uid and hand the guest its files (blocking I/O)."""
+        ctx, spec, files = sup.ctx, sup.spec, sup.files
+        host = ctx.fleet.host
+        k = sup.kernel_path or kernel.resolve(ctx.layout, spec.kernel).path
+        shim = kernel.xstate_shim(ctx.layout)
+        binds: list[jail.Bind] = []
+        for path in [str(k), *shared_objects(k), str(shim), *shared_objects(shim)]:
+            b = _bind_exec(path)
+            if all(x.dst != b.dst for x in binds):
+                _check(b, f"machine {spec.name!r}: kernel {spec.kernel!r}")
+                binds.append(b)
+        base = sup._base_for_boot()
+        check_image_link(base, f"machine {spec.name!r}: image {spec.image!r}")
+        base_seen = kernel_path(base).decode()
+        if not files.cow.exists() and not files.cow.is_symlink():
+            # The kernel would create it, but inside the jail, where it would not last.
+            disk_create.create(files.cow, base)
+        if files.cow.is_symlink() or not files.cow.is_file():
+            raise JailError(f"{files.cow} must be a regular file (the guest's COW disk)")
+        others = [
+            jail.Bind("/dev/null", "/dev/null", kind=jail.DEV, writable=True),
+            jail.Bind("/dev/random", "/dev/random", kind=jail.DEV),
+            jail.Bind(str(files.cow), str(files.cow), writable=True, until=jail.AT_DISKS),
+            jail.Bind(os.path.realpath(base), base_seen, until=jail.AT_DISKS),
+            jail.Bind(
+                str(files.ctl), str(files.ctl), kind=jail.DIR, writable=True, until=jail.AT_DISKS
+            ),
+        ]
+        for b in others:
+            _check(b, f"machine {spec.name!r}")
+        # The seed disk is (re)written after the hooks; the launcher checks it.
+        binds += [*others, jail.Bind(str(files.seed), str(files.seed), until=jail.AT_DISKS)]
+        uid = uids.allocate(ctx.layout, spec.name, host.uid_base, host.uid_count, sup.uid)
+        if not _readable_by(Path(os.path.realpath(base)), uid, uid):
+            raise JailError(
+                f"machine {spec.name!r}: image {base} is not readable by the guest's uid {uid} "
+                "(the jailed kernel opens it as that uid): make it world-readable (chmod a+r)"
+            )
+        sup.uid = uid
+        # The guest's own files: its COW disk, and the ctl directory where its kernel makes
+        # NAME/{pid,mconsole} (group-writable and sticky: it cannot touch warden's sockets).
+        os.chown(files.cow, uid, uid)
+        os.chmod(files.cow, 0o600)
+        os.chown(files.ctl, 0, uid)
+        os.chmod(files.ctl, 0o1770)
+        mount_point = files.root / "jail"
+        mount_point.mkdir(mode=0o700, exist_ok=True)
+        cow_size = files.cow.stat().st_size
+        extras.env["TMPDIR"] = JAIL_TMPDIR
+        extras.paths[str(files.ctl)] = "."
+        extras.paths[str(files.notify)] = files.notify.name
+        extras.paths[str(base)] = base_seen
+        fsize = max(cow_size, spec.memory + BRK_GAP_MAX + (16 << 20))
+        extras.rlimits.update(
+            {
+                "core": (0, 0),
+                "fsize": (fsize, fsize),
+                "nofile": (NOFILE, NOFILE),
+                "nproc": (limits.pids, limits.pids),
+            }
+        )
+        return jail.JailPlan(
+            name=spec.name,
+            uid=uid,
+            gid=uid,
+            mount_point=str(mount_point),
+            root_size=spec.memory + JAIL_TMPFS_SLACK,
+            binds=binds,
+            cwd=str(files.ctl),
+            tmpdir=JAIL_TMPDIR,
+            cpuinfo=_cpuinfo(),
+        )
+
+    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
+        return None
+
+    async def on_up(self, sup: "Supervisor") -> None:
+        if sup.spec.jail and self.status.get(sup.name, {}).get("state") == "booting":
+            self.start_emptier(sup)
+
+    async def after_exit(self, sup: "Supervisor") -> None:
+        task = self.emptiers.pop(sup.name, None)
+        if task is not None:
+            task.cancel()
+        if sup.name in self.status:
+            self.status[sup.name]["state"] = "gone"
+
+    def start_emptier(self, sup: "Supervisor") -> None:
+        old = self.emptiers.pop(sup.name, None)
+        if old is not None:
+            old.cancel()
+        self.emptiers[sup.name] = spawn(Emptier(self, sup).run(), f"jail-empty:{sup.name}")
+
+
+# ---- emptying the jail once the guest is up ----------------------------------------------
+class Emptier:
+    """Takes everything out of one booted guest's jail, in two steps.
+
+    At "up" (the mconsole notify, sent early in the kernel's boot) the kernel has exec'd and
+    mapped its binary, libraries and shim, created its memory file and opened /dev/random:
+    those go. Its disks it opens by path when a block device is first opened, the seed disk
+    only when the guest mounts it: those stay until the guest's hostname (read through the
+    mconsole) is its name, which warden's images set just after unmounting the seed, and the
+    kernel holds the COW and base open; or until SEED_WAIT has passed. Then the rest goes,
+    the ctl mount included: the root is empty, and the ctl directory stays only as the kernel's
+    working directory.
+    """
+
+    def __init__(self, hook: JailHook, sup: "Supervisor"):
+        self.hook = hook
+        self.sup = sup
+        self.pid = sup.machine.pid
+        self.start = sup.pid_start
+        self.boot = sup.boot
+
+    def _same_boot(self) -> bool:
+        s = self.sup
+        return (
+            s.machine.pid == self.pid
+            and s.boot == self.boot
+            and s.machine.state in (m.State.RUNNING, m.State.PAUSED, m.State.STARTING)
+        )
+
+    def _status(self, **kv: Any) -> None:
+        self.hook.status.setdefault(self.sup.name, {}).update(kv)
+
+    async def run(self) -> None:
+        if self.pid is None or self.start is None:
+            return
+        t0 = time.monotonic()
+        files = self.sup.files
+        keep = [str(files.cow), str(files.seed), str(files.ctl)]
+        base = self.sup.base
+        if base:
+            keep.append(kernel_path(Path(base)).decode())
+        try:
+            first = await self._helper(keep)
+            self._status(state="disks", detached_at_up=first.get("detached", []))
+            deadline = time.monotonic() + SEED_WAIT
+            reason = "timeout"
+            while time.monotonic() < deadline:
+                if not self._same_boot():
+                    return
+                if self.sup.machine.state is m.State.RUNNING and await self._seed_read():
+                    reason = "seed read"
+                    break
+                await asyncio.sleep(POLL)
+            if not self._same_boot():
+                return
+            second = await self._helper([])
+            with contextlib.suppress(FileNotFoundError):
+                (files.ctl / self.sup.name / "pid").unlink()  # warden never reads it
+            seconds = round(time.monotonic() - t0, 3)
+            self._status(state="empty", remaining=second.get("remaining", []), why=reason)
+            self.sup.ctx.event(
+                self.sup.name,
+                "jail-emptied",
+                after=f"{seconds}s",
+                why=reason,
+                remaining=len(second.get("remaining", [])),
+            )
+        except asyncio.CancelledError:
+            raise
+        except (WardenError, OSError) as e:
+            if self._same_boot():
+                self._status(state="error", error=str(e))
+                self.sup.ctx.event(self.sup.name, "jail-empty-failed", error=str(e))
+            else:
+                log.debug("%s: emptying stopped, the guest is gone: %s", self.sup.name, e)
+
+    async def _seed_read(self) -> bool:
+        try:
+            name = mconsole.proc_text(await self.sup.request("proc sys/kernel/hostname", 2.0))
+        except (MconsoleError, WardenError):
+            return False
+        if name.strip() != self.sup.name:
+            return False
+        return await asyncio.get_running_loop().run_in_executor(None, self._disks_held)
+
+    def _disks_held(self) -> bool:
+        """The kernel holds its COW and base open, and not its seed (the guest let it go)."""
+        files = self.sup.files
+        want = {}
+        for p in (files.cow, Path(self.sup.base or files.cow)):
+            st = p.stat()
+            want[(st.st_dev, st.st_ino)] = str(p)
+        seed = files.seed.stat()
+        held = set()
+        fd_dir = f"/proc/{self.pid}/fd"
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                st = os.stat(f"{fd_dir}/{fd}")
+                held.add((st.st_dev, st.st_ino))
+        return set(want) <= held and (seed.st_dev, seed.st_ino) not in held
+
+    async def _helper(self, keep: list[str]) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "warden.host.jail",
+            "empty",
+            str(self.pid),
+            str(self.start),
+            *keep,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), HELPER_TIMEOUT)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        try:
+            report: dict[str, Any] = json.loads(out.decode() or "{}")
+        except ValueError:
+            report = {"error": f"exit {proc.returncode}: {err.decode(errors='replace')[-500:]}"}
+        if "error" in report:
+            raise WardenError(f"{self.sup.name}: emptying the jail failed: {report['error']}")
+        return report
+
+
+class JailService:
+    """Empties the jails of guests a restarted daemon found running (no "up" comes for them)."""
+
+    def __init__(self, daemon: "Daemon", hook: JailHook):
+        self.daemon = daemon
+        self.hook = hook
+
+    def check_fleet(self, fleet: Fleet) -> None:
+        """Refuse, before anything is applied, image paths a jail would not take."""
+        problems = []
+        for spec in fleet.machines:
+            if spec.jail and ("/" in spec.image or spec.image.endswith(".img")):
+                try:
+                    check_image_link(Path(spec.image).absolute(), f"machine {spec.name!r}: image")
+                except JailError as e:
+                    problems.append(f"{fleet.source}: {e}")
+        if problems:
+            raise JailError("\n".join(problems))
+
+    async def start(self) -> None:
+        for sup in self.daemon.sups.values():
+            if sup.spec.jail and sup.machine.state in (m.State.RUNNING, m.State.PAUSED):
+                self.hook.status[sup.name] = {"jailed": True, "state": "reattached"}
+                self.hook.start_emptier(sup)
+
+    async def stop(self) -> None:
+        for task in list(self.hook.emptiers.values()):
+            task.cancel()
+        for task in list(self.hook.emptiers.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.hook.emptiers.clear()
+
+
+def install(daemon: "Daemon") -> None:
+    from warden.host import jail_audit
+
+    hook = JailHook(daemon)
+    daemon.c.hooks.append(hook)
+    daemon.services.append(JailService(daemon, hook))
+
+    async def audit(request: web.Request) -> web.Response:
+        sup = daemon.sup(request.match_info["name"])
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(
+            None, jail_audit.audit, sup, hook.status.get(sup.name, {})
+        )
+        return web.json_response(report)
+
+    daemon.add_route("GET", "machines/{name}/jail", audit)
