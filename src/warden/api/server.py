@@ -88,7 +88,6 @@ class Api:
         r.add_get("/v1/machines", self.machines)
         r.add_get("/v1/machines/{name}", self.machine)
         r.add_post("/v1/machines/{name}/mconsole", self.mconsole)
-        r.add_post("/v1/machines/{name}/{action}", self.action)
         r.add_get("/v1/machines/{name}/lines/{line}/attach", self.attach)
         r.add_get("/v1/fleet", self.get_fleet)
         r.add_post("/v1/fleet", self.post_fleet)
@@ -99,6 +98,8 @@ class Api:
     async def start(self) -> None:
         for method, route, handler in self.daemon.routes:  # added by features' install()
             self.app.router.add_route(method, "/v1/" + route.lstrip("/"), handler)
+        # Last: this pattern would shadow features' POST machines/{name}/WORD routes.
+        self.app.router.add_post("/v1/machines/{name}/{action}", self.action)
         path = self.daemon.layout.socket
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):

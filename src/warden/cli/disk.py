@@ -18,10 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from warden.api.client import ApiClient
 from warden.disk import create, inspect, merge, rebase, snapshot
 from warden.disk import diff as diffmod
 from warden.disk.backing import show_time
 from warden.disk.errors import DiskError
+from warden.errors import WardenError
+from warden.paths import layout
 from warden.progress import progress
 from warden.uml import mconsole
 from warden.units import format_size
@@ -110,7 +113,28 @@ def _rebase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api() -> ApiClient:
+    return ApiClient(layout())
+
+
+def _need_one(args: argparse.Namespace, what: str) -> None:
+    if bool(getattr(args, "machine", None)) == bool(args.cow):
+        raise WardenError(f"{what}: give a machine name or --cow PATH (one of the two)")
+
+
 def _snapshot(args: argparse.Namespace) -> int:
+    if not args.cow:
+        # By machine: the daemon owns its mconsole. The positional is the machine here.
+        body = {"snapshot": args.name} if args.name else {}
+        s = _api().post(f"/machines/{args.target}/snapshots", body)
+        print(
+            f"snapshot {s['name']} of {args.target}: {s['path']}, guest paused "
+            f"{s['paused_seconds'] * 1000:.0f} ms"
+        )
+        return 0
+    if not args.mconsole:
+        raise WardenError("snapshot --cow PATH also needs --mconsole SOCKET (the guest's)")
+    args.name = args.name or args.target
     cow_path = Path(args.cow)
     store = Path(args.store) if args.store else None
     with tempfile.TemporaryDirectory(prefix="warden-mc-") as tmp:
@@ -125,24 +149,34 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _snapshots(args: argparse.Namespace) -> int:
-    store = Path(args.store) if args.store else None
-    snaps = snapshot.list_snapshots(Path(args.cow), store)
+    _need_one(args, "snapshots")
+    if args.machine:
+        rows: list[dict[str, Any]] = _api().get(f"/machines/{args.machine}/snapshots")
+    else:
+        store = Path(args.store) if args.store else None
+        snaps = snapshot.list_snapshots(Path(args.cow), store)
+        rows = [s.as_json() | {"path": str(s.cow)} for s in snaps]
     if args.json:
-        _print_json([s.as_json() | {"path": str(s.cow)} for s in snaps])
+        _print_json(rows)
         return 0
-    if not snaps:
-        print(f"no snapshots of {args.cow}")
+    if not rows:
+        print(f"no snapshots of {args.machine or args.cow}")
         return 0
     print(f"{'NAME':<20} {'CREATED':<26} {'WRITTEN':>9} {'PAUSED':>8}")
-    for s in snaps:
+    for r in rows:
         print(
-            f"{s.name:<20} {s.created:<26} {format_size(s.sectors_written * 512):>9} "
-            f"{s.paused_seconds * 1000:>6.0f}ms"
+            f"{r['name']:<20} {r['created']:<26} {format_size(r['sectors_written'] * 512):>9} "
+            f"{r['paused_seconds'] * 1000:>6.0f}ms"
         )
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
+    _need_one(args, "restore")
+    if args.machine:
+        _api().post(f"/machines/{args.machine}/snapshots/{args.name}/restore")
+        print(f"restored snapshot {args.name} of {args.machine}")
+        return 0
     store = Path(args.store) if args.store else None
     with progress(f"restore {args.name}") as p:
         s = snapshot.restore(Path(args.cow), args.name, store, progress=p)
@@ -151,6 +185,11 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _snapshot_rm(args: argparse.Namespace) -> int:
+    _need_one(args, "snapshot-rm")
+    if args.machine:
+        _api().call("DELETE", f"/machines/{args.machine}/snapshots/{args.name}")
+        print(f"deleted snapshot {args.name} of {args.machine}")
+        return 0
     store = Path(args.store) if args.store else None
     snapshot.delete(Path(args.cow), args.name, store)
     print(f"deleted snapshot {args.name} of {args.cow}")
@@ -158,22 +197,28 @@ def _snapshot_rm(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    with progress("diff") as p:
-        r = diffmod.diff(Path(args.cow), Path(args.base) if args.base else None, progress=p)
+    _need_one(args, "diff")
+    if args.machine:
+        report: dict[str, Any] = _api().get(f"/machines/{args.machine}/diff")
+    else:
+        with progress("diff") as p:
+            r = diffmod.diff(Path(args.cow), Path(args.base) if args.base else None, progress=p)
+        report = r.as_json()
     if args.json:
-        _print_json(r.as_json())
+        _print_json(report)
         return 0
     marks = {"created": "+", "deleted": "-", "modified": "M"}
-    for c in r.changes:
-        size = "" if c.size is None else format_size(c.size)
-        old = "" if c.old_size is None or c.kind != "deleted" else format_size(c.old_size)
-        detail = f" ({', '.join(c.what)})" if c.what else ""
-        link = f" -> {c.target}" if c.target is not None else ""
-        print(f"{marks[c.kind]} {c.type:<8} {size or old:>7}  {c.path}{link}{detail}")
+    for c in report["changes"]:
+        size = "" if c["size"] is None else format_size(c["size"])
+        gone = c["old_size"] is not None and c["kind"] == "deleted"
+        old = format_size(c["old_size"]) if gone else ""
+        detail = f" ({', '.join(c['changes'])})" if c["changes"] else ""
+        link = f" -> {c['target']}" if c["target"] is not None else ""
+        print(f"{marks[c['kind']]} {c['type']:<8} {size or old:>7}  {c['path']}{link}{detail}")
     print(
-        f"{len(r.of_kind('created'))} created, {len(r.of_kind('modified'))} modified, "
-        f"{len(r.of_kind('deleted'))} deleted ({r.blocks_written} blocks written, "
-        f"{r.seconds:.2f}s)",
+        f"{report['created']} created, {report['modified']} modified, "
+        f"{report['deleted']} deleted ({report['blocks_written']} blocks written, "
+        f"{report['seconds']:.2f}s)",
         file=sys.stderr,
     )
     return 0
@@ -217,33 +262,43 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     r.set_defaults(func=_rebase)
 
-    s = d.add_parser("snapshot", help="snapshot a running guest's COW file (stop, copy, go)")
-    s.add_argument("name", help="the snapshot's name")
-    s.add_argument("--cow", required=True, help="the running guest's COW file")
-    s.add_argument("--mconsole", required=True, help="the guest's mconsole socket")
+    s = d.add_parser(
+        "snapshot",
+        help="snapshot a guest's COW disk (running: stop, copy, go)",
+        description="warden disk snapshot MACHINE [--name SNAP], through the daemon; or "
+        "warden disk snapshot SNAP --cow FILE --mconsole SOCKET for a guest warden does not run",
+    )
+    s.add_argument("target", help="the machine (or, with --cow, the snapshot's name)")
+    s.add_argument("--name", help="the snapshot's name (default: the date and time)")
+    s.add_argument("--cow", help="a running guest's COW file (instead of a machine)")
+    s.add_argument("--mconsole", help="with --cow: the guest's mconsole socket")
     s.add_argument("--store", help="where snapshots live (default: COW's dir/snapshots)")
     s.set_defaults(func=_snapshot)
 
-    ls = d.add_parser("snapshots", help="list the snapshots of a COW file")
-    ls.add_argument("--cow", required=True)
+    ls = d.add_parser("snapshots", help="list the snapshots of a machine or a COW file")
+    ls.add_argument("machine", nargs="?")
+    ls.add_argument("--cow")
     ls.add_argument("--store")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_snapshots)
 
     rs = d.add_parser("restore", help="put a snapshot back as the COW file (guest stopped)")
-    rs.add_argument("name")
-    rs.add_argument("--cow", required=True)
+    rs.add_argument("name", help="the snapshot")
+    rs.add_argument("-m", "--machine", help="the machine (instead of --cow)")
+    rs.add_argument("--cow")
     rs.add_argument("--store")
     rs.set_defaults(func=_restore)
 
     rm = d.add_parser("snapshot-rm", help="delete a snapshot")
-    rm.add_argument("name")
-    rm.add_argument("--cow", required=True)
+    rm.add_argument("name", help="the snapshot")
+    rm.add_argument("-m", "--machine", help="the machine (instead of --cow)")
+    rm.add_argument("--cow")
     rm.add_argument("--store")
     rm.set_defaults(func=_snapshot_rm)
 
     df = d.add_parser("diff", help="files the guest created, modified and deleted")
-    df.add_argument("--cow", required=True, help="the guest's COW file (or a snapshot's)")
+    df.add_argument("machine", nargs="?", help="the machine (running or not)")
+    df.add_argument("--cow", help="a COW file (or a snapshot's) instead of a machine")
     df.add_argument("--base", help="the base image (default: the backing file it records)")
     df.add_argument("--json", action="store_true")
     df.set_defaults(func=_diff)

@@ -101,6 +101,7 @@ class Daemon:
         """Hook in the features built as separate modules (session logs, jails, network...)."""
         for name in (
             "warden.console.feature",
+            "warden.disk.feature",
             "warden.host.jail_feature",
             "warden.net.feature",
             "warden.memory.feature",
