@@ -22,6 +22,8 @@ from warden.daemon import machine as m
 from warden.daemon.context import BootExtras, Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
 from warden.daemon.lines import Line
+from warden.disk import backing
+from warden.disk import create as disk_create
 from warden.errors import Conflict, WardenError
 from warden.host import cgroup
 from warden.host.launch import LaunchPlan
@@ -29,7 +31,7 @@ from warden.images import seed as seedmod
 from warden.spec.fleet import Machine as Spec
 from warden.store import MachineRow
 from warden.tasks import spawn
-from warden.uml import cmdline, kernel, mconsole
+from warden.uml import cmdline, cow, kernel, mconsole
 
 log = logging.getLogger("warden.supervisor")
 
@@ -200,21 +202,33 @@ class Supervisor:
 
     # ---- create, reset, destroy -----------------------------------------------------------
     def create(self) -> None:
+        """The machine's files, and its COW disk over the current build of its image."""
         if self.machine.state is not m.State.ABSENT:
             return
         base = self.ctx.images.resolve(self.spec.image)
         self.files.create(self.spec.lines)
+        try:
+            if not self.files.cow.exists():
+                disk_create.create(self.files.cow, base)
+        except WardenError:
+            self.files.destroy()  # nothing half-created
+            raise
         self.base = str(base)
         for a in self.machine.created():
             self._perform(a)
 
     def reset(self) -> None:
+        """Drop the COW disk: the guest boots pristine, from the image's current build."""
         if self.machine.state in m.LIVE:
             raise Conflict(f"{self.name} is {self.machine.state}; stop it before a reset")
+        if self.machine.state is m.State.ABSENT:
+            raise Conflict(f"{self.name} is not created yet: it has no disk to reset")
+        base = self.ctx.images.resolve(self.spec.image)
         self.files.cow.unlink(missing_ok=True)
-        self.base = None
+        disk_create.create(self.files.cow, base)
+        self.base = str(base)
         self.ctx.store.put_machine(self.row())
-        self.ctx.event(self.name, "reset", state=str(self.machine.state))
+        self.ctx.event(self.name, "reset", state=str(self.machine.state), base=str(base))
 
     def destroy(self) -> None:
         for a in self.machine.destroyed():
@@ -236,9 +250,14 @@ class Supervisor:
 
     # ---- launching ------------------------------------------------------------------------
     def _base_for_boot(self) -> Path:
-        if self.files.cow.exists() and self.base:
-            return Path(self.base)
-        return self.ctx.images.resolve(self.spec.image)
+        """The base image this boot uses: the one the COW header records, checked as the kernel
+        checks it (size and mtime), so a corrupted COW or a changed base is refused with a clear
+        message instead of a kernel that cannot mount its root."""
+        if not self.files.cow.exists():
+            base = self.ctx.images.resolve(self.spec.image)
+            disk_create.create(self.files.cow, base)
+            return base
+        return backing.require(cow.open_cow(self.files.cow))
 
     def _seed(self, extras: BootExtras) -> seedmod.Seed:
         return seedmod.Seed(
@@ -318,7 +337,9 @@ class Supervisor:
             self.post(m.Launched(pid))
             for hook in self.ctx.hooks:
                 await hook.after_launch(self, pid)
-        except (WardenError, OSError) as e:
+        except Exception as e:
+            if not isinstance(e, WardenError | OSError):
+                log.exception("%s: launch", self.name)
             if not launched:
                 self._close_sockets()
                 self._kill_group()
@@ -327,7 +348,7 @@ class Supervisor:
                 for fn in extras.cleanup:
                     with contextlib.suppress(Exception):
                         fn()
-                self.post(m.LaunchFailed(str(e)))
+                self.post(m.LaunchFailed(str(e) or type(e).__name__))
             else:
                 log.exception("%s: after launch", self.name)
         finally:

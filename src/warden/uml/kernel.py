@@ -76,8 +76,19 @@ def _compiler_id(cc: str) -> bytes:
     return out.stdout.splitlines()[0] if out.stdout else b""
 
 
+_shims: dict[Path, Path] = {}  # cache dir -> built shim, so a boot costs no compiler call
+
+
 def xstate_shim(layout: Layout) -> Path:
     """Path of the compiled shim, building it into the cache on first use."""
+    known = _shims.get(layout.cache)
+    if known is not None and known.exists():
+        return known
+    _shims[layout.cache] = path = _build_shim(layout)
+    return path
+
+
+def _build_shim(layout: Layout) -> Path:
     cc = shutil.which("gcc") or shutil.which("cc")
     src = _shim_source()
     if cc is None:
