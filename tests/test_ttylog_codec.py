@@ -193,3 +193,17 @@ def test_read_file_reads_in_chunks(tmp_path: Path) -> None:
 def test_a_log_of_only_its_header_is_whole() -> None:
     header, records = ttylog.decode(HEAD)
     assert header.host_pid == 1234 and records == []
+
+
+def test_kernel_counters_from_mconsole() -> None:
+    text = "fd=5 state=stopped:32 records=120 bytes=4096 lost_records=7 lost_bytes=300"
+    stats = ttylog.parse_stats(text)
+    assert stats == ttylog.KernelStats(5, "stopped:32", 120, 4096, 7, 300)
+    assert stats.stopped_errno == 32
+    assert ttylog.parse_stats(text.replace("stopped:32", "on")).stopped_errno is None
+    with pytest.raises(TtyLogError, match="expected fd state records"):
+        ttylog.parse_stats("tty logging is not built into this kernel")
+    with pytest.raises(TtyLogError, match="a counter is not a number"):
+        ttylog.parse_stats(text.replace("records=120", "records=many"))
+    with pytest.raises(TtyLogError, match="state 'sleepy'"):
+        ttylog.parse_stats(text.replace("stopped:32", "sleepy"))

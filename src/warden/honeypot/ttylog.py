@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -468,3 +469,37 @@ class TtyLogPipe:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    """The kernel's own counters, as `mconsole ttylog` answers them (docs/formats/ttylog.md)."""
+
+    fd: int
+    state: str  # "on", "off" or "stopped:ERRNO"
+    records: int
+    bytes: int
+    lost_records: int
+    lost_bytes: int
+
+    @property
+    def stopped_errno(self) -> int | None:
+        return int(self.state.split(":", 1)[1]) if self.state.startswith("stopped:") else None
+
+
+_STATS_KEYS = ("fd", "state", "records", "bytes", "lost_records", "lost_bytes")
+
+
+def parse_stats(text: str) -> KernelStats:
+    """`fd=3 state=on records=R bytes=B lost_records=L lost_bytes=M` -> KernelStats."""
+    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
+    if set(fields) != set(_STATS_KEYS):
+        raise TtyLogError(f"mconsole ttylog answered {text!r}; expected {' '.join(_STATS_KEYS)}")
+    try:
+        numbers = {k: int(fields[k]) for k in _STATS_KEYS if k != "state"}
+    except ValueError:
+        raise TtyLogError(f"mconsole ttylog answered {text!r}: a counter is not a number") from None
+    state = fields["state"]
+    if state not in ("on", "off") and not re.fullmatch(r"stopped:\d+", state):
+        raise TtyLogError(f"mconsole ttylog state {state!r}: expected on, off or stopped:ERRNO")
+    return KernelStats(state=state, **numbers)

@@ -275,7 +275,12 @@ def _build_into(inputs: BuildInputs, layout: Layout, out_dir: Path, progress: Pr
         "incremental": not full,
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if not (out_dir / "linux").exists():
+            raise
+        shutil.rmtree(tmp)  # the same build is already there
 
 
 def build(layout: Layout, name: str = "honeypot", progress: Progress | None = None) -> Path:
