@@ -278,3 +278,20 @@ def test_key_is_made_once_with_mode_0600(tmp_path: Path) -> None:
     k = logstore.load_key(lay, create=True)
     assert len(k) == 32 and logstore.load_key(lay) == k
     assert (logstore.key_path(lay).stat().st_mode & 0o777) == 0o600
+
+
+def test_other_record_types_for_the_tty_log(tmp_path: Path) -> None:
+    w, usage = _writer(tmp_path)
+    lg = SessionLog(w, "m1", "tty", 1, False, lambda: usage)
+    kernel_record = bytes(range(40))
+    lg.record(sl.TTYLOG, kernel_record, time_us=1_700_000_000_000_000)
+    lg.close()
+    _done(w)
+    path = tmp_path / "m1" / "logs" / "tty-1.wlog.gz"
+    _, recs, _ = sl.read_all(path, KEY)
+    tty = [r for r in recs if r.type == sl.TTYLOG]
+    assert [(r.payload, r.time_us, r.kind) for r in tty] == [
+        (kernel_record, 1_700_000_000_000_000, "ttylog")
+    ]
+    assert sl.verify(path, KEY, live=False).status == "complete"
+    assert [r.line for r in logstore.logs_in("m1", path.parent, False)] == ["tty"]

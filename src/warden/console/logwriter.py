@@ -130,6 +130,13 @@ class SessionLog:
             self._end_reason = str(fields.get("reason", ""))
         self.writer.submit(self, "event", logstore.now_us(), (kind, fields))
 
+    def record(self, rtype: int, payload: bytes, time_us: int | None = None) -> None:
+        """Any other record type: for the honeypot, sl.TTYLOG with one kernel tty-log record
+        verbatim (docs/formats/session-log.md). Counted against the quota like events."""
+        if not self.closed:
+            t = time_us if time_us is not None else logstore.now_us()
+            self.writer.submit(self, "rec", t, (rtype, payload))
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -317,6 +324,9 @@ class LogWriter(_Worker):
             elif op == "event":
                 kind, fields = arg
                 self._record(f, sl.EVENT, t, sl.event_payload(kind, fields))
+            elif op == "rec":
+                for i in range(0, max(1, len(arg[1])), sl.WRITE_PAYLOAD):
+                    self._record(f, arg[0], t, arg[1][i : i + sl.WRITE_PAYLOAD])
             elif op == "lost":  # the thread fell MAX_QUEUED behind: never reached it
                 self._count_drop(f, t, sl.OUTPUT if arg[0] == "out" else sl.INPUT, arg[1])
             elif op == "close":
