@@ -73,6 +73,8 @@ class Concentrator:
     """A daemon service (start/stop/fleet_changed)."""
 
     def __init__(self, daemon: "Daemon"):
+        # asyncssh logs every connection at INFO; logins land in the daemon's events instead.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         self.daemon = daemon
         self.acceptor: asyncssh.SSHAcceptor | None = None
         self.listen = ""
