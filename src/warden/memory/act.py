@@ -1,0 +1,181 @@
+"""Action: plugging and unplugging through mconsole, with the ledger kept true.
+
+`config mem=-N` (arch/um/drivers/mconsole_kern.c, mem_config) allocates N bytes page by page
+with GFP_ATOMIC and hands each page back to the host (madvise MADV_REMOVE on the memory file);
+when an allocation fails it stops and still answers success, and pages it takes from the
+atomic reserves leave the guest to die at its next allocation ("Out of memory and no
+killable processes"). So an unplug is never asked for more than the guest has free right now:
+each step reads meminfo first, takes at most `max_step` and no more than free memory above
+the watermark the step must leave, and never goes below `must` computed from that fresh
+reading. `config mem=+N` frees pages the guest holds on its unplugged list, and stops quietly
+when the list is empty: it cannot plug past the boot size.
+
+Failures (a timeout, an error reply) leave the ledger uncertain; `reconcile` then reads the
+guest's meminfo until two readings agree and settles the entry from the estimate
+(docs/formats/memlog.md). While uncertain, a guest gets no other action.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from warden.errors import WardenError
+from warden.memory import observe
+from warden.memory.ledger import Ledger, LedgerError, estimate_plugged, pages
+from warden.memory.observe import Request
+from warden.memory.policy import MIB, NUDGE_STEP, Config, GuestInput, must_of, unplug_step
+from warden.memory.procfs import Watermarks
+
+MIN_STEP = 1 * MIB
+RECONCILE_READS = 6
+RECONCILE_AGREE = 2 * MIB
+
+Record = Callable[..., None]
+
+
+def action_timeout(amount: int) -> float:
+    """Unplug of touched memory runs at ~1.6 GiB/s here; allow for a loaded host."""
+    return 2.0 + amount / (256 * MIB)
+
+
+class Actuator:
+    def __init__(self, ledger: Ledger, record: Record):
+        self.ledger = ledger
+        self.record = record
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, name: str) -> asyncio.Lock:
+        lk = self._locks.get(name)
+        if lk is None:
+            lk = self._locks[name] = asyncio.Lock()
+        return lk
+
+    def forget(self, name: str) -> None:
+        self._locks.pop(name, None)
+
+    async def _config(self, req: Request, name: str, op: str, amount: int, why: str) -> bool:
+        """One `config mem=±N`; True when the guest answered success."""
+        sign = "-" if op == "unplug" else "+"
+        t0 = time.monotonic()
+        ok, err = True, ""
+        try:
+            await req(f"config mem={sign}{amount // 1024}K", action_timeout(amount))
+        except WardenError as e:
+            ok, err = False, str(e)
+        ms = (time.monotonic() - t0) * 1000
+        if ok:
+            (self.ledger.end_unplug if op == "unplug" else self.ledger.end_plug)(name, amount, True)
+        else:
+            (self.ledger.end_unplug if op == "unplug" else self.ledger.end_plug)(
+                name, amount, False, f"{op} of {amount >> 20} MiB: {err}"
+            )
+        entry = self.ledger.entries.get(name)
+        fields: dict[str, Any] = {
+            "g": name,
+            "op": op,
+            "kib": amount // 1024,
+            "ok": ok,
+            "ms": round(ms, 1),
+            "why": why,
+            "plugged": (entry.hi // 1024) if entry else None,
+        }
+        if err:
+            fields["err"] = err
+        self.record("act", **fields)
+        return ok
+
+    async def unplug(
+        self,
+        name: str,
+        req: Request,
+        amount: int,
+        cfg: Config,
+        floor: int,
+        marks: Watermarks | None,
+        why: str,
+    ) -> int:
+        """Take up to `amount` from the guest in safe steps; returns what was taken."""
+        done = 0
+        async with self.lock(name):
+            while amount - done >= NUDGE_STEP:
+                entry = self.ledger.entries.get(name)
+                if entry is None or not entry.certain:
+                    break
+                try:
+                    mem = await observe.meminfo(req)
+                except WardenError:
+                    break  # silent now: nothing was asked, nothing is uncertain
+                view = GuestInput(
+                    name, max=entry.max, floor=floor, plugged=entry.hi, mem=mem, marks=marks
+                )
+                step = unplug_step(mem, marks, amount - done, entry.hi - must_of(view, cfg), cfg)
+                if step == 0:
+                    break
+                try:
+                    self.ledger.begin_unplug(name, step)
+                except LedgerError:
+                    break
+                if not await self._config(req, name, "unplug", step, why):
+                    await self._reconcile_locked(name, req)
+                    break
+                done += step
+        return done
+
+    async def plug(self, name: str, req: Request, amount: int, why: str, urgent: bool) -> int:
+        """Give up to `amount` back, as far as the budget allows; returns what was given."""
+        async with self.lock(name):
+            entry = self.ledger.entries.get(name)
+            if entry is None or not entry.certain:
+                return 0
+            room = self.ledger.free(include_holds=not urgent)
+            amount = pages(min(amount, room, entry.max - entry.hi))
+            if amount < MIN_STEP and not (urgent and amount > 0):
+                return 0
+            try:
+                self.ledger.begin_plug(name, amount, use_holds=urgent)
+            except LedgerError:
+                return 0
+            if not await self._config(req, name, "plug", amount, why):
+                await self._reconcile_locked(name, req)
+                return 0
+            return amount
+
+    async def reconcile(self, name: str, req: Request) -> bool:
+        async with self.lock(name):
+            return await self._reconcile_locked(name, req)
+
+    async def _reconcile_locked(self, name: str, req: Request) -> bool:
+        """Settle the entry from the guest's own counters; False if the guest is silent.
+
+        The guest runs queued mconsole requests last-in first-out (mc_work_proc takes the
+        head of a list that mconsole_interrupt adds to at the head), so a reading right after
+        a late `config` may still precede it: read until two readings agree."""
+        entry = self.ledger.entries.get(name)
+        if entry is None:
+            return False
+        last: int | None = None
+        est = 0
+        for _ in range(RECONCILE_READS):
+            try:
+                mem = await observe.meminfo(req)
+            except WardenError:
+                return False
+            est = estimate_plugged(mem, entry.max, entry.baseline)
+            if last is not None and abs(est - last) <= RECONCILE_AGREE:
+                break
+            last = est
+            await asyncio.sleep(0.05)
+        else:
+            return False
+        lo, hi, now = self.ledger.reconcile(name, est)
+        self.record(
+            "ev",
+            g=name,
+            what="reconcile",
+            lo=lo // 1024,
+            hi=hi // 1024,
+            est=est // 1024,
+            now=now // 1024,
+        )
+        return True

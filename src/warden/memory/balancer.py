@@ -1,0 +1,592 @@
+"""The balancer: observes every running guest, asks the policy, performs the plan.
+
+One asyncio task. Every `watch` seconds (0.1 s) it reads each running guest's meminfo and
+acts only to give memory back; every `interval` (the fleet's [host] balance_interval, 1 s)
+it also reads vmstat and the host's side, lets the policy tighten, and writes a log line.
+All plugs and unplugs are performed by this task (admission, `warden mem set` and boots only
+change what the policy is asked and wake it), so actions on one guest never interleave.
+
+It is also a BootHook: admission (floors) before a start, room in the budget for the boot
+size before the launch (a guest boots with all of `memory` plugged), the ledger reset when a
+kernel comes up (again, after a reboot: UML re-execs with its whole boot size) and released
+when it exits.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from warden.daemon import machine as m
+from warden.daemon.context import BootExtras
+from warden.errors import Conflict, NotFound, SpecError, WardenError
+from warden.memory import observe
+from warden.memory.act import Actuator
+from warden.memory.ledger import SNAP, Entry, Ledger, estimate_plugged, pages
+from warden.memory.policy import (
+    MIB,
+    Assessment,
+    Config,
+    GuestInput,
+    Memo,
+    Plan,
+    Plug,
+    Unplug,
+    admission_refusal,
+    assess,
+    decide,
+    set_refusal,
+)
+from warden.memory.procfs import Meminfo, ProcfsError, Vmstat, Watermarks
+from warden.memory.record import LogWriter, load_state, memory_dir, save_state
+from warden.tasks import cancel, spawn
+from warden.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from warden.daemon.core import Daemon
+    from warden.daemon.supervisor import Supervisor
+
+log = logging.getLogger("warden.memory")
+
+SETTLE = 1.0  # seconds after "up" before the baseline is taken and actions begin
+ROOM_TIMEOUT = 60.0  # how long a boot waits for the budget to make room for it
+DRIFT_EVERY = 10  # full ticks between checks of the ledger against the guest's own counters
+DRIFT = 2 * SNAP
+SET_TIMEOUT = 15.0
+
+
+class Balancer:
+    name = "memory"
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+        self.cfg = Config(budget=0)
+        self.ledger = Ledger(budget=0)
+        self.act = Actuator(self.ledger, self._record)
+        self.memos: dict[str, Memo] = {}
+        self.mem: dict[str, Meminfo] = {}
+        self.vm: dict[str, Vmstat] = {}
+        self.marks: dict[str, Watermarks] = {}
+        self.host_usage: dict[str, int | None] = {}
+        self.settle: dict[str, float] = {}  # name -> monotonic time its baseline is due
+        self.plan: Plan | None = None
+        self.host_available: int | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=400)
+        self.peak_total = 0
+        self.over = 0  # ticks that found the ledger above the budget
+        self.ticks = 0
+        self.log: LogWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._tick_done = asyncio.Condition()
+        self._boot_lock = asyncio.Lock()
+        self._dirty = False
+
+    # ---- configuration --------------------------------------------------------------------
+    def _configure(self) -> None:
+        host = self.daemon.c.fleet.host
+        total = observe.host_meminfo().total
+        budget = host.memory_budget or max(0, total - host.memory_reserve)
+        interval = host.balance_interval
+        self.cfg = Config(budget=budget, interval=interval, watch=min(0.1, interval / 2))
+        self.ledger.budget = budget
+
+    def fleet_changed(self) -> None:
+        before = self.cfg.budget
+        self._configure()
+        if self.cfg.budget != before:
+            self._record("ev", g=None, what="budget", kib=self.cfg.budget // 1024)
+        self._wake.set()
+
+    # ---- service life cycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        self._configure()
+        self.log = LogWriter(
+            memory_dir(self.daemon.layout.home) / "log",
+            {
+                "budget": self.cfg.budget // 1024,
+                "interval": self.cfg.interval,
+                "watch": self.cfg.watch,
+            },
+        )
+        self._adopt_running()
+        self._task = spawn(self._run(), "memory-balancer")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+        self._save()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def _adopt_running(self) -> None:
+        """Guests that outlived the previous daemon: trust its ledger for the same boot only."""
+        path = memory_dir(self.daemon.layout.home) / "state.json"
+        try:
+            saved = load_state(path)
+        except WardenError as err:
+            log.error("%s", err)
+            saved = {}
+        for name, sup in self.daemon.sups.items():
+            if sup.machine.state not in m.LIVE or sup.machine.pid is None:
+                continue
+            s = saved.get(name)
+            trusted = s is not None and s.pid == sup.machine.pid and s.pid_start == sup.pid_start
+            if s is not None and trusted:
+                e = self.ledger.adopt(name, s.max, s.lo, s.hi)
+                e.baseline, e.pin = s.baseline, s.pin
+            else:
+                e = self.ledger.adopt(name, sup.spec.memory, None, None)
+            e.pid, e.pid_start = sup.machine.pid, sup.pid_start
+            self._record("ev", g=name, what="reattach", trusted=trusted)
+        self._dirty = True
+
+    # ---- boot hooks -----------------------------------------------------------------------
+    def floors_in_use(self, exclude: str) -> dict[str, int]:
+        out = {}
+        for name in self.ledger.entries:
+            sup = self.daemon.sups.get(name)
+            if name != exclude and sup is not None:
+                out[name] = sup.spec.memory_min
+        return out
+
+    def check_start(self, sup: "Supervisor") -> None:
+        """Admission, before anything changes (the daemon's start check): the guest's floor
+        must fit beside the floors of the guests already running."""
+        if sup.machine.state in m.LIVE:
+            return  # the state machine says "already running" better
+        self._admit(sup)
+
+    def _admit(self, sup: "Supervisor") -> None:
+        refusal = admission_refusal(
+            sup.name, sup.spec.memory_min, self.floors_in_use(sup.name), self.cfg.budget
+        )
+        if refusal:
+            self._record("ev", g=sup.name, what="refused", reason=refusal)
+            raise Conflict(refusal)
+
+    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
+        name, size = sup.name, sup.spec.memory
+        self.ledger.release(name)  # any earlier boot of it is over
+        self._admit(sup)  # again: restarts by the restart policy come this way only
+        async with self._boot_lock:
+            self.ledger.holds[name] = size
+            self._wake.set()
+            try:
+                await self._wait_room(name, size)
+                self.ledger.boot(name, size)
+            except BaseException:
+                self.ledger.holds.pop(name, None)
+                raise
+        extras.cleanup.append(lambda: self._release(name, "launch failed"))
+        self._dirty = True
+        self._save()
+
+    async def _wait_room(self, name: str, size: int) -> None:
+        deadline = time.monotonic() + ROOM_TIMEOUT
+        while self.ledger.free(include_holds=False) < size:
+            booting = [n for n, e in self.ledger.entries.items() if e.booting or n in self.settle]
+            spare = self._spare(exclude=name)
+            free = self.ledger.free(include_holds=False)
+            hopeless = not booting and free + spare < size
+            if hopeless or time.monotonic() > deadline:
+                msg = (
+                    f"cannot start {name}: it boots with all of its memory "
+                    f"({format_size(size)}) plugged, and the memory budget "
+                    f"{format_size(self.ledger.budget)} has {format_size(max(0, free))} free; "
+                    f"the running guests ({self._plugged_list(name)}) can give back only "
+                    f"{format_size(spare)} more without going below their working sets"
+                    + ("" if hopeless else f" (waited {ROOM_TIMEOUT:.0f} s)")
+                    + ". Stop a guest, lower this guest's memory, or raise [host] memory_budget"
+                )
+                self._record("ev", g=name, what="refused", reason=msg)
+                raise Conflict(msg)
+            async with self._tick_done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._tick_done.wait(), 1.0)
+
+    def _spare(self, exclude: str) -> int:
+        if self.plan is None:
+            return 0
+        return sum(
+            max(0, self.ledger.entries[n].hi - a.must)
+            for n, a in self.plan.assessments.items()
+            if n != exclude and n in self.ledger.entries and self.ledger.entries[n].pin is None
+        )
+
+    def _plugged_list(self, exclude: str) -> str:
+        entries = sorted(self.ledger.entries.items())
+        items = [f"{n} {format_size(e.hi)}" for n, e in entries if n != exclude]
+        return ", ".join(items) or "none"
+
+    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
+        e = self.ledger.entries.get(sup.name)
+        if e is not None:
+            e.pid = pid
+            e.pid_start = sup.pid_start
+            self._dirty = True
+
+    async def on_up(self, sup: "Supervisor") -> None:
+        name = sup.name
+        old = self.ledger.entries.get(name)
+        rebooted = old is not None and not old.booting
+        size = old.max if old is not None else sup.spec.memory
+        e = self.ledger.up(name, size)
+        e.pid, e.pid_start, e.baseline = sup.machine.pid, sup.pid_start, None
+        self.memos.pop(name, None)
+        self.mem.pop(name, None)
+        self.vm.pop(name, None)
+        self.settle[name] = time.monotonic() + SETTLE
+        try:
+            self.marks[name] = await observe.watermarks(sup.request)
+        except WardenError:
+            self.marks.pop(name, None)  # the policy falls back on the kernel's rule of thumb
+        self._record("ev", g=name, what="reboot" if rebooted else "up", max=size // 1024)
+        self._dirty = True
+        self._wake.set()
+
+    async def after_exit(self, sup: "Supervisor") -> None:
+        self._release(sup.name, "exit")
+
+    def _release(self, name: str, why: str) -> None:
+        if name in self.ledger.entries or name in self.ledger.holds:
+            self._record("ev", g=name, what="exit", why=why)
+        self.ledger.release(name)
+        self.memos.pop(name, None)
+        self.mem.pop(name, None)
+        self.vm.pop(name, None)
+        self.marks.pop(name, None)
+        self.host_usage.pop(name, None)
+        self.settle.pop(name, None)
+        self.act.forget(name)
+        self._dirty = True
+        self._save()
+        self._wake.set()
+
+    # ---- the loop -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        next_full = time.monotonic()
+        while True:
+            now = time.monotonic()
+            full = now >= next_full
+            if full:
+                next_full = max(next_full + self.cfg.interval, now + self.cfg.interval / 2)
+            try:
+                await self.tick(full)
+            except Exception:
+                log.exception("memory balancer tick")
+            async with self._tick_done:
+                self._tick_done.notify_all()
+            wait = max(0.0, min(self.cfg.watch, next_full - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    def _running(self) -> dict[str, "Supervisor"]:
+        out = {}
+        for name, e in self.ledger.entries.items():
+            sup = self.daemon.sups.get(name)
+            if sup is not None and not e.booting and sup.machine.state is m.State.RUNNING:
+                out[name] = sup
+        return out
+
+    async def tick(self, full: bool) -> Plan:
+        running = self._running()
+        if full:
+            self.ticks += 1
+        await asyncio.gather(*(self._observe(n, s, full) for n, s in running.items()))
+        try:
+            self.host_available = observe.host_meminfo().available
+        except (OSError, ProcfsError):
+            self.host_available = None
+        inputs = [self._input(n, running) for n in self.ledger.entries]
+        plan = decide(
+            inputs,
+            self.memos,
+            self.cfg,
+            time.monotonic(),
+            hold=self.ledger.held(),
+            host_available=self.host_available,
+        )
+        self.memos = dict(plan.memos)
+        self.plan = plan
+        if plan.actions:
+            await self._execute(plan, running)
+        total = self.ledger.total()
+        self.peak_total = max(self.peak_total, total)
+        if total > self.ledger.budget:
+            self.over += 1
+            if full:
+                self._record("ev", g=None, what="over", by=(total - self.ledger.budget) // 1024)
+        if full:
+            self._log_tick(plan)
+        self._save()
+        return plan
+
+    async def _observe(self, name: str, sup: "Supervisor", full: bool) -> None:
+        e = self.ledger.entries[name]
+        if not e.certain:
+            await self.act.reconcile(name, sup.request)
+        try:
+            mem = await observe.meminfo(sup.request)
+            if full:
+                self.vm[name] = await observe.vmstat(sup.request)
+        except WardenError:
+            self.mem.pop(name, None)  # silent or gone: not observable this tick
+            return
+        self.mem[name] = mem
+        due = self.settle.get(name)
+        if due is not None and time.monotonic() >= due and e.certain and e.hi == e.max:
+            e.baseline = mem.unaccounted  # nothing unplugged yet: this is the guest's own
+            del self.settle[name]
+            self._record("ev", g=name, what="baseline", kib=mem.unaccounted // 1024)
+            self._dirty = True
+        if full:
+            self.host_usage[name] = observe.cgroup_memory(sup.cgroup)
+            if e.certain and e.baseline is not None and self.ticks % DRIFT_EVERY == 0:
+                est = estimate_plugged(mem, e.max, e.baseline)
+                if abs(est - e.hi) > DRIFT:
+                    self._record("ev", g=name, what="drift", est=est // 1024, hi=e.hi // 1024)
+                    await self.act.reconcile(name, sup.request)
+                    self._dirty = True
+
+    def _input(self, name: str, running: dict[str, "Supervisor"]) -> GuestInput:
+        e = self.ledger.entries[name]
+        sup = self.daemon.sups.get(name)
+        floor = sup.spec.memory_min if sup is not None else 0
+        weight = sup.spec.memory_weight if sup is not None else 100
+        observable = name in running and name not in self.settle and e.certain
+        return GuestInput(
+            name=name,
+            max=e.max,
+            floor=min(floor, e.max),
+            weight=weight,
+            plugged=e.hi,
+            certain=e.certain,
+            pin=e.pin,
+            mem=self.mem.get(name) if observable else None,
+            vm=self.vm.get(name) if observable else None,
+            marks=self.marks.get(name),
+            host_usage=self.host_usage.get(name),
+        )
+
+    async def _execute(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:
+        """Give first what the budget already has room for, then take, then give the rest:
+        sum(plugged) never passes the budget (the ledger refuses a plug that would)."""
+        plugs = [a for a in plan.actions if isinstance(a, Plug) and a.guest in running]
+        unplugs = [a for a in plan.actions if isinstance(a, Unplug) and a.guest in running]
+        pending: list[Plug] = []
+        for p in plugs:
+            given = await self._plug(p, running[p.guest])
+            if given < p.amount:
+                pending.append(Plug(p.guest, p.amount - given, p.why, p.urgent))
+        if unplugs:
+            # Different guests are different host processes: take from them in parallel.
+            await asyncio.gather(*(self._unplug(u, running[u.guest]) for u in unplugs))
+        for p in pending:
+            await self._plug(p, running[p.guest])
+        self._dirty = True
+
+    async def _plug(self, p: Plug, sup: "Supervisor") -> int:
+        return await self.act.plug(p.guest, sup.request, p.amount, p.why, p.urgent)
+
+    async def _unplug(self, u: Unplug, sup: "Supervisor") -> int:
+        return await self.act.unplug(
+            u.guest,
+            sup.request,
+            u.amount,
+            self.cfg,
+            sup.spec.memory_min,
+            self.marks.get(u.guest),
+            u.why,
+        )
+
+    # ---- records --------------------------------------------------------------------------
+    def _record(self, kind: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.write(kind, **fields)
+        self.recent.append({"k": kind, "t": round(time.time(), 3), **fields})
+
+    def _log_tick(self, plan: Plan) -> None:
+        guests: dict[str, Any] = {}
+        for name, e in self.ledger.entries.items():
+            a = plan.assessments.get(name)
+            rec: dict[str, Any] = {"p": e.hi // 1024, "h": _kib(self.host_usage.get(name))}
+            if a is not None:
+                rec.update(
+                    u=a.used // 1024,
+                    a=a.available // 1024,
+                    f=a.free // 1024,
+                    c=a.cache // 1024,
+                    T=a.target // 1024,
+                    m=a.must // 1024,
+                    s=list(a.signals),
+                )
+            guests[name] = rec
+        self._record_tick(plan, guests)
+
+    def _record_tick(self, plan: Plan, guests: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(
+                "tick",
+                budget=plan.budget // 1024,
+                plugged=self.ledger.total() // 1024,
+                host_avail=_kib(self.host_available),
+                g=guests,
+            )
+
+    def _save(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        try:
+            save_state(memory_dir(self.daemon.layout.home) / "state.json", self.ledger.entries)
+        except OSError as e:
+            log.error("saving the balancer state: %s", e)
+
+    # ---- what `warden top` and `warden mem set` use ---------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        plan = self.plan
+        guests = []
+        for name, e in sorted(self.ledger.entries.items()):
+            sup = self.daemon.sups.get(name)
+            a = plan.assessments.get(name) if plan is not None else None
+            guests.append(self._guest_json(name, e, sup, a))
+        return {
+            "budget": self.cfg.budget,
+            "effective_budget": plan.budget if plan is not None else self.cfg.budget,
+            "plugged": self.ledger.total(),
+            "held": self.ledger.held(),
+            "free": self.ledger.free(),
+            "peak_plugged": self.peak_total,
+            "over_budget_ticks": self.over,
+            "host_available": self.host_available,
+            "interval": self.cfg.interval,
+            "watch": self.cfg.watch,
+            "notes": list(plan.notes) if plan is not None else [],
+            "guests": guests,
+            "recent": [r for r in self.recent if r["k"] in ("act", "ev")][-30:],
+        }
+
+    def _guest_json(
+        self, name: str, e: Entry, sup: "Supervisor | None", a: Assessment | None
+    ) -> dict[str, Any]:
+        memo = self.memos.get(name)
+        out: dict[str, Any] = {
+            "name": name,
+            "state": str(sup.machine.state) if sup is not None else "?",
+            "max": e.max,
+            "floor": sup.spec.memory_min if sup is not None else 0,
+            "weight": sup.spec.memory_weight if sup is not None else 0,
+            "plugged": e.hi,
+            "plugged_lo": e.lo,
+            "certain": e.certain,
+            "doubt": e.doubt,
+            "booting": e.booting or name in self.settle,
+            "pin": e.pin,
+            "host_usage": self.host_usage.get(name),
+            "signals": list(memo.signals) if memo is not None else [],
+            "last_actions": [r for r in self.recent if r["k"] == "act" and r.get("g") == name][-3:],
+        }
+        if a is not None:
+            out.update(
+                used=a.used,
+                overhead=a.overhead,
+                available=a.available,
+                free=a.free,
+                cache=a.cache,
+                must=a.must,
+                target=a.target,
+                level=a.level,
+                reason=a.reason,
+            )
+            out["signals"] = sorted(set(out["signals"]) | set(a.signals))
+        return out
+
+    async def set_size(self, name: str, size: int | None) -> dict[str, Any]:
+        sup = self.daemon.sups.get(name)
+        if sup is None:
+            raise NotFound(f"no machine named {name!r} (warden ls lists them)")
+        e = self.ledger.entries.get(name)
+        if e is None or sup.machine.state is not m.State.RUNNING:
+            raise Conflict(f"{name} is {sup.machine.state}; memory is set on running guests only")
+        if size is None:
+            e.pin = None
+            self._record("ev", g=name, what="pin", kib=None)
+            self._dirty = True
+            self._wake.set()
+            return self._guest_json(name, e, sup, None)
+        if e.booting or name in self.settle or not e.certain:
+            raise Conflict(f"{name} is still coming up; try again in a second")
+        size = pages(size)
+        mem = await observe.meminfo(sup.request)
+        g = GuestInput(
+            name,
+            max=e.max,
+            floor=sup.spec.memory_min,
+            weight=sup.spec.memory_weight,
+            plugged=e.hi,
+            mem=mem,
+            marks=self.marks.get(name),
+        )
+        a, _ = assess(g, self.memos.get(name, Memo()), self.cfg, time.monotonic())
+        others = [x for n, x in (self.plan.assessments.items() if self.plan else []) if n != name]
+        refusal = set_refusal(name, size, g, a, self.ledger.free(), others)
+        if refusal:
+            self._record("ev", g=name, what="refused", reason=refusal)
+            bad_input = size > e.max or size < sup.spec.memory_min
+            raise (SpecError if bad_input else Conflict)(refusal)
+        e.pin = size
+        self._record("ev", g=name, what="pin", kib=size // 1024)
+        self._dirty = True
+        deadline = time.monotonic() + SET_TIMEOUT
+        while time.monotonic() < deadline:
+            self._wake.set()
+            async with self._tick_done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._tick_done.wait(), 1.0)
+            cur = self.ledger.entries.get(name)
+            if cur is None or cur.pin != size:
+                break
+            if cur.certain and abs(cur.hi - size) < self.cfg.min_change:
+                break
+        cur = self.ledger.entries.get(name)
+        out = self._guest_json(
+            name, cur or e, sup, self.plan.assessments.get(name) if self.plan else None
+        )
+        out["reached"] = cur is not None and abs(cur.hi - size) < self.cfg.min_change
+        return out
+
+    # ---- API ------------------------------------------------------------------------------
+    async def http_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot())
+
+    async def http_set(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise SpecError("request body is not JSON") from None
+        raw = body.get("size") if isinstance(body, dict) else None
+        if not isinstance(raw, str | int) or isinstance(raw, bool):
+            raise SpecError('expected {"size": "256M"} or {"size": "auto"}')
+        size: int | None
+        if raw == "auto":
+            size = None
+        else:
+            try:
+                size = parse_size(raw)
+            except ValueError as e:
+                raise SpecError(f"size {raw!r}: {e}, or 'auto' (the balancer decides)") from None
+        return web.json_response(await self.set_size(request.match_info["name"], size))
+
+
+def _kib(n: int | None) -> int | None:
+    return None if n is None else n // 1024
+
+
+__all__ = ["Balancer", "MIB"]

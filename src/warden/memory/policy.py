@@ -1,0 +1,500 @@
+"""The memory policy: a pure function from what the guests report to what to plug and unplug.
+
+No I/O and no clock: `decide()` gets the samples, the ledger's view and the time, and returns
+a Plan (actions plus the reasoning per guest) and the memos to pass to the next call. Tested
+with scripted traces (tests/test_memory_policy.py); `act.py` performs the plan.
+
+Per guest, in bytes of its boot size (`memory`, the most it can have):
+    overhead  boot size - MemTotal: kernel, mem_map and reserved pages the guest never sees
+    used      MemTotal - MemAvailable - unplugged: what its kernel cannot reclaim (anon,
+              tmpfs, unreclaimable slab...); page cache is not in it
+    must      max(memory_min, overhead + used + safety): never unplug below this. safety is
+              max(8 MiB, 5% of used) plus the high watermark. Unplugging past free memory
+              panics a UML guest (seen 10 of 10), so this is a hard line, not a preference.
+    want      overhead + used + buffer + lookahead + cache_keep
+              buffer     max(24 MiB, 20% of used)            (Hyper-V: demand x 1.2)
+              lookahead  growth rate of used x 0.5 s         (plug ahead of a rising job)
+              cache_keep page cache the guest showed it needs (refaults), else shrinking
+                         by 1% of plugged per interval       (Senpai: tighten slowly)
+    target    want, clamped to [must, memory]; a pin (`warden mem set`) replaces want.
+
+Pressure signals, from /proc/vmstat deltas and MemAvailable:
+    emergency  an OOM kill, or MemAvailable below the safety margin: target = memory
+               (give everything back at once: Senpai loosens up to 100%)
+    pressure   direct reclaim (allocstall, pgscan_direct), refaults of evicted cache, or
+               MemAvailable below half the buffer: target >= plugged + max(buffer, 25%)
+    calm       target = want; a reduction takes all free memory above the buffer at once
+               (free pages serve nobody) but page cache only 1% of plugged per interval
+
+Contention: when the targets (plus budget promised to booting guests) do not fit the budget,
+memory is taken back 4 MiB at a time from the guest with the fewest shares per MiB, idle
+memory taxed as in VMware ESX (Waldspurger, OSDI'02): rho = weight / (grant x (f + k(1-f))),
+f the active fraction of the grant, k = 1/(1 - 0.75). Nobody goes below `must`.
+
+Watch ticks (every `watch` seconds, meminfo only) only give memory back (and take from
+others to fund that); reductions for their own sake happen on full ticks (every `interval`),
+when the vmstat signals are fresh.
+"""
+
+import heapq
+import math
+from dataclasses import dataclass, field, replace
+
+from warden.memory.ledger import pages
+from warden.memory.procfs import PAGE, Meminfo, Vmstat, Watermarks, default_watermarks
+from warden.units import format_size
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Config:
+    budget: int
+    interval: float = 1.0  # seconds between full observations
+    watch: float = 0.1  # seconds between headroom checks (meminfo only)
+    buffer_frac: float = 0.2
+    min_buffer: int = 24 * MIB
+    safety_min: int = 8 * MIB
+    safety_frac: float = 0.05
+    tighten_frac: float = 0.01
+    loosen_frac: float = 0.25
+    lookahead: float = 0.5
+    max_step: int = 128 * MIB  # largest single `config mem=-N` (the guest stalls meanwhile)
+    idle_tax: float = 0.75
+    chunk: int = 4 * MIB
+    min_change: int = 2 * MIB  # smaller moves are not worth an mconsole round trip
+    host_keep: int = 512 * MIB  # host MemAvailable the balancer never plans to use
+    refault_pressure: int = 1 * MIB  # refaulted bytes per interval that count as pressure
+
+
+@dataclass(frozen=True)
+class GuestInput:
+    """One guest as the policy sees it at this instant."""
+
+    name: str
+    max: int  # boot size of the running boot
+    floor: int = 0  # memory_min
+    weight: int = 100
+    plugged: int = 0  # the ledger's hi (the budget's view)
+    certain: bool = True
+    pin: int | None = None
+    mem: Meminfo | None = None  # None: cannot be observed now (booting, paused, silent)
+    vm: Vmstat | None = None  # only on full ticks
+    marks: Watermarks | None = None
+    host_usage: int | None = None  # the guest's cgroup memory on the host
+
+    @property
+    def observable(self) -> bool:
+        return self.mem is not None and self.certain
+
+
+@dataclass(frozen=True)
+class Memo:
+    """What the policy remembers about a guest between calls."""
+
+    t: float | None = None
+    used: int | None = None
+    growth: float = 0.0  # bytes/s of `used`, fast up, slow down
+    vm: Vmstat | None = None
+    vm_t: float | None = None
+    cache_keep: int = 0
+    signals: tuple[str, ...] = ()  # of the last full tick (watch ticks keep them)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    name: str
+    plugged: int
+    used: int
+    overhead: int
+    available: int
+    free: int
+    cache: int
+    must: int
+    want: int
+    target: int
+    level: str  # "calm" | "pressure" | "emergency" | "pinned" | "idle" (not observable)
+    signals: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unplug:
+    guest: str
+    amount: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Plug:
+    guest: str
+    amount: int
+    why: str
+    urgent: bool = False
+
+
+Action = Unplug | Plug
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    assessments: dict[str, Assessment]
+    memos: dict[str, Memo]
+    budget: int  # the effective budget this plan respects
+    committed: int  # sum of grants + what stays fixed + holds
+    short: int = 0  # how far even the `must`s overshoot the budget (0 normally)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---- one guest ------------------------------------------------------------------------------
+def overhead_of(g: GuestInput) -> int:
+    assert g.mem is not None
+    return max(0, g.max - g.mem.total)
+
+
+def used_of(g: GuestInput) -> int:
+    assert g.mem is not None
+    unplugged = g.max - g.plugged
+    return max(0, g.mem.total - g.mem.available - unplugged)
+
+
+def buffer_of(used: int, cfg: Config) -> int:
+    return max(cfg.min_buffer, int(used * cfg.buffer_frac))
+
+
+def safety_of(used: int, marks: Watermarks, cfg: Config) -> int:
+    return max(cfg.safety_min, int(used * cfg.safety_frac)) + marks.high
+
+
+def must_of(g: GuestInput, cfg: Config) -> int:
+    """The least this guest may have plugged right now (the hard line)."""
+    assert g.mem is not None
+    marks = g.marks or default_watermarks(g.mem.total)
+    used = used_of(g)
+    return min(g.max, max(g.floor, overhead_of(g) + used + safety_of(used, marks, cfg)))
+
+
+def keep_free(mem: Meminfo, marks: Watermarks | None, amount: int, cfg: Config) -> int:
+    """Free memory an unplug of `amount` must leave. Unplug allocates with GFP_ATOMIC, which
+    dips into the reserves below the min watermark; staying above low keeps those intact.
+    With plenty of page cache behind, stop between min and low instead: the next allocation
+    (our own next page, or the guest's) wakes kswapd, which frees page cache that the next
+    step can take. That is the only way to reclaim cache from outside the guest; about 4 MiB
+    per wake-up was seen on a 256 MiB guest."""
+    m = marks or default_watermarks(mem.total)
+    cache_behind = mem.available - mem.free
+    if cache_behind - amount > cfg.safety_min * 2:
+        return (m.min + m.low) // 2
+    return m.low + 2 * MIB
+
+
+NUDGE_STEP = 256 * 1024  # a step that only takes free memory below low (to wake kswapd)
+
+
+def unplug_step(
+    mem: Meminfo, marks: Watermarks | None, remaining: int, above_must: int, cfg: Config
+) -> int:
+    """The next safe `config mem=-N` (whole pages), from a fresh meminfo; 0 when none is.
+    `above_must` is plugged minus `must` computed from the same reading."""
+    m = marks or default_watermarks(mem.total)
+    step = min(remaining, cfg.max_step, above_must)
+    step = pages(min(step, mem.free - keep_free(mem, marks, step, cfg)))
+    nudge = mem.free - step < m.low
+    return step if step >= (NUDGE_STEP if nudge else MIB) else 0
+
+
+def _signals(
+    g: GuestInput, memo: Memo, used: int, buffer: int, safety: int, now: float, cfg: Config
+) -> tuple[str, ...]:
+    assert g.mem is not None
+    out: list[str] = []
+    if g.vm is not None and memo.vm is not None:
+        d = g.vm
+        p = memo.vm
+        if d.oom_kill > p.oom_kill:
+            out.append("oom")
+        if d.allocstall > p.allocstall:
+            out.append("stall")
+        if d.pgscan_direct > p.pgscan_direct:
+            out.append("dscan")
+        if (d.refaults - p.refaults) * PAGE >= cfg.refault_pressure:
+            out.append("refault")
+        dt = max(1e-3, now - (memo.vm_t or now))
+        if (d.pgmajfault - p.pgmajfault) / dt > 100:
+            out.append("majflt")
+    # On watch ticks (no vmstat) only MemAvailable speaks: counters' deltas are per interval
+    # and acting on them again every watch tick would loosen ten times for one stall.
+    if g.mem.available < safety:
+        out.append("oom-risk")
+    elif g.mem.available < buffer // 2:
+        out.append("low")
+    return tuple(out)
+
+
+def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessment, Memo]:
+    """Where this guest should be, and why (pure)."""
+    assert g.mem is not None
+    mem = g.mem
+    marks = g.marks or default_watermarks(mem.total)
+    full = g.vm is not None
+    overhead = overhead_of(g)
+    used = used_of(g)
+    buffer = buffer_of(used, cfg)
+    safety = safety_of(used, marks, cfg)
+    must = min(g.max, max(g.floor, overhead + used + safety))
+
+    growth = memo.growth
+    if memo.t is not None and memo.used is not None and now > memo.t:
+        rate = max(0.0, (used - memo.used) / (now - memo.t))
+        growth = rate if rate > growth else 0.5 * growth + 0.5 * rate
+    signals = _signals(g, memo, used, buffer, safety, now, cfg)
+
+    cache = mem.file_cache
+    keep = memo.cache_keep
+    if full:
+        refault_bytes = 0
+        if g.vm is not None and memo.vm is not None:
+            refault_bytes = (g.vm.refaults - memo.vm.refaults) * PAGE
+        if "refault" in signals:
+            keep += max(2 * refault_bytes, int(cfg.loosen_frac * g.plugged))
+        else:
+            keep -= int(cfg.tighten_frac * g.plugged)
+    keep = max(0, min(keep, cache))
+
+    lookahead = int(growth * cfg.lookahead)
+    want = overhead + used + buffer + lookahead + keep
+    if "oom" in signals or "oom-risk" in signals:
+        level, want, reason = "emergency", g.max, "out of memory: give it all back"
+    elif {"stall", "dscan", "refault", "low"} & set(signals):
+        level = "pressure"
+        want = max(want, g.plugged + max(buffer, int(cfg.loosen_frac * g.plugged)))
+        reason = "pressure (" + ",".join(signals) + "): loosen"
+    else:
+        level, reason = "calm", "demand x 1.2"
+        if lookahead >= MIB:
+            reason += f" + growth {format_size(int(growth))}/s"
+    target = min(g.max, max(must, want))
+    if g.pin is not None:
+        level, target, reason = "pinned", min(g.max, max(g.pin, must)), "pinned by warden mem set"
+    elif target < g.plugged:
+        if not full:
+            target = g.plugged  # watch ticks only give
+        else:
+            # Free pages above half the buffer go at once; page cache 1% per interval.
+            fast = max(0, mem.free - keep_free(mem, g.marks, 0, cfg) - cfg.min_buffer // 2)
+            slow = max(MIB, int(cfg.tighten_frac * g.plugged))
+            target = max(target, g.plugged - max(fast, slow))
+            reason = "tighten: " + reason
+    new_memo = Memo(
+        t=now,
+        used=used,
+        growth=growth,
+        vm=g.vm if full else memo.vm,
+        vm_t=now if full else memo.vm_t,
+        cache_keep=keep,
+        signals=signals if full else memo.signals,
+    )
+    a = Assessment(
+        name=g.name,
+        plugged=g.plugged,
+        used=used,
+        overhead=overhead,
+        available=mem.available,
+        free=mem.free,
+        cache=cache,
+        must=must,
+        want=want,
+        target=target,
+        level=level,
+        signals=signals,
+        reason=reason,
+    )
+    return a, new_memo
+
+
+# ---- the fleet --------------------------------------------------------------------------------
+def effective_budget(
+    cfg: Config, guests: list[GuestInput], host_available: int | None
+) -> tuple[int, str]:
+    """The configured budget, lowered when the host itself runs short: every guest may yet
+    touch all it has plugged, so the host must be able to afford that on top of what it has
+    now (memory a guest already touched is already out of host MemAvailable)."""
+    if host_available is None:
+        return cfg.budget, ""
+    touched = sum(min(g.plugged, g.host_usage or 0) for g in guests)
+    afford = host_available - cfg.host_keep + touched
+    if afford < cfg.budget:
+        return max(0, afford), (
+            f"host MemAvailable {format_size(host_available)} lowers the budget to "
+            f"{format_size(max(0, afford))}"
+        )
+    return cfg.budget, ""
+
+
+def _rho(weight: int, grant: int, active: int, k: float) -> float:
+    f = min(1.0, active / grant) if grant > 0 else 1.0
+    return weight / (max(grant, 1) * (f + k * (1.0 - f)))
+
+
+def _cut(
+    grants: dict[str, int],
+    floors: dict[str, int],
+    weights: dict[str, int],
+    active: dict[str, int],
+    excess: int,
+    cfg: Config,
+) -> int:
+    """Take `excess` bytes from the grants, idle-taxed shares first; returns what is left."""
+    k = 1.0 / (1.0 - cfg.idle_tax)
+    heap = [(_rho(weights[n], grants[n], active[n], k), n) for n in grants if grants[n] > floors[n]]
+    heapq.heapify(heap)
+    while excess > 0 and heap:
+        _, n = heapq.heappop(heap)
+        take = min(cfg.chunk, grants[n] - floors[n], excess)
+        grants[n] -= take
+        excess -= take
+        if grants[n] > floors[n]:
+            heapq.heappush(heap, (_rho(weights[n], grants[n], active[n], k), n))
+    return excess
+
+
+LEVEL_ORDER = {"emergency": 0, "pressure": 1, "pinned": 2, "calm": 3}
+
+
+def decide(
+    guests: list[GuestInput],
+    memos: dict[str, Memo],
+    cfg: Config,
+    now: float,
+    hold: int = 0,
+    host_available: int | None = None,
+) -> Plan:
+    """Everything the balancer should do now. `hold` is budget promised to booting guests."""
+    budget, note = effective_budget(cfg, guests, host_available)
+    notes = [note] if note else []
+    assessments: dict[str, Assessment] = {}
+    new_memos: dict[str, Memo] = {}
+    fixed = hold
+    grants: dict[str, int] = {}
+    musts: dict[str, int] = {}
+    for g in guests:
+        if not g.observable:
+            fixed += g.plugged
+            if g.name in memos:
+                new_memos[g.name] = memos[g.name]
+            continue
+        a, memo = assess(g, memos.get(g.name, Memo()), cfg, now)
+        assessments[g.name] = a
+        new_memos[g.name] = memo
+        grants[g.name] = a.target
+        musts[g.name] = a.must if a.level != "pinned" else a.target
+    committed = fixed + sum(grants.values())
+    short = 0
+    if committed > budget:
+        by_name = {g.name: g for g in guests}
+        weights = {n: by_name[n].weight for n in grants}
+        active = {n: assessments[n].overhead + assessments[n].used for n in grants}
+        left = _cut(grants, musts, weights, active, committed - budget, cfg)
+        short = left
+        committed = fixed + sum(grants.values())
+        notes.append(
+            f"contention: targets exceed the budget {format_size(budget)}; "
+            "took back by idle-taxed shares"
+        )
+        if left > 0:
+            notes.append(f"even the guests' working sets exceed the budget by {format_size(left)}")
+        for n, grant in grants.items():
+            a = assessments[n]
+            if grant < a.target:
+                assessments[n] = replace(
+                    a, target=grant, reason=f"shares: cut {format_size(a.target - grant)}"
+                )
+
+    unplugs: list[Unplug] = []
+    plugs: list[tuple[int, int, Plug]] = []
+    for n, grant in grants.items():
+        a = assessments[n]
+        delta = grant - a.plugged
+        if delta <= -cfg.min_change:
+            unplugs.append(Unplug(n, pages(-delta), a.reason))
+        elif delta >= cfg.min_change or (delta > 0 and a.level == "emergency"):
+            urgent = a.level in ("emergency", "pressure")
+            amount = pages(delta) or PAGE
+            plugs.append((LEVEL_ORDER.get(a.level, 3), -amount, Plug(n, amount, a.reason, urgent)))
+    plugs.sort(key=lambda p: (p[0], p[1]))
+    actions: tuple[Action, ...] = (*unplugs, *(p for _, _, p in plugs))
+    return Plan(
+        actions=actions,
+        assessments=assessments,
+        memos=new_memos,
+        budget=budget,
+        committed=committed,
+        short=short,
+        notes=tuple(notes),
+    )
+
+
+# ---- admission and manual sizes -----------------------------------------------------------------
+def admission_refusal(name: str, floor: int, floors: dict[str, int], budget: int) -> str | None:
+    """Why `name` may not start (its floor does not fit beside the others'), or None."""
+    used = sum(floors.values())
+    if used + floor <= budget:
+        return None
+    detail = ", ".join(f"{n} {format_size(f)}" for n, f in sorted(floors.items()) if f) or "none"
+    return (
+        f"cannot start {name}: its memory_min {format_size(floor)} does not fit beside the "
+        f"floors of the guests already running ({format_size(used)}: {detail}) within the "
+        f"memory budget {format_size(budget)}; {format_size(max(0, budget - used))} is left "
+        "for floors. Stop a guest, lower a memory_min, or raise [host] memory_budget"
+    )
+
+
+def room_for(free: int, others: list[Assessment]) -> tuple[int, str]:
+    """How much of `need` the budget can provide: what is free now plus what the other
+    guests hold above their `must`. Returns (available, explanation)."""
+    spare = sum(max(0, a.plugged - a.must) for a in others if a.level != "pinned")
+    return free + spare, (
+        f"{format_size(max(0, free))} free and {format_size(spare)} that other guests "
+        "could give back above their working sets (pinned guests give nothing)"
+    )
+
+
+def set_refusal(
+    name: str,
+    size: int,
+    g: GuestInput,
+    a: Assessment | None,
+    free: int,
+    others: list[Assessment],
+) -> str | None:
+    """Why `warden mem set NAME SIZE` must be refused, or None."""
+    if size > g.max:
+        return (
+            f"{name}: {format_size(size)} is above its boot size {format_size(g.max)} "
+            "(memory in the fleet file: UML cannot plug more than it booted with)"
+        )
+    if size < g.floor:
+        return (
+            f"{name}: {format_size(size)} is below its memory_min {format_size(g.floor)} "
+            "(lower the floor in the fleet file first)"
+        )
+    if a is not None and size < a.must:
+        return (
+            f"{name}: {format_size(size)} is below what it needs now: {format_size(a.must)} "
+            f"(kernel overhead {format_size(a.overhead)} + used {format_size(a.used)} + "
+            "safety margin); taking that much would panic the guest"
+        )
+    grow = size - g.plugged
+    if grow > 0:
+        have, why = room_for(free, others)
+        if grow > have:
+            return (
+                f"{name}: growing from {format_size(g.plugged)} to {format_size(size)} needs "
+                f"{format_size(grow)} more and the memory budget has only {why}"
+            )
+    return None
+
+
+def ceil_mib(n: int) -> int:
+    return math.ceil(n / MIB) * MIB
