@@ -96,6 +96,7 @@ def shell(
 
 def throughput(d: DaemonProc, port: int, alice: SshUser) -> tuple[list[float], list[float]]:
     rates: dict[bool, list[float]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
     for rnd in range(ROUNDS):
         for logs in (True, False) if rnd % 2 == 0 else (False, True):
             d.apply(fleet(port, alice, 1, logs=logs))
@@ -109,18 +110,32 @@ def throughput(d: DaemonProc, port: int, alice: SshUser) -> tuple[list[float], l
                 f"for i in $(seq {REPEAT}); do cat /tmp/big; done; "
                 f"b=$(cut -d' ' -f1 /proc/uptime); echo {tag} $a $b) &"
             )
+            cpu0 = daemon_cpu(d)
             m = shell(d, "g0", cmd, rf"{tag} ([\d.]+) ([\d.]+)")
+            cpu = daemon_cpu(d) - cpu0
+            cpus[logs].append(cpu)
             a, b = float(m.group(1)), float(m.group(2))
             total = SIZE * REPEAT
             rate = total / max(b - a, 0.01) / 1e6
             rates[logs].append(rate)
             print(
                 f"  round {rnd} logs={'on ' if logs else 'off'}: {total >> 20} MiB in "
-                f"{b - a:.2f}s = {rate:.2f} MB/s",
+                f"{b - a:.2f}s = {rate:.2f} MB/s; daemon CPU {cpu:.2f}s",
                 flush=True,
             )
             d.cli("kill", "g0")
+    print(
+        f"  daemon CPU per run (median): logs on {median(cpus[True]):.2f}s, "
+        f"off {median(cpus[False]):.2f}s"
+    )
     return rates[True], rates[False]
+
+
+def daemon_cpu(d: DaemonProc) -> float:
+    """CPU seconds the daemon (all its threads) has used so far."""
+    assert d.proc is not None
+    fields = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:

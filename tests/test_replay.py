@@ -179,3 +179,19 @@ def test_export_replay_and_search_a_real_session(daemon: DaemonProc, tmp_path: P
     assert nothing.returncode == 1 and nothing.stdout == ""
     listing = daemon.cli("logs", "ls").stdout
     assert re.search(r"r1\s+con0\s+1\s+closed", listing), listing
+
+
+def test_cli_errors_name_what_is_wrong(home: object) -> None:
+    def warden(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "warden", *args], capture_output=True, text=True, timeout=60
+        )
+
+    r = warden("logs", "export", "nosuch")
+    assert r.returncode == 2 and "no session logs of nosuch line con0" in r.stderr
+    r = warden("logs", "verify")
+    assert r.returncode == 2 and "no session logs to verify in" in r.stderr
+    r = warden("replay", "nosuch", "--from", "soon")
+    assert r.returncode == 2 and "--from 'soon': expected seconds" in r.stderr
+    r = warden("replay", "nosuch", "--speed", "0")
+    assert r.returncode == 2 and "--speed 0.0: expected a number above 0" in r.stderr

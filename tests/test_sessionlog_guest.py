@@ -3,6 +3,7 @@
 
 import gzip
 import json
+import re
 import time
 from pathlib import Path
 
@@ -106,3 +107,18 @@ def test_console_flood_hits_the_quota_guest_and_daemon_unharmed(daemon: DaemonPr
     assert rc == 0 and files[0]["status"] == "complete"
     end = dump(daemon, "f1")[-1]
     assert end["type"] == "end" and int(str(end["dropped_bytes"])) >= flood - quota
+
+
+def test_the_guest_sees_nothing_of_logging(daemon: DaemonProc) -> None:
+    """What a guest can observe is the same with session logs on and off."""
+    probe = "cat /proc/cmdline; cat /proc/mounts; ls -la /dev /tmp /run; ls /proc/self/fd"
+    seen = {}
+    for enabled in ("false", "true"):
+        daemon.apply(f"[logs]\nenabled = {enabled}\n" + FLEET_HEAD + machine_toml("v1"))
+        daemon.cli("start", "v1")
+        wait_state(daemon, "v1", "running")
+        seen[enabled] = re.sub(r"\d\d:\d\d", "HH:MM", run_on(daemon, "v1", probe))
+        daemon.cli("kill", "v1")
+    assert seen["true"] == seen["false"]
+    logs_dir = daemon.layout.machine("v1") / "logs"
+    assert [p.name for p in sorted(logs_dir.glob("con0-*"))] == ["con0-2.wlog.gz"]

@@ -43,10 +43,11 @@ def _when(us: int) -> str:
 def _records(
     lay: Layout, name: str, line: str, boot: int | None
 ) -> tuple[list[sl.Record], dict[str, Any]]:
+    refs = logstore.select_one(lay, name, line, boot)
     key = _key(lay)
     records: list[sl.Record] = []
     meta: dict[str, Any] = {}
-    for ref in logstore.select_one(lay, name, line, boot):
+    for ref in refs:
         with logstore.reading(ref, key) as reader:
             meta = meta or dict(reader.header.meta)
             records.extend(reader)
@@ -106,10 +107,11 @@ def _ls(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     lay = layout()
     _flush_daemon(lay)
-    key = _key(lay)
     refs = logstore.find(lay, args.name, args.line, args.boot)
     if not refs:
-        raise WardenError("no session logs to verify" + (f" for {args.name}" if args.name else ""))
+        who = f" of {args.name}" if args.name else ""
+        raise WardenError(f"no session logs{who} to verify in {lay.home}")
+    key = _key(lay)
     results = []
     for ref in refs:
         v = sl.verify(ref.path, key, live=ref.is_live())
@@ -174,12 +176,13 @@ def _export(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     lay = layout()
     _flush_daemon(lay)
-    key = _key(lay)
     needle = args.string.encode()
     if not needle:
         raise WardenError("search: the string is empty")
+    refs = logstore.find(lay, args.machine, args.line, args.boot)
+    key = _key(lay) if refs else None
     hits: list[searchmod.Hit] = []
-    for ref in logstore.find(lay, args.machine, args.line, args.boot):
+    for ref in refs:
         hits.extend(
             searchmod.search_file(
                 ref,
