@@ -266,6 +266,7 @@ def build_leftovers(home: Layout) -> list[str]:
     cache = home.cache / "images"
     left = [p.name for p in cache.glob(".debian-build-*")]
     left += [p.name for p in cache.glob(".debian-*.partial*")]
+    left += [p.name for p in cache.glob(".debian-*.lock")]  # one .debian.lock, not one per key
     left += [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if "debian-bu" in m]
     return left
 
