@@ -114,7 +114,9 @@ def test_the_guest_sees_nothing_of_logging(daemon: DaemonProc) -> None:
     probe = "cat /proc/cmdline; cat /proc/mounts; ls -la /dev /tmp /run; ls /proc/self/fd"
     seen = {}
     for enabled in ("false", "true"):
-        daemon.apply(f"[logs]\nenabled = {enabled}\n" + FLEET_HEAD + machine_toml("v1"))
+        daemon.apply(
+            f"[logs]\nenabled = {enabled}\n" + FLEET_HEAD + machine_toml("v1", autostart=False)
+        )
         daemon.cli("start", "v1")
         wait_state(daemon, "v1", "running")
         seen[enabled] = re.sub(r"\d\d:\d\d", "HH:MM", run_on(daemon, "v1", probe))
