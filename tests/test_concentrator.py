@@ -367,3 +367,20 @@ def test_password_login(env: Env, tmp_path: Path) -> None:
     assert ok.returncode == 0 and b"web1" in ok.stdout, ok.stderr
     bad = login("wrong horse")
     assert bad.returncode == 255 and b"Permission denied" in bad.stderr
+
+
+def test_attach_to_a_serial_line(env: Env) -> None:
+    env.apply(machine_toml("web1", "alice", serial_lines=1))
+    wait_running(env.d, "web1")
+    s = env.session(env.alice, "web1:ssl0")
+    s.expect("attached to web1 ssl0 as the writer", stream="err")
+    shell_ready(s)
+    s.send("tty; echo $((5*5))-on-serial\n")
+    s.expect(r"/dev/ttyS0\r?\n25-on-serial")
+    s.close_input()
+    assert s.wait() == 0
+    none = env.alice.run(env.port, "web1:ssl3")
+    assert none.returncode == 1
+    assert b"web1 has no line 'ssl3' (its lines: con0, ssl0)" in none.stderr
+    recs = logs(env.d, "web1:ssl0")
+    assert any("25-on-serial" in str(r.get("data", "")) for r in recs)
