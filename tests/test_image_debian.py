@@ -22,6 +22,7 @@ from warden.images.seed import Seed, write
 from warden.images.store import ImageStore
 from warden.paths import Layout, layout
 from warden.progress import NullProgress
+from warden.uml import mconsole
 
 GUEST_MEMORY = 256 << 20
 BOOT_TIMEOUT = 180.0  # a loaded 2-core host; a guest alone reaches its login in about 8 s
@@ -521,6 +522,23 @@ def test_a_wired_serial_line_gets_a_login(debian_image: Path, home: Layout) -> N
         login(g, "root", "rootpw")
         assert sh(g, "tty").strip() == "/dev/console"
         assert sh(g, "systemctl is-active warden-getty@ttyS0.service").strip() == "active"
+
+
+@guest
+@pytest.mark.timeout(900)
+def test_ctrl_alt_del_powers_the_guest_off(debian_image: Path, home: Layout) -> None:
+    """warden's stop is mconsole `cad`: the guest shuts down cleanly and the kernel exits."""
+    with boot(home, debian_image, Seed("deb-cad"), "deb-cad") as g:
+        g.expect(b"(automatic login)", BOOT_TIMEOUT)
+        g.wait_prompt(60)
+        assert system_state(g) == "running"
+        target = g.uml_dir / g.name / "mconsole"
+        with mconsole.Client(target, home.machine("deb-cad") / "reply") as mc:
+            mc.request("cad")
+        assert g.wait_exit(120) == 0
+        while g.read(1):  # what the guest wrote before it went
+            pass
+        assert b"systemd-shutdown[1]: Powering off." in g.output  # not "Rebooting."
 
 
 @guest

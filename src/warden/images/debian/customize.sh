@@ -26,6 +26,9 @@ masked="getty@tty1.service serial-getty@ttyS0.service getty-static.service
     sys-kernel-debug.mount sys-kernel-tracing.mount"
 systemctl disable --quiet $masked 2>/dev/null || true  # some are not installed
 systemctl mask --quiet $masked
+# warden stops a guest with ctrl-alt-del (mconsole `cad`): power off, as the minimal image does,
+# instead of systemd's default reboot.
+ln -sfn /lib/systemd/system/poweroff.target /etc/systemd/system/ctrl-alt-del.target
 
 # Files whose content depends on the guest: links into /run/warden, written at every boot.
 ln -sfn /run/warden/hostname /etc/hostname
