@@ -176,3 +176,42 @@ def test_reply_socket_is_bound_by_a_relative_name(tmp_path: Path) -> None:
         sender.close()
     finally:
         sock.close()
+
+
+def test_closing_an_mconsole_client_mid_request_spares_the_next_socket(tmp_path: Path) -> None:
+    """The emptier polls a booting guest's mconsole; a kill closes the client while a request
+    waits. The fd number is then reused (by an API connection, say): the late end of the old
+    request must not unregister the new socket's reader."""
+    import asyncio
+
+    async def scenario() -> bool:
+        loop = asyncio.get_running_loop()
+        target = tmp_path / "mconsole"
+        guest = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        guest.bind(str(target))  # a guest that never answers
+        client = mconsole.AsyncClient(target, tmp_path / "reply", timeout=0.3)
+        pending = asyncio.ensure_future(client.request("version"))  # noqa: TID251 - test only
+        await asyncio.sleep(0.05)
+        fd = client._sock.fileno()
+        client.close()
+        a, b = socket.socketpair()
+        while a.fileno() != fd:  # take the freed number, as a new connection would
+            a.close()
+            a, b = socket.socketpair()
+        got = asyncio.Event()
+        loop.add_reader(a.fileno(), got.set)
+        with pytest.raises(mconsole.MconsoleError):
+            await pending
+        b.send(b"x")
+        try:
+            await asyncio.wait_for(got.wait(), 2)
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(a.fileno())
+            a.close()
+            b.close()
+            guest.close()
+        return True
+
+    assert asyncio.run(scenario())

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("warden.jail")
 
 # cgroup limits (docs/architecture.md, "cgroups": the overhead was measured, see there).
-MEMORY_OVERHEAD = 96 << 20  # host memory of a guest beyond its mem=: kernel image, page
-MEMORY_OVERHEAD_PER_GIB = 16 << 20  # tables of its processes, their stacks, the ubd bitmaps
+MEMORY_OVERHEAD = 32 << 20  # host memory of a guest beyond its mem=: UML's own heap and
+MEMORY_OVERHEAD_PER_GIB = 16 << 20  # stacks, page tables of its processes, ubd bitmaps
 PIDS_MAX = 1024
 CPU_WEIGHT = 100
 # rlimits of a jailed kernel

@@ -232,6 +232,12 @@ class AsyncClient:
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
+        # A request may be waiting in loop.sock_recv on this socket. Its reader must go now,
+        # while the fd number is still ours: once the request times out, asyncio would remove
+        # the reader of whatever socket has reused that number by then (an API connection,
+        # which then hangs unread).
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.reply_path.unlink()
@@ -251,6 +257,11 @@ class AsyncClient:
                 self._sock.sendto(encode_request(command), str(self.target))
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 raise MconsoleError(f"{self.target}: no guest answers ({e.strerror})") from None
+            except BlockingIOError:
+                # The guest's socket queue is full: it reads no requests (frozen or hung).
+                raise MconsoleError(
+                    f"{self.target}: the guest does not read its mconsole (queue full)"
+                ) from None
             assembler = ReplyAssembler()
             try:
                 async with asyncio.timeout(self.timeout if timeout is None else timeout):
