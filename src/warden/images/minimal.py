@@ -20,7 +20,7 @@ from warden.progress import Progress
 from warden.units import format_size
 
 BUSYBOX = Path("/bin/busybox")
-BUILDER_VERSION = "2"  # bump when the tree layout or the mkfs options below change
+BUILDER_VERSION = "3"  # bump when the tree layout or the mkfs options below change
 # Initialise inode tables and journal now: with lazy init the guest's kernel zeroes them in the
 # background after its first mount, writing ~16 MiB into every guest's COW file.
 MKFS_OPTIONS = ["-E", "lazy_itable_init=0,lazy_journal_init=0"]
