@@ -10,11 +10,11 @@ what it measured as it goes, and ends with exactly one machine-readable line:
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
+# tests.support (rawboot, DaemonProc) is importable through the venv's warden-repository.pth,
+# which scripts/setup.sh writes.
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # for tests.support (rawboot and friends)
 
 
 def result(

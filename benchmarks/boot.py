@@ -9,16 +9,13 @@ N of each; the medians are compared. Goal: ours / anchor <= 1.2.
 import asyncio
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _common
-from _common import median, result
-
 import aiohttp
 
+from _common import median, result
 from tests.support.daemon import DaemonProc
 from tests.support.rawboot import RawGuest
 from warden.images import minimal
@@ -84,13 +81,14 @@ def main() -> None:
             d.cli("reset", "b1")  # a fresh COW each time, as the raw boot gets
             ours.append(asyncio.run(warden_boot(d)))
             raw.append(raw_boot(lay, image, home / "raw.cow"))
-            print(f"run {i + 1}: warden {ours[-1]:.3f} s, raw linux.uml {raw[-1]:.3f} s", flush=True)
+            print(
+                f"run {i + 1}: warden {ours[-1]:.3f} s, raw linux.uml {raw[-1]:.3f} s", flush=True
+            )
     finally:
         d.close()
     o, a = median(ours), median(raw)
     print(f"median: warden {o:.3f} s, raw {a:.3f} s, ratio {o / a:.2f}")
     result("boot to shell prompt", o, a, "<= 1.2x", "s", "raw linux.uml", ok=o / a <= 1.2)
-    _ = _common, sys
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from _common import median, result
 # isort: split
 from tests.support.daemon import DaemonProc
 from tests.support.ssh_client import SshSession, SshUser
-
 from warden.images import minimal
 from warden.images.store import ImageStore
 from warden.paths import layout

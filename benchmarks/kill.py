@@ -23,7 +23,6 @@ from _common import median, result  # first: puts the repository root on sys.pat
 # isort: split
 from tests.support.daemon import WARDEN, DaemonProc
 from tests.support.rawboot import RawGuest
-
 from warden.api.client import ApiClient
 from warden.images import minimal
 from warden.images.store import ImageStore

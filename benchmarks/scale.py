@@ -13,16 +13,13 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _common
-from _common import result
-
 import aiohttp
 
+from _common import result
 from tests.support.daemon import WARDEN, DaemonProc
 from warden.images import minimal
 from warden.images.store import ImageStore
@@ -108,19 +105,35 @@ def main() -> None:
         t1 = time.monotonic()
         subprocess.run([*WARDEN, "ls"], env={**os.environ}, capture_output=True, check=True)
         ls_time = time.monotonic() - t1
-        print(f"host memory per guest {per_guest:.1f} MB (raw linux.uml by hand: {RAW_GUEST_MB} MB)")
-        print(f"daemon PSS {daemon_pss:.1f} MB ({idle_daemon:.1f} MB with no guest): "
-              f"{daemon_added / N * 1000:.0f} kB more per guest; "
-              f"{fds_per_guest:.1f} fds per guest; `warden ls` {ls_time * 1000:.0f} ms")
+        print(
+            f"host memory per guest {per_guest:.1f} MB (raw linux.uml by hand: {RAW_GUEST_MB} MB)"
+        )
+        print(
+            f"daemon PSS {daemon_pss:.1f} MB ({idle_daemon:.1f} MB with no guest): "
+            f"{daemon_added / N * 1000:.0f} kB more per guest; "
+            f"{fds_per_guest:.1f} fds per guest; `warden ls` {ls_time * 1000:.0f} ms"
+        )
     finally:
         d.close()
     supervision = max(daemon_added, 0.0) / N
-    result(f"{N} idle guests: host memory per guest", per_guest, RAW_GUEST_MB, "report", "MB",
-           "raw linux.uml (uml-facts.md)")
-    result(f"{N} guests: daemon memory per guest", supervision, RAW_GUEST_MB,
-           "<= 0.1x of a guest", "MB", "one raw guest", ok=supervision <= RAW_GUEST_MB / 10)
+    result(
+        f"{N} idle guests: host memory per guest",
+        per_guest,
+        RAW_GUEST_MB,
+        "report",
+        "MB",
+        "raw linux.uml (uml-facts.md)",
+    )
+    result(
+        f"{N} guests: daemon memory per guest",
+        supervision,
+        RAW_GUEST_MB,
+        "<= 0.1x of a guest",
+        "MB",
+        "one raw guest",
+        ok=supervision <= RAW_GUEST_MB / 10,
+    )
     result(f"{N} consoles answer a command", answer, None, "report", "s")
-    _ = _common, sys
 
 
 if __name__ == "__main__":

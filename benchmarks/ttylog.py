@@ -25,7 +25,6 @@ from _common import median, result  # first: it puts the repository on sys.path
 # isort: split
 from tests.support.honeypot import LogCapture, honeypot_kernel
 from tests.support.rawboot import RawGuest
-
 from warden.honeypot import ttylog
 from warden.images import minimal
 from warden.images.store import ImageStore

@@ -52,4 +52,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$venv/bin/pip" install -q -e "$here[dev]"
     echo "$want" > "$stamp"
 fi
+# benchmarks/ reuse the tests' helpers (tests.support): make the repository importable.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$here" > "$site/warden-repository.pth"
 say "ready ($("$venv/bin/python" --version), $(/usr/bin/linux.uml --version 2>/dev/null || echo 'no linux.uml'))"
