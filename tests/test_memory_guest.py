@@ -115,43 +115,58 @@ def test_idle_guest_is_squeezed_and_a_job_is_followed(daemon: DaemonProc) -> Non
     assert after["plugged"] < peak["plugged"]
 
 
-HARD = """mount -o remount,size=95% /tmp
+# The loop's shell keeps out of the OOM killer's way (-1000); its workers (dd) are what it
+# may kill. tmpfs + one anonymous dd buffer + the guest's own ~16 MiB stay below the usable
+# memory of a 256M guest (~230 MiB): a shortage is the balancer's lag, not an impossible
+# demand. (With nothing killable left, a UML guest short of memory panics.)
+HARD = """echo -1000 > /proc/self/oom_score_adj
+mount -o remount,size=95% /tmp
 i=0
 while [ $i -lt {rounds} ]; do
- dd if=/dev/zero of=/tmp/h bs=1M count={tmpfs} 2>/dev/null
- dd if=/dev/zero of=/dev/null bs={anon}M count=2 2>/dev/null
+ (echo 0 > /proc/self/oom_score_adj; exec dd if=/dev/zero of=/tmp/h bs=1M count={tmpfs})
+ (echo 0 > /proc/self/oom_score_adj; exec dd if=/dev/zero of=/dev/null bs={anon}M count=2)
  rm -f /tmp/h
  i=$((i+1))
-done
-echo HARDDONE"""
+done 2>/dev/null
+echo HARDDONE > /run/hard.done"""
 
 
 def test_guest_allocating_hard_while_squeezed_does_not_panic(daemon: DaemonProc) -> None:
-    """tmpfs fills at full speed plus big anonymous buffers, in a loop, while the balancer
-    keeps taking the memory back between rounds: the guest may meet its own OOM killer, but
-    never panics (the notify watcher would report the panic and the guest would crash)."""
+    """tmpfs filled at full speed plus big anonymous buffers, in a loop, while the balancer
+    squeezes the guest: pinned at 160M, below what the loop needs (~200M), so every round
+    frees memory that is unplugged at once and then allocated again. The guest's own OOM
+    killer has work to do; the guest never panics (the notify watcher would report it and
+    the guest would crash), because no unplug ever takes more than its free memory."""
     daemon.apply(fleet("1G", machine_toml("h1", memory="256M")))
     settled(daemon, "h1", below=100 * MIB)
-    write_script(daemon, "h1", "/tmp/hard.sh", HARD.format(rounds=25, tmpfs=150, anon=64))
-    run_bg(daemon, "h1", "/tmp/hard.sh", "/tmp/hard.log")
-    squeezes = 0
-    deadline = time.monotonic() + 90
+    daemon.cli("mem", "set", "h1", "160M")
+    write_script(daemon, "h1", "/tmp/hard.sh", HARD.format(rounds=20, tmpfs=120, anon=64))
+    run_bg(daemon, "h1", "/tmp/hard.sh", "/run/hard.log")
+    t0 = time.time()
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         info = daemon.ls()["h1"]
         assert info["state"] == "running", f"the guest died: {info['last_exit']}"
-        if "HARDDONE" in daemon.console("h1", "cat /tmp/hard.log\n", timeout=0.5):
+        if "HARDDONE" in daemon.console("h1", "cat /run/hard.done\n", timeout=0.5):
             break
-        g = guest(daemon, "h1")
-        squeezes = sum(1 for a in top(daemon)["recent"] if a.get("op") == "unplug")
-        assert g["plugged"] <= g["max"]
-        time.sleep(0.3)
+        time.sleep(0.5)
     else:
         raise AssertionError("the allocating loop did not finish")
-    assert squeezes > 0, "the balancer never took memory back during the test"
+    log = daemon.layout.home / "memory" / "log"
+    acts = [
+        json.loads(line)
+        for f in sorted(log.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if '"k":"act"' in line
+    ]
+    squeezes = [a for a in acts if a["op"] == "unplug" and a["t"] >= t0 and a["ok"]]
+    assert len(squeezes) >= 5, f"the balancer squeezed {len(squeezes)} times during the loop"
     events = json.loads(daemon.cli("events", "h1", "--json").stdout)
     assert not [e for e in events if e["kind"] in ("panic", "crashed")], events
     assert daemon.ls()["h1"]["state"] == "running"
-    assert daemon.console("h1", "echo alive-$((40+2))\n", timeout=1).count("alive-42") >= 1
+    assert "alive-42" in daemon.console("h1", "echo alive-$((40+2))\n", timeout=1)
+    ooms = parse_vmstat(proc(daemon, "h1", "vmstat")).oom_kill
+    print(f"{len(squeezes)} unplugs during the loop; the guest's OOM killer ran {ooms} times")
 
 
 def test_admission_refuses_a_floor_that_does_not_fit(daemon: DaemonProc) -> None:

@@ -250,6 +250,24 @@ def test_growing_job_is_followed_between_full_ticks() -> None:
     assert min(g.meminfo().available for _ in [0]) > 0
 
 
+def test_memory_a_job_freed_is_kept_for_a_while() -> None:
+    """A job that frees its memory and allocates again at once must not be squeezed in
+    between: the peak demand of the last `hold` seconds still counts (then it goes)."""
+    g = SimGuest("a")
+    w = World([g], budget=1 << 30)
+    settle(w, 3)
+    for _ in range(10):
+        g.allocate(12 * MIB)
+        w.tick()
+    peak = g.used
+    g.used -= 120 * MIB  # the job deleted its files
+    w.run(5)
+    # overhead + the peak's demand x 1.2 (its lookahead for growth is gone by now)
+    assert g.plugged >= g.overhead + peak * 6 // 5, "squeezed right after the job freed it"
+    w.run(10)
+    assert g.plugged < g.overhead + peak, "the freed memory was never taken back"
+
+
 def test_demand_jump_is_answered_within_a_watch_tick() -> None:
     g = SimGuest("a")
     w = World([g], budget=1 << 30)

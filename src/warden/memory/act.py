@@ -61,7 +61,7 @@ class Actuator:
         ok, err = True, ""
         try:
             await req(f"config mem={sign}{amount // 1024}K", action_timeout(amount))
-        except WardenError as e:
+        except (WardenError, OSError) as e:
             ok, err = False, str(e)
         ms = (time.monotonic() - t0) * 1000
         if ok:
@@ -104,7 +104,7 @@ class Actuator:
                     break
                 try:
                     mem = await observe.meminfo(req)
-                except WardenError:
+                except (WardenError, OSError):
                     break  # silent now: nothing was asked, nothing is uncertain
                 view = GuestInput(
                     name, max=entry.max, floor=floor, plugged=entry.hi, mem=mem, marks=marks
@@ -159,7 +159,7 @@ class Actuator:
         for _ in range(RECONCILE_READS):
             try:
                 mem = await observe.meminfo(req)
-            except WardenError:
+            except (WardenError, OSError):
                 return False
             est = estimate_plugged(mem, entry.max, entry.baseline)
             if last is not None and abs(est - last) <= RECONCILE_AGREE:

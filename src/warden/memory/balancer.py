@@ -73,6 +73,7 @@ class Balancer:
         self.marks: dict[str, Watermarks] = {}
         self.host_usage: dict[str, int | None] = {}
         self.settle: dict[str, float] = {}  # name -> monotonic time its baseline is due
+        self.silent: dict[str, asyncio.Task[None] | None] = {}  # guests that stopped answering
         self.plan: Plan | None = None
         self.host_available: int | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
@@ -119,6 +120,9 @@ class Balancer:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
+        for task in list(self.silent.values()):
+            await cancel(task)
+        self.silent.clear()
         self._save()
         if self.log is not None:
             self.log.close()
@@ -263,6 +267,9 @@ class Balancer:
         self.marks.pop(name, None)
         self.host_usage.pop(name, None)
         self.settle.pop(name, None)
+        task = self.silent.pop(name, None)
+        if task is not None:
+            task.cancel()
         self.act.forget(name)
         self._dirty = True
         self._save()
@@ -330,14 +337,23 @@ class Balancer:
 
     async def _observe(self, name: str, sup: "Supervisor", full: bool) -> None:
         e = self.ledger.entries[name]
+        if name in self.silent:
+            # It stopped answering: probe it aside, so that one hung guest does not slow
+            # every tick (and so everyone else's reaction) by its timeouts.
+            task = self.silent[name]
+            if task is None or task.done():
+                self.silent[name] = spawn(self._probe(name, sup), f"memory-probe:{name}")
+            return
         if not e.certain:
             await self.act.reconcile(name, sup.request)
         try:
             mem = await observe.meminfo(sup.request)
             if full:
                 self.vm[name] = await observe.vmstat(sup.request)
-        except WardenError:
-            self.mem.pop(name, None)  # silent or gone: not observable this tick
+        except (WardenError, OSError):
+            self.mem.pop(name, None)  # silent or gone: not observable until it answers
+            self.silent[name] = None
+            self._record("ev", g=name, what="silent")
             return
         self.mem[name] = mem
         due = self.settle.get(name)
@@ -354,6 +370,18 @@ class Balancer:
                     self._record("ev", g=name, what="drift", est=est // 1024, hi=e.hi // 1024)
                     await self.act.reconcile(name, sup.request)
                     self._dirty = True
+
+    async def _probe(self, name: str, sup: "Supervisor") -> None:
+        while name in self.silent and sup.machine.state is m.State.RUNNING:
+            try:
+                await observe.meminfo(sup.request)
+            except (WardenError, OSError):
+                await asyncio.sleep(self.cfg.interval)
+                continue
+            break
+        if self.silent.pop(name, None) is not None:
+            self._record("ev", g=name, what="answers")
+            self._wake.set()
 
     def _input(self, name: str, running: dict[str, "Supervisor"]) -> GuestInput:
         e = self.ledger.entries[name]
@@ -524,7 +552,12 @@ class Balancer:
         if e.booting or name in self.settle or not e.certain:
             raise Conflict(f"{name} is still coming up; try again in a second")
         size = pages(size)
-        mem = await observe.meminfo(sup.request)
+        if name in self.silent:
+            raise Conflict(f"{name} does not answer its mconsole now; try again later")
+        try:
+            mem = await observe.meminfo(sup.request)
+        except (WardenError, OSError) as err:
+            raise Conflict(f"{name}: cannot read its memory now: {err}") from None
         g = GuestInput(
             name,
             max=e.max,

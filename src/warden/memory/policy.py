@@ -11,8 +11,10 @@ Per guest, in bytes of its boot size (`memory`, the most it can have):
     must      max(memory_min, overhead + used + safety): never unplug below this. safety is
               max(8 MiB, 5% of used) plus the high watermark. Unplugging past free memory
               panics a UML guest (seen 10 of 10), so this is a hard line, not a preference.
-    want      overhead + used + buffer + lookahead + cache_keep
-              buffer     max(24 MiB, 20% of used)            (Hyper-V: demand x 1.2)
+    want      overhead + demand + buffer + lookahead + cache_keep
+              demand     the highest `used` of the last 10 s (a job that frees its memory
+                         and allocates again at once is not squeezed in between)
+              buffer     max(24 MiB, 20% of demand)          (Hyper-V: demand x 1.2)
               lookahead  growth rate of used x 0.5 s         (plug ahead of a rising job)
               cache_keep page cache the guest showed it needs (refaults), else shrinking
                          by 1% of plugged per interval       (Senpai: tighten slowly)
@@ -59,6 +61,7 @@ class Config:
     tighten_frac: float = 0.01
     loosen_frac: float = 0.25
     lookahead: float = 0.5
+    hold: float = 10.0  # seconds a peak of `used` counts as demand after it passed
     max_step: int = 128 * MIB  # largest single `config mem=-N` (the guest stalls meanwhile)
     idle_tax: float = 0.75
     chunk: int = 4 * MIB
@@ -95,6 +98,8 @@ class Memo:
     t: float | None = None
     used: int | None = None
     growth: float = 0.0  # bytes/s of `used`, fast up, slow down
+    peak: int = 0  # highest `used` since peak_t
+    peak_t: float | None = None
     vm: Vmstat | None = None
     vm_t: float | None = None
     cache_keep: int = 0
@@ -240,9 +245,13 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     full = g.vm is not None
     overhead = overhead_of(g)
     used = used_of(g)
-    buffer = buffer_of(used, cfg)
     safety = safety_of(used, marks, cfg)
     must = min(g.max, max(g.floor, overhead + used + safety))
+    if memo.peak_t is None or used >= memo.peak or now - memo.peak_t > cfg.hold:
+        peak, peak_t = used, now
+    else:
+        peak, peak_t = memo.peak, memo.peak_t
+    buffer = buffer_of(peak, cfg)
 
     growth = memo.growth
     if memo.t is not None and memo.used is not None and now > memo.t:
@@ -263,7 +272,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     keep = max(0, min(keep, cache))
 
     lookahead = int(growth * cfg.lookahead)
-    want = overhead + used + buffer + lookahead + keep
+    want = overhead + peak + buffer + lookahead + keep
     if "oom" in signals or "oom-risk" in signals:
         level, want, reason = "emergency", g.max, "out of memory: give it all back"
     elif {"stall", "dscan", "refault", "low"} & set(signals):
@@ -290,6 +299,8 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         t=now,
         used=used,
         growth=growth,
+        peak=peak,
+        peak_t=peak_t,
         vm=g.vm if full else memo.vm,
         vm_t=now if full else memo.vm_t,
         cache_keep=keep,
