@@ -93,7 +93,9 @@ class Balancer:
         total = observe.host_meminfo().total
         budget = host.memory_budget or max(0, total - host.memory_reserve)
         interval = host.balance_interval
-        self.cfg = Config(budget=budget, interval=interval, watch=min(0.1, interval / 2))
+        # watch 0: no headroom checks between full ticks (a plain once-per-interval loop)
+        watch = min(host.balance_watch, interval) if host.balance_watch > 0 else interval
+        self.cfg = Config(budget=budget, interval=interval, watch=watch)
         self.ledger.budget = budget
 
     def fleet_changed(self) -> None:

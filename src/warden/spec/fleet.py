@@ -104,6 +104,7 @@ class Host:
     uid_base: int = 200000
     uid_count: int = 65536
     balance_interval: float = 1.0
+    balance_watch: float = 0.1  # headroom checks between intervals; 0: none (docs: Memory)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,15 @@ def _positive_number(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
         raise ValueError("expected a number greater than 0")
     return float(v)
+
+
+def _number_range(lo: float, hi: float) -> Check:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise ValueError(f"expected a number from {lo:g} to {hi:g}")
+        return float(v)
+
+    return check
 
 
 def _choice(*allowed: str) -> Check:
@@ -277,6 +287,7 @@ HOST_FIELDS: dict[str, Check] = {
     "uid_base": _int_range(1000, 2**31 - 70000),
     "uid_count": _int_range(1, 65536),
     "balance_interval": _positive_number,
+    "balance_watch": _number_range(0.0, 10.0),
 }
 CONCENTRATOR_FIELDS: dict[str, Check] = {
     "listen": _listen,
