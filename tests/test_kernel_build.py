@@ -29,9 +29,11 @@ olddefconfig:
 $(O)/%.o: %.c
 \t@echo "  CC      $@"
 \t@gcc -c $< -o $@
-linux: $(O)/a.o $(O)/b.o $(O)/main.o
+.PHONY: linux
+linux: $(O)/linux
+$(O)/linux: $(O)/a.o $(O)/b.o $(O)/main.o
 \t@echo "  LD      $@"
-\t@gcc -o $(O)/linux $^
+\t@gcc -o $@ $^
 """
 MAIN_C = """#include <stdio.h>
 const char *a(void);
@@ -101,10 +103,14 @@ def test_a_changed_series_rebuilds_only_what_it_changes(kcache: Layout, tiny_sou
     assert out == "a-orig b-patched"
     assert meta["incremental"] is True and meta["make_steps"] == 3  # a.o, b.o, LD
 
-    # the same series again: the fresh unpack keeps old mtimes, make has nothing to do
-    # but the files this series patches (patch gives them a new mtime)
+    # the same series again: a fresh unpack (old mtimes) and the same patched content (its
+    # old mtime back): make has nothing to do
     out, meta = build(kcache, tiny_source, patch_for("b.c", "b-orig", "b-patched"))
-    assert out == "a-orig b-patched" and meta["make_steps"] == 2  # b.o, LD
+    assert out == "a-orig b-patched" and meta["make_steps"] == 0
+
+    # a patch whose content changes: only its file recompiles
+    out, meta = build(kcache, tiny_source, patch_for("b.c", "b-orig", "b-again"))
+    assert out == "a-orig b-again" and meta["make_steps"] == 2  # b.o, LD
 
 
 def test_a_patch_that_does_not_apply_is_named(kcache: Layout, tiny_source: Path) -> None:
