@@ -71,9 +71,16 @@ def encode_record(
     key: bytes, prev_mac: bytes, rtype: int, seq: int, time_us: int, payload: bytes
 ) -> tuple[bytes, bytes]:
     """One record (header, payload, mac) and its mac, which the next record chains to."""
-    head = RECORD_HEADER.pack(rtype, 0, 0, len(payload), seq, time_us)
-    m = mac(key, prev_mac, head, payload)
+    head, m = record_parts(key, prev_mac, rtype, seq, time_us, payload)
     return head + payload + m, m
+
+
+def record_parts(
+    key: bytes, prev_mac: bytes, rtype: int, seq: int, time_us: int, payload: bytes
+) -> tuple[bytes, bytes]:
+    """The header and mac of a record (the writer writes head, payload, mac with writev)."""
+    head = RECORD_HEADER.pack(rtype, 0, 0, len(payload), seq, time_us)
+    return head, mac(key, prev_mac, head, payload)
 
 
 def input_payload(user: str, data: bytes) -> bytes:
