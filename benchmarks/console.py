@@ -37,7 +37,7 @@ from warden.progress import NullProgress
 
 SIZE = int(os.environ.get("CONSOLE_BYTES", str(4 << 20)))  # file in the guest's /tmp
 REPEAT = int(os.environ.get("CONSOLE_REPEAT", "8"))  # printed this many times per run
-ROUNDS = int(os.environ.get("CONSOLE_ROUNDS", "3"))  # boots per mode
+ROUNDS = int(os.environ.get("CONSOLE_ROUNDS", "5"))  # boots per mode
 KEYS = int(os.environ.get("CONSOLE_KEYS", "60"))  # keystrokes per block
 BLOCKS = int(os.environ.get("CONSOLE_BLOCKS", "4"))  # blocks per path
 GUESTS, PER_GUEST = 10, 10
