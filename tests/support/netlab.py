@@ -164,13 +164,19 @@ def net_machine(
 
 
 def guest_sh(d: Any, name: str, command: str, timeout: float = 5.0) -> str:
-    """Run `command` on the guest's console (DaemonProc.console); return what it printed."""
+    """Run `command` on the guest's console; return what it printed. Returns as soon as the
+    command has ended (watching the line's scrollback), at the latest after `timeout`."""
     import re
 
     tag = f"m{time.monotonic_ns()}"
-    out = d.console(name, f"echo {tag}-a; {command}; echo {tag}-b\n", timeout=timeout)
-    m = re.search(rf"\n{tag}-a\r?\n(.*?){tag}-b", out, re.S)
-    assert m, f"no marked output from {name}: {out!r}"
+    rx = re.compile(rf"\n{tag}-a\r?\n(.*?){tag}-b", re.S)
+    deadline = time.monotonic() + timeout
+    out = d.console(name, f"echo {tag}-a; {command}; echo {tag}-b\n", timeout=min(1.0, timeout))
+    m = rx.search(out)
+    while m is None and time.monotonic() < deadline:
+        r = d.cli("console", name, "--spy", "--timeout", "0.5", "--scrollback", "262144", input="")
+        m = rx.search(r.stdout)
+    assert m, f"no marked output from {name} within {timeout}s: {out!r}"
     return str(m.group(1)).replace("\r\n", "\n")
 
 
