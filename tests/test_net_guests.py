@@ -5,6 +5,7 @@ Each test has a Lab: warden's [host] netns and an "outside" host linked to it by
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.support.netlab import (
     wait_network,
     wait_running,
 )
+from warden.paths import Layout
 
 pytestmark = pytest.mark.guest
 
@@ -240,6 +242,14 @@ def test_capture_holds_exactly_the_exchange(daemon: DaemonProc, lab: Lab, tmp_pa
         cap.wait(20)
         assert cap.stderr is not None
         cap.stderr.close()
+    # the interrupted client took its tcpdump with it
+    wait_for(
+        "tcpdump to end",
+        lambda: (
+            not [p for p in lab.pids() if b"tcpdump" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        ),
+        timeout=10,
+    )
     lines = _pcap_lines(pcap)
     requests = [ln for ln in lines if "10.77.0.1 > 10.77.0.10: ICMP echo request" in ln]
     replies = [ln for ln in lines if "10.77.0.10 > 10.77.0.1: ICMP echo reply" in ln]
@@ -392,3 +402,47 @@ def test_guests_keep_their_network_across_a_daemon_restart(daemon: DaemonProc, l
     wait_for("the tap gone", lambda: _our_links(lab) == ["wb-lan0"])
     assert not {c for c in _warden_chains(lab) if "web1" in c[2]}
     assert "10.77.0.10" not in json.dumps(lab.ruleset())
+
+
+def test_warden_up_makes_its_netns_and_leaves_nothing_on_exit(
+    home: Layout, minimal_image: Path
+) -> None:
+    """`warden up` with a [host] netns that does not exist: warden makes it, and Ctrl-C (which
+    stops the guests) removes every tap, bridge, rule, dnsmasq and the namespace itself."""
+    import signal
+    import subprocess
+
+    from tests.support.daemon import instance_groups, kill_home
+    from warden.images import minimal
+    from warden.images.store import ImageStore
+    from warden.progress import NullProgress
+
+    minimal.build(ImageStore(home), NullProgress())
+    ns = f"wu{os.getpid() % 100000}"
+    assert not Path("/run/netns", ns).exists()
+    fleet = home.home / "fleet.toml"
+    fleet.write_text(net_fleet(ns, [net_machine("web1", [("lan0", "10.77.0.10")])]))
+    env = {**os.environ, "WARDEN_HOME": str(home.home)}
+    log = open(home.home / "up.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen([*WARDEN, "up", str(fleet)], env=env, stdout=log, stderr=log)
+    d = DaemonProc(home)
+    try:
+        wait_for("the daemon", lambda: d.cli("status", check=False).returncode == 0, 60)
+        wait_running(d, "web1")
+        assert Path("/run/netns", ns).exists()
+        assert sh("ip", "-n", ns, "link", "show", "wt-web1-0", check=False).returncode == 0
+        up.send_signal(signal.SIGINT)
+        assert up.wait(120) == 0, (home.home / "up.log").read_text()[-3000:]
+        assert not Path("/run/netns", ns).exists(), (home.home / "up.log").read_text()[-3000:]
+        assert instance_groups(home) == []
+        assert not [
+            p for p in sh("pgrep", "-a", "dnsmasq", check=False).stdout.splitlines() if ns in p
+        ]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        log.close()
+        kill_home(home)
+        if Path("/run/netns", ns).exists():
+            sh("ip", "netns", "del", ns, check=False)

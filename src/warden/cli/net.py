@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 from warden.api.client import ApiClient, _UnixConnection
-from warden.errors import DaemonNotRunning, NotFound, WardenError
+from warden.errors import NotFound, WardenError
 from warden.net.capture import RecordBoundary
 from warden.paths import layout
 from warden.units import format_size
@@ -81,6 +81,8 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace) -> int:
+    if not args.out and sys.stdout.isatty():
+        raise WardenError("the capture is pcap: give --out FILE.pcap, or pipe it (| tcpdump -r -)")
     query: dict[str, Any] = {"nic": args.nic}
     if args.count:
         query["count"] = args.count
@@ -88,11 +90,8 @@ def _capture(args: argparse.Namespace) -> int:
         query["duration"] = args.duration
     lay = layout()
     conn = _UnixConnection(lay.socket, timeout=None)  # type: ignore[arg-type]
-    try:
-        conn.request("GET", f"/v1/net/{args.name}/capture?{urlencode(query)}")
-        resp = conn.getresponse()
-    except DaemonNotRunning:
-        raise
+    conn.request("GET", f"/v1/net/{args.name}/capture?{urlencode(query)}")
+    resp = conn.getresponse()
     if resp.status != 200:
         body = resp.read()
         try:
