@@ -356,8 +356,13 @@ class LogWriter(_Worker):
 
     def _out(self, outs: dict[_File, tuple[int, list[bytes], int]], f: _File) -> None:
         acc = outs.pop(f, None)
-        if acc is not None:
-            self._data(f, sl.OUTPUT, acc[0], b"".join(acc[1]), "")
+        if acc is None:
+            return
+        t, pieces, n = acc
+        if n > sl.WRITE_PAYLOAD:  # a single chunk bigger than a record
+            self._data(f, sl.OUTPUT, t, b"".join(pieces), "")
+        elif self._record(f, sl.OUTPUT, t, pieces, count=n):
+            f.bytes_out += n
 
     def _out_all(self, outs: dict[_File, tuple[int, list[bytes], int]]) -> None:
         for f in list(outs):
@@ -379,8 +384,11 @@ class LogWriter(_Worker):
                 else:
                     f.bytes_in += len(chunk)
 
-    def _record(self, f: _File, rtype: int, t: int, payload: bytes, count: int = 0) -> bool:
-        size = sl.RECORD_HEADER.size + len(payload) + sl.MAC_LEN
+    def _record(
+        self, f: _File, rtype: int, t: int, payload: bytes | list[bytes], count: int = 0
+    ) -> bool:
+        n = len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
+        size = sl.RECORD_HEADER.size + n + sl.MAC_LEN
         if size > f.usage.room(rtype):
             self._count_drop(f, t, rtype, count)
             return False
@@ -390,13 +398,17 @@ class LogWriter(_Worker):
         self._append(f, rtype, t, payload)
         return True
 
-    def _append(self, f: _File, rtype: int, t: int, payload: bytes) -> None:
+    def _append(self, f: _File, rtype: int, t: int, payload: bytes | list[bytes]) -> None:
+        pieces = [payload] if isinstance(payload, bytes) else payload
         f.pending_seq += 1
         head, f.pending_mac = sl.record_parts(
-            self.key, f.pending_mac, rtype, f.pending_seq, t, payload
+            self.key, f.pending_mac, rtype, f.pending_seq, t, pieces
         )
-        f.buf += (head, payload, f.pending_mac)  # no copy of the payload until the kernel's
-        size = len(head) + len(payload) + len(f.pending_mac)
+        # No copy of the payload until the kernel's: writev takes the pieces as they are.
+        f.buf.append(head)
+        f.buf += pieces
+        f.buf.append(f.pending_mac)
+        size = len(head) + sum(len(p) for p in pieces) + len(f.pending_mac)
         f.buf_bytes += size
         f.usage.add(size)
 

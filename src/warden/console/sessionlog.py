@@ -71,16 +71,21 @@ def encode_record(
     key: bytes, prev_mac: bytes, rtype: int, seq: int, time_us: int, payload: bytes
 ) -> tuple[bytes, bytes]:
     """One record (header, payload, mac) and its mac, which the next record chains to."""
-    head, m = record_parts(key, prev_mac, rtype, seq, time_us, payload)
+    head, m = record_parts(key, prev_mac, rtype, seq, time_us, [payload])
     return head + payload + m, m
 
 
 def record_parts(
-    key: bytes, prev_mac: bytes, rtype: int, seq: int, time_us: int, payload: bytes
+    key: bytes, prev_mac: bytes, rtype: int, seq: int, time_us: int, payload: list[bytes]
 ) -> tuple[bytes, bytes]:
-    """The header and mac of a record (the writer writes head, payload, mac with writev)."""
-    head = RECORD_HEADER.pack(rtype, 0, 0, len(payload), seq, time_us)
-    return head, mac(key, prev_mac, head, payload)
+    """The header and mac of a record whose payload is the concatenation of `payload`'s
+    pieces (the writer writes header, pieces and mac with writev, never joining them)."""
+    head = RECORD_HEADER.pack(rtype, 0, 0, sum(len(p) for p in payload), seq, time_us)
+    h = hmac.new(key, prev_mac, hashlib.sha256)
+    h.update(head)
+    for piece in payload:
+        h.update(piece)
+    return head, h.digest()
 
 
 def input_payload(user: str, data: bytes) -> bytes:
