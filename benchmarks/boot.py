@@ -8,6 +8,7 @@ N of each; the medians are compared. Goal: ours / anchor <= 1.2.
 
 import asyncio
 import os
+import shutil
 import re
 import tempfile
 import time
@@ -86,6 +87,7 @@ def main() -> None:
             )
     finally:
         d.close()
+        shutil.rmtree(home, ignore_errors=True)
     o, a = median(ours), median(raw)
     print(f"median: warden {o:.3f} s, raw {a:.3f} s, ratio {o / a:.2f}")
     result("boot to shell prompt", o, a, "<= 1.2x", "s", "raw linux.uml", ok=o / a <= 1.2)

@@ -12,6 +12,7 @@ is under a tenth of that per guest.
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -115,6 +116,7 @@ def main() -> None:
         )
     finally:
         d.close()
+        shutil.rmtree(home, ignore_errors=True)
     supervision = max(daemon_added, 0.0) / N
     result(
         f"{N} idle guests: host memory per guest",
