@@ -8,8 +8,8 @@ N of each; the medians are compared. Goal: ours / anchor <= 1.2.
 
 import asyncio
 import os
-import shutil
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
