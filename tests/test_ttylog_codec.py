@@ -26,22 +26,22 @@ from warden.honeypot.ttylog import (
 HEAD = bytes.fromhex("575454594c4f470a 0100 2000 00100000 00002a36fe9c9717 d2040000 0b7bbc23")
 # OPEN tty 1, seq 1: major 4, minor 0, driver 2 (console), subtype 2, link 0, pid 1, uid 0, "tty0"
 OPEN = bytes.fromhex(
-    "0100 0000 01000000 0100000000000000 64002a36fe9c9717 1c000000 0a19ad05 04000000 "
+    "0100 0000 01000000 0100000000000000 64002a36fe9c9717 1c000000 dd366241 04000000 "
     "00000000 0200 0200 00000000 01000000 00000000 74747930"
 )
 # DATA tty 1, seq 2, flags 1 (WRITE): "hi\r\n"
 DATA = bytes.fromhex(
-    "0300 0100 01000000 0200000000000000 c8002a36fe9c9717 04000000 a3cf6670 68690d0a"
+    "0300 0100 01000000 0200000000000000 c8002a36fe9c9717 04000000 53a1ece2 68690d0a"
 )
 # EXEC tty 1, seq 3: pid 42, ppid 1, uid 0, euid 0, argc 2, "/bin/cat", argv cat /etc/issue
 EXEC = bytes.fromhex(
-    "0400 0000 01000000 0300000000000000 2c012a36fe9c9717 2f000000 63795b7a 2a000000 "
+    "0400 0000 01000000 0300000000000000 2c012a36fe9c9717 2f000000 b900b199 2a000000 "
     "01000000 00000000 00000000 02000000 0800 0000 2f62696e2f636174 63617400 "
     "2f6574632f697373756500"
 )
 # DROP seq 7 (seq 4, 5, 6 were lost): lost_records 3, lost_bytes 100
 DROP = bytes.fromhex(
-    "0600 0000 00000000 0700000000000000 90012a36fe9c9717 10000000 5de5997e "
+    "0600 0000 00000000 0700000000000000 90012a36fe9c9717 10000000 6f88be8c "
     "0300000000000000 6400000000000000"
 )
 # CLOSE tty 1, seq 8
@@ -52,7 +52,7 @@ T0 = 1_700_000_000_000_000_000
 
 def record(typ: int, flags: int, tty: int, seq: int, payload: bytes) -> bytes:
     head = struct.pack("<HHIQQI", typ, flags, tty, seq, T0, len(payload))
-    return head + struct.pack("<I", zlib.crc32(head + payload)) + payload
+    return head + struct.pack("<I", zlib.crc32(head)) + payload
 
 
 def test_vectors_decode_to_the_records_they_spell() -> None:
@@ -129,17 +129,27 @@ def test_corrupted_stream_header_fails_its_crc() -> None:
         ttylog.decode(bytes(head))
 
 
-def test_corrupted_payload_fails_the_record_crc_and_names_its_offset() -> None:
+def test_corrupted_record_header_fails_its_crc_and_names_its_offset() -> None:
+    for field_byte in (4, 9, 24):  # the tty id, the sequence number, the length
+        bad = bytearray(LOG)
+        bad[len(HEAD + OPEN) + field_byte] ^= 0x01
+        with pytest.raises(TtyLogError, match=rf"record at byte {len(HEAD + OPEN)}: header CRC"):
+            TtyLogDecoder().feed(bytes(bad))
+
+
+def test_the_crc_covers_the_header_not_the_payload() -> None:
+    """docs/formats/ttylog.md: a payload checksum cost too much for a channel that does not
+    flip bits; a flipped payload byte decodes (and the host's session log protects it)."""
     bad = bytearray(LOG)
     bad[len(HEAD + OPEN) + 32] ^= 0x20  # "hi" -> "Hi"
-    d = TtyLogDecoder()
-    with pytest.raises(TtyLogError, match=rf"record at byte {len(HEAD + OPEN)}: CRC mismatch"):
-        d.feed(bytes(bad))
+    _, records = ttylog.decode(bytes(bad))
+    assert records[1] == Data(2, T0 + 200, 1, Direction.WRITE, b"Hi\r\n")
 
 
 def test_oversized_length_is_refused_before_waiting_for_it() -> None:
     huge = bytearray(record(3, 0, 1, 2, b"x"))
-    huge[24:28] = struct.pack("<I", 5000)  # more than record_max allows
+    huge[24:28] = struct.pack("<I", 5000)  # more than record_max allows (CRC made to match)
+    huge[28:32] = struct.pack("<I", zlib.crc32(bytes(huge[:28])))
     with pytest.raises(TtyLogError, match="exceeds the 4064-byte limit"):
         TtyLogDecoder().feed(HEAD + OPEN + bytes(huge))
 

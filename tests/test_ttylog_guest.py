@@ -142,9 +142,11 @@ def test_a_full_pipe_drops_records_and_never_stops_the_guest(
     ) as g:
         cap.kernel_started()
         g.wait_prompt()
-        cap.pause()  # the host stops reading: the 4 KiB pipe fills at once
-        out = g.run("seq 1 6000")
-        assert out.endswith("5999\n6000\n")  # the guest went on, whatever the log lost
+        # the host stops reading: 350 KB of output overflow the 4 KiB pipe, the reader
+        # thread's last 64 KiB read and the kernel's 64 KiB buffer
+        cap.pause()
+        out = g.run("seq 1 60000")
+        assert out.endswith("59999\n60000\n")  # the guest went on, whatever the log lost
         during = ttylog_stats(g, tmp_path)
         cap.resume()
         g.run("echo after-$((1+1))")

@@ -31,7 +31,7 @@ STREAM_HEADER = struct.Struct("<8sHHIQII")
 # struct tty_log_rec { le16 type; le16 flags; le32 tty; le64 seq; le64 time_ns; le32 len;
 #                      le32 crc; }
 RECORD_HEADER = struct.Struct("<HHIQQII")
-CRC_OFFSET = 28  # both headers end with the CRC-32 of the 28 bytes before it (and the payload)
+CRC_OFFSET = 28  # both headers end with the CRC-32 of the 28 bytes before it
 # OPEN: le32 major, minor; le16 driver, subtype; le32 link, pid, uid; then the name
 OPEN_PAYLOAD = struct.Struct("<IIHHIII")
 # EXEC: le32 pid, ppid, uid, euid, argc; le16 filename_len, reserved; filename; argv\0...
@@ -299,6 +299,8 @@ class TtyLogDecoder:
         while len(self._buf) >= RECORD_HEADER.size:
             head = RECORD_HEADER.unpack_from(self._buf)
             length = head[5]
+            if crc32(bytes(self._buf[:CRC_OFFSET])) != head[6]:
+                raise TtyLogError(f"record at byte {self._offset}: header CRC mismatch (corrupted)")
             if RECORD_HEADER.size + length > limit:
                 raise TtyLogError(
                     f"record at byte {self._offset}: length {length} exceeds the "
@@ -308,8 +310,6 @@ class TtyLogDecoder:
                 break
             raw = bytes(self._buf[: RECORD_HEADER.size + length])
             payload = raw[RECORD_HEADER.size :]
-            if crc32(raw[:CRC_OFFSET], payload) != head[6]:
-                raise TtyLogError(f"record at byte {self._offset}: CRC mismatch (corrupted)")
             seq = head[3]
             if seq <= self._last_seq:
                 raise TtyLogError(
