@@ -1,10 +1,11 @@
 """`warden net cut` stops a running transfer: time from the command to the last packet.
 
 A minimal guest streams to an "outside" host in its own network namespace (tests/support/
-netlab.py); the outside host timestamps every read (CLOCK_MONOTONIC, shared by all processes).
-One measurement: t0 just before the cut is asked for; the last data the outside host receives
-at t_last; latency = t_last - t0 (0 when nothing arrived after t0). Then the cut is undone and
-the stream resumes by itself (TCP retransmission) before the next round.
+netlab.py). One measurement: tcpdump on the outside host's interface records packet arrival
+times (kernel timestamps, not when a busy reader gets to the data); t0 is taken just before
+the cut is asked for; the last data segment from the guest arrives at t_last; latency =
+t_last - t0 (0 when nothing arrived after t0). Then the cut is undone and the stream resumes
+by itself (TCP retransmission) before the next round.
 
     ours      POST /v1/net/NAME/cut on the daemon's socket (what the CLI sends; the CLI's
               Python start-up is measured apart, as "ours via the CLI process")
@@ -18,6 +19,7 @@ Goal: ours <= 50 ms at the median.
 
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,16 +58,39 @@ def received_since(log: Path, t: float) -> int:
     return sum(e["n"] for e in read_log(log) if "n" in e and e["t"] > t)
 
 
-def measure(log: Path, cut: Callable[[], None], restore: Callable[[], None]) -> float:
+def last_data_packet(path: Path) -> float | None:
+    """Arrival time (epoch seconds) of the last guest -> outside segment carrying data."""
+    r = subprocess.run(["tcpdump", "-r", str(path), "-tt", "-nn"], capture_output=True, text=True)
+    last = None
+    for line in r.stdout.splitlines():
+        if f"> {OUTSIDE_IP}.7001:" in line and not line.endswith("length 0"):
+            last = float(line.split()[0])
+    return last
+
+
+def measure(
+    lab: Lab, log: Path, cut: Callable[[], None], restore: Callable[[], None], n: int
+) -> float:
     wait_for("the stream to flow", lambda: received_since(log, time.monotonic() - 0.3) > 0, 60)
-    t0 = time.monotonic()
+    pcap = log.with_name(f"round{n}.pcap")
+    err = log.with_name(f"round{n}.err")
+    with open(err, "wb") as e:
+        cap = lab.spawn(
+            lab.outside, "tcpdump", "-i", lab.veth_out, "-s", "96", "-n", "-U",
+            "--time-stamp-precision=micro", "-w", str(pcap), "tcp", stderr=e,
+        )  # fmt: skip
+    wait_for("tcpdump", lambda: b"listening on" in err.read_bytes(), 30, 0.01)
+    time.sleep(0.2)
+    t0 = time.time()  # tcpdump's timestamps are on the same (realtime) clock
     cut()
     time.sleep(SETTLE)
-    last = max((e["t"] for e in read_log(log) if "n" in e), default=t0)
+    cap.send_signal(signal.SIGINT)
+    cap.wait(30)
+    last = last_data_packet(pcap)
     restore()
     t1 = time.monotonic()
     wait_for("the stream to resume", lambda: received_since(log, t1) > 256 << 10, 60)
-    return max(last - t0, 0.0)
+    return max((last or t0) - t0, 0.0)
 
 
 def main() -> int:
@@ -118,15 +143,15 @@ def main() -> int:
             stream()
 
         for r in range(ROUNDS):
-            ours.append(measure(log, api_cut, api_restore))
-            cli.append(measure(log, cli_cut, api_restore))
+            ours.append(measure(lab, log, api_cut, api_restore, 3 * r))
+            cli.append(measure(lab, log, cli_cut, api_restore, 3 * r + 1))
             print(
                 f"round {r + 1}: API {ours[-1] * 1000:.1f} ms, "
                 f"`warden net cut` process {cli[-1] * 1000:.1f} ms",
                 flush=True,
             )
         for r in range(ANCHOR_ROUNDS):
-            anchor.append(measure(log, link_down, reboot))
+            anchor.append(measure(lab, log, link_down, reboot, 3 * r + 2))
             print(
                 f"anchor round {r + 1}: `ip link set down` {anchor[-1] * 1000:.1f} ms", flush=True
             )
