@@ -290,6 +290,37 @@ def test_emergency_level_on_oom() -> None:
     assert g.plugged == g.size
 
 
+def test_memory_given_in_an_emergency_is_not_taken_back_at_once() -> None:
+    """Seen on real guests: all memory given at an OOM risk, then taken back by the next
+    full tick (it was still free: the job had not used it yet), and the guest panicked.
+    Loosen fast, tighten slowly: nothing is taken before `hold` calm seconds."""
+    g = SimGuest("a")
+    w = World([g], budget=1 << 30)
+    settle(w, 3)
+    g.allocate(g.meminfo().available - 2 * MIB)  # a burst begins: OOM risk
+    w.tick()
+    assert g.plugged == g.size
+    for _ in range(int(w.cfg.hold * 10) - 5):
+        w.tick()
+        assert g.plugged == g.size, f"taken back {w.t:.1f}s after the emergency"
+    w.run(8)
+    assert g.plugged < g.size  # calm long enough: the unused part goes
+
+
+def test_a_guest_in_a_burst_is_not_cut_first() -> None:
+    """Under contention, a guest just given memory for a burst (so mostly free, looking
+    idle) keeps what it asks for; the truly idle guest pays."""
+    idle = SimGuest("idle", used=10 * MIB, plugged=120 * MIB)
+    burst = SimGuest("burst", used=30 * MIB, plugged=60 * MIB)
+    w = World([idle, burst], budget=400 * MIB)
+    settle(w, 2)
+    for _ in range(8):
+        burst.allocate(20 * MIB)
+        w.tick()
+    assert burst.oom == 0
+    assert burst.plugged - burst.used >= 20 * MIB
+
+
 def test_refaults_stop_the_squeeze() -> None:
     g = SimGuest("a", cache=150 * MIB)
     w = World([g], budget=1 << 30)

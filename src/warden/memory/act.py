@@ -24,10 +24,19 @@ from warden.errors import WardenError
 from warden.memory import observe
 from warden.memory.ledger import Ledger, LedgerError, estimate_plugged, pages
 from warden.memory.observe import Request
-from warden.memory.policy import MIB, NUDGE_STEP, Config, GuestInput, must_of, unplug_step
+from warden.memory.policy import (
+    MIB,
+    NUDGE_STEP,
+    Config,
+    GuestInput,
+    must_of,
+    unplug_step,
+    used_of,
+)
 from warden.memory.procfs import Watermarks
 
 MIN_STEP = 1 * MIB
+GROWN = 8 * MIB
 RECONCILE_READS = 6
 RECONCILE_AGREE = 2 * MIB
 
@@ -94,8 +103,11 @@ class Actuator:
         floor: int,
         marks: Watermarks | None,
         why: str,
+        expect_used: int | None = None,
     ) -> int:
-        """Take up to `amount` from the guest in safe steps; returns what was taken."""
+        """Take up to `amount` from the guest in safe steps; returns what was taken. Stops
+        early when a step finds the guest's `used` grown past `expect_used` (+8 MiB): the
+        plan was made for a guest that is not there any more."""
         done = 0
         async with self.lock(name):
             while amount - done >= NUDGE_STEP:
@@ -109,6 +121,8 @@ class Actuator:
                 view = GuestInput(
                     name, max=entry.max, floor=floor, plugged=entry.hi, mem=mem, marks=marks
                 )
+                if expect_used is not None and used_of(view) > expect_used + GROWN:
+                    break
                 step = unplug_step(mem, marks, amount - done, entry.hi - must_of(view, cfg), cfg)
                 if step == 0:
                     break

@@ -186,6 +186,7 @@ class Balancer:
             try:
                 await self._wait_room(name, size)
                 self.ledger.boot(name, size)
+                self._record("ev", g=name, what="boot", max=size // 1024)
             except BaseException:
                 self.ledger.holds.pop(name, None)
                 raise
@@ -313,7 +314,7 @@ class Balancer:
             self.host_available = observe.host_meminfo().available
         except (OSError, ProcfsError):
             self.host_available = None
-        inputs = [self._input(n, running) for n in self.ledger.entries]
+        inputs = [self._input(n, running, full) for n in self.ledger.entries]
         plan = decide(
             inputs,
             self.memos,
@@ -385,7 +386,7 @@ class Balancer:
             self._record("ev", g=name, what="answers")
             self._wake.set()
 
-    def _input(self, name: str, running: dict[str, "Supervisor"]) -> GuestInput:
+    def _input(self, name: str, running: dict[str, "Supervisor"], full: bool) -> GuestInput:
         e = self.ledger.entries[name]
         sup = self.daemon.sups.get(name)
         floor = sup.spec.memory_min if sup is not None else 0
@@ -400,7 +401,7 @@ class Balancer:
             certain=e.certain,
             pin=e.pin,
             mem=self.mem.get(name) if observable else None,
-            vm=self.vm.get(name) if observable else None,
+            vm=self.vm.get(name) if observable and full else None,  # vmstat: full ticks
             marks=self.marks.get(name),
             host_usage=self.host_usage.get(name),
         )
@@ -434,10 +435,13 @@ class Balancer:
             sup.spec.memory_min,
             self.marks.get(u.guest),
             u.why,
+            expect_used=u.used,
         )
 
     # ---- records --------------------------------------------------------------------------
     def _record(self, kind: str, **fields: Any) -> None:
+        # The budget's high-water mark, at every action and boot, not only every tick.
+        self.peak_total = max(self.peak_total, self.ledger.total())
         if self.log is not None:
             self.log.write(kind, **fields)
         self.recent.append({"k": kind, "t": round(time.time(), 3), **fields})

@@ -26,12 +26,16 @@ Pressure signals, from /proc/vmstat deltas and MemAvailable:
     pressure   direct reclaim (allocstall, pgscan_direct), refaults of evicted cache, or
                MemAvailable below half the buffer: target >= plugged + max(buffer, 25%)
     calm       target = want; a reduction takes all free memory above the buffer at once
-               (free pages serve nobody) but page cache only 1% of plugged per interval
+               (free pages serve nobody) but page cache only 1% of plugged per interval,
+               and only once the guest has been calm (not short, not growing faster than
+               half its buffer per lookahead) for 10 s: memory just given back stays.
 
 Contention: when the targets (plus budget promised to booting guests) do not fit the budget,
 memory is taken back 4 MiB at a time from the guest with the fewest shares per MiB, idle
 memory taxed as in VMware ESX (Waldspurger, OSDI'02): rho = weight / (grant x (f + k(1-f))),
-f the active fraction of the grant, k = 1/(1 - 0.75). Nobody goes below `must`.
+f the active fraction of the grant, k = 1/(1 - 0.75). Nobody goes below `must`, and a guest
+that is short or growing keeps what it asks for (`want`): a guest in the middle of a burst
+looks idle (lots of memory just plugged, not yet used) and would otherwise be cut first.
 
 Watch ticks (every `watch` seconds, meminfo only) only give memory back (and take from
 others to fund that); reductions for their own sake happen on full ticks (every `interval`),
@@ -100,6 +104,7 @@ class Memo:
     growth: float = 0.0  # bytes/s of `used`, fast up, slow down
     peak: int = 0  # highest `used` since peak_t
     peak_t: float | None = None
+    stress_t: float | None = None  # last time it was short, or growing fast
     vm: Vmstat | None = None
     vm_t: float | None = None
     cache_keep: int = 0
@@ -118,6 +123,8 @@ class Assessment:
     must: int
     want: int
     target: int
+    floor: int  # the least a contention cut may leave: must; while stressed, what it
+    # needs now (current used, not its recent peak) plus its buffer and growth lookahead
     level: str  # "calm" | "pressure" | "emergency" | "pinned" | "idle" (not observable)
     signals: tuple[str, ...]
     reason: str
@@ -128,6 +135,7 @@ class Unplug:
     guest: str
     amount: int
     why: str
+    used: int = 0  # the guest's `used` this plan saw: a step finding it grown stops
 
 
 @dataclass(frozen=True)
@@ -284,11 +292,20 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         if lookahead >= MIB:
             reason += f" + growth {format_size(int(growth))}/s"
     target = min(g.max, max(must, want))
+    stress_t = memo.stress_t
+    if level != "calm" or lookahead >= cfg.min_buffer // 2:
+        stress_t = now
+    stressed = stress_t is not None and now - stress_t < cfg.hold
     if g.pin is not None:
         level, target, reason = "pinned", min(g.max, max(g.pin, must)), "pinned by warden mem set"
     elif target < g.plugged:
         if not full:
             target = g.plugged  # watch ticks only give
+        elif stressed:
+            # Loosen fast, tighten slowly: memory just given to a guest short of it (or
+            # still growing) is not taken back before it has been calm for `hold` seconds.
+            target = g.plugged
+            reason = f"calm for {now - (stress_t or now):.0f}s only: keep"
         else:
             # Free pages above half the buffer go at once; page cache 1% per interval.
             fast = max(0, mem.free - keep_free(mem, g.marks, 0, cfg) - cfg.min_buffer // 2)
@@ -301,6 +318,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         growth=growth,
         peak=peak,
         peak_t=peak_t,
+        stress_t=stress_t,
         vm=g.vm if full else memo.vm,
         vm_t=now if full else memo.vm_t,
         cache_keep=keep,
@@ -317,6 +335,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         must=must,
         want=want,
         target=target,
+        floor=min(target, max(must, overhead + used + buffer + lookahead)) if stressed else must,
         level=level,
         signals=signals,
         reason=reason,
@@ -399,7 +418,7 @@ def decide(
         assessments[g.name] = a
         new_memos[g.name] = memo
         grants[g.name] = a.target
-        musts[g.name] = a.must if a.level != "pinned" else a.target
+        musts[g.name] = a.floor if a.level != "pinned" else a.target
     committed = fixed + sum(grants.values())
     short = 0
     if committed > budget:
@@ -428,7 +447,7 @@ def decide(
         a = assessments[n]
         delta = grant - a.plugged
         if delta <= -cfg.min_change:
-            unplugs.append(Unplug(n, pages(-delta), a.reason))
+            unplugs.append(Unplug(n, pages(-delta), a.reason, a.used))
         elif delta >= cfg.min_change or (delta > 0 and a.level == "emergency"):
             urgent = a.level in ("emergency", "pressure")
             amount = pages(delta) or PAGE

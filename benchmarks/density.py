@@ -1,0 +1,271 @@
+"""Claim: the balancer runs >= 2x the guests of static partitioning on the same budget, with
+no guest OOM kill or panic, <= 5% median job slowdown, and the budget never exceeded.
+
+Setup (env to change): a memory budget of DENSITY_BUDGET MiB (1024; set through [host]
+memory_reserve = MemTotal - budget, the default-budget path, so that a fleet of more floors
+than the budget can be written and admission decides at start time). DENSITY_N guests
+(8) of 256M each, the peak any of them needs. Each guest alternates idle and a job: fill
+128 MiB of tmpfs in 4 MiB chunks (each chunk checksummed: some work per byte, ~100-300
+MB/s), re-read it all twice (md5sum), delete it. One job starts every DENSITY_SPACING s (4)
+on the next guest in turn, for DENSITY_SECONDS (120): staggered phases, the same rate and
+concurrency of jobs in both runs. The two runs go at the same time, each with its own
+daemon and budget, so that the host's other load weighs on both alike and the job times
+compare the memory management.
+
+    static    memory_min = memory: nothing is ever unplugged; admission lets in as many
+              guests as the budget holds whole (the anchor: static partitions)
+    balancer  memory_min = 0: the balancer as shipped
+
+Measured for each: guests that fit (running after start-up), jobs completed (with the right
+checksum) of those started (a job offered to a guest still busy with its last is skipped),
+median job time, OOM kills (vmstat oom_kill, all guests) and panics (guests that crashed),
+the peak of the balancer's sum(plugged) against the budget, and the host-side peak: the
+sum of the guests' cgroup memory (sampled every 0.5 s).
+"""
+
+import hashlib
+import json
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import result
+
+# isort: split
+from tests.support.daemon import DaemonProc
+from warden.images import minimal
+from warden.images.store import ImageStore
+from warden.memory.procfs import parse_meminfo, parse_vmstat
+from warden.memory.record import read_log
+from warden.paths import layout
+from warden.progress import NullProgress
+
+MIB = 1 << 20
+BUDGET = int(os.environ.get("DENSITY_BUDGET", "1024")) * MIB
+N = int(os.environ.get("DENSITY_N", "8"))
+MEM = 256 * MIB
+JOB_MIB = 128
+SPACING = float(os.environ.get("DENSITY_SPACING", "4"))
+SECONDS = float(os.environ.get("DENSITY_SECONDS", "120"))
+EXPECTED_MD5 = hashlib.md5(bytes(JOB_MIB * MIB)).hexdigest()
+
+# A guest still busy with its previous job skips the new one (and says so): static guests,
+# fewer, are busy more often; that is the capacity they lack, not a reason to run two jobs
+# in one 256M guest.
+JOB = f"""if [ -e /run/job.busy ]; then echo skip >> /run/jobs.log; exit 0; fi
+touch /run/job.busy
+mount -o remount,size=90% /tmp 2>/dev/null
+s=$(cut -d' ' -f1 /proc/uptime)
+mkdir -p /tmp/job
+i=0
+while [ $i -lt {JOB_MIB // 4} ]; do
+ dd if=/dev/zero of=/tmp/job/$i bs=1M count=4 2>/dev/null
+ md5sum /tmp/job/$i > /dev/null
+ i=$((i+1))
+done
+f=$(cut -d' ' -f1 /proc/uptime)
+cat $(ls /tmp/job/* | sort -t/ -k4 -n) | md5sum > /dev/null
+m=$(cat $(ls /tmp/job/* | sort -t/ -k4 -n) | md5sum | cut -d' ' -f1)
+rm -r /tmp/job
+e=$(cut -d' ' -f1 /proc/uptime)
+echo "job $s $f $e $m" >> /run/jobs.log
+rm /run/job.busy"""
+
+
+def fleet(static: bool) -> str:
+    total = parse_meminfo(Path("/proc/meminfo").read_text()).total
+    out = '[[owner]]\nname = "bench"\n' + f"[host]\nmemory_reserve = {total - BUDGET}\n"
+    for i in range(N):
+        out += f'[[machine]]\nname = "d{i}"\nowner = "bench"\nmemory = "{MEM >> 20}M"\n'
+        if static:
+            out += f'memory_min = "{MEM >> 20}M"\n'
+    return out
+
+
+def top(d: DaemonProc) -> dict[str, Any]:
+    snap: dict[str, Any] = json.loads(d.cli("top", "--json").stdout)
+    return snap
+
+
+class HostSampler(threading.Thread):
+    """The guests' cgroup memory, summed, every 0.5 s: the host's side of the budget."""
+
+    def __init__(self, d: DaemonProc):
+        super().__init__(daemon=True)
+        self.root = Path(f"/sys/fs/cgroup/memory/warden-{d.layout.instance}")
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            total = 0
+            for f in self.root.glob("*/memory.usage_in_bytes"):
+                try:
+                    total += int(f.read_text())
+                except (OSError, ValueError):
+                    pass
+            self.peak = max(self.peak, total)
+
+
+def settle(d: DaemonProc, static: bool, timeout: float = 240) -> list[str]:
+    """Wait until every guest either runs (and, with the balancer, was squeezed) or was
+    refused; return the running ones."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ls = d.ls()
+        snap = top(d)
+        guests = {g["name"]: g for g in snap["guests"]}
+        pending = [n for n, m in ls.items() if m["state"] == "starting"]
+        running = sorted(n for n, m in ls.items() if m["state"] == "running")
+        ready = all(
+            n in guests and not guests[n]["booting"] and (static or guests[n]["plugged"] < MEM // 2)
+            for n in running
+        )
+        if not pending and ready and snap["held"] == 0:
+            return running
+        time.sleep(1)
+    raise RuntimeError(f"guests did not settle: {d.ls()}")
+
+
+def run_phase(static: bool) -> dict[str, Any]:
+    name = "static" if static else "balancer"
+    h = Path(tempfile.mkdtemp(prefix="wh-", dir="/tmp"))
+    lay = layout(h)
+    lay.ensure()
+    minimal.build(ImageStore(lay), NullProgress())
+    d = DaemonProc(lay).start()
+    sampler = HostSampler(d)
+    out: dict[str, Any] = {"name": name}
+    try:
+        d.apply(fleet(static))
+        running = settle(d, static)
+        out["fit"] = len(running)
+        print(f"{name}: {len(running)} of {N} guests fit in {BUDGET >> 20} MiB", flush=True)
+        for g in running:
+            d.console(g, f"cat > /run/job.sh <<'EOF'\n{JOB}\nEOF\n", timeout=0.3)
+        ooms0 = {
+            g: parse_vmstat(d.cli("mconsole", g, "proc", "vmstat").stdout).oom_kill for g in running
+        }
+        sampler.start()
+        t_start = time.time()
+        started = 0
+        triggers: list[threading.Thread] = []
+        k = 0
+        while time.time() - t_start < SECONDS:
+            g = running[k % len(running)]
+            cmd = "setsid sh /run/job.sh > /dev/null 2>&1 < /dev/null &\n"
+            t = threading.Thread(target=d.console, args=(g, cmd), kwargs={"timeout": 0.2})
+            t.start()
+            triggers.append(t)
+            started += 1
+            k += 1
+            time.sleep(max(0.0, t_start + k * SPACING - time.time()))
+        for t in triggers:
+            t.join()
+        time.sleep(30)  # let the last jobs end
+        sampler.stop.set()
+        jobs: list[float] = []
+        fills: list[float] = []
+        bad = skipped = 0
+        for g in running:
+            text = d.console(g, "cat /run/jobs.log\n", timeout=0.5)
+            skipped += len(re.findall(r"^skip\s*$", text, re.M))
+            for m in re.finditer(r"^job (\S+) (\S+) (\S+) (\w+)\s*$", text, re.M):
+                s, f, e, md5 = float(m[1]), float(m[2]), float(m[3]), m[4]
+                if md5 != EXPECTED_MD5:
+                    bad += 1
+                    print(f"{name}: {g}: a job's checksum is {md5}: {m[0]!r}", flush=True)
+                    continue
+                jobs.append(e - s)
+                fills.append(JOB_MIB / max(f - s, 1e-3))
+        ooms = sum(
+            parse_vmstat(d.cli("mconsole", g, "proc", "vmstat").stdout).oom_kill - ooms0[g]
+            for g in running
+            if d.ls()[g]["state"] == "running"
+        )
+        crashed = [g for g, m in d.ls().items() if m["state"] == "crashed" and g in running]
+        snap = top(d)
+        # The budget's high-water mark from the log too (every tick), besides the daemon's.
+        ticks = [r["plugged"] * 1024 for r in read_log(h / "memory" / "log") if r["k"] == "tick"]
+        out.update(
+            offered=started,
+            started=started - skipped,
+            skipped=skipped,
+            completed=len(jobs),
+            bad=bad,
+            median=statistics.median(jobs) if jobs else float("nan"),
+            fill=statistics.median(fills) if fills else float("nan"),
+            ooms=ooms,
+            panics=len(crashed),
+            peak_plugged=max([snap["peak_plugged"], *ticks]),
+            over_ticks=snap["over_budget_ticks"],
+            host_peak=sampler.peak,
+        )
+    finally:
+        sampler.stop.set()
+        d.close()
+        d.assert_clean()
+    print(
+        f"{name}: {out['completed']}/{out['started']} jobs completed ({out['offered']} offered, "
+        f"{out['skipped']} skipped: guest busy; bad checksum {out['bad']}), median job "
+        f"{out['median']:.2f} s (fill {out['fill']:.0f} MiB/s), "
+        f"OOM kills {out['ooms']}, panics {out['panics']}, peak sum(plugged) "
+        f"{out['peak_plugged'] >> 20} MiB of {BUDGET >> 20} MiB, host peak "
+        f"{out['host_peak'] >> 20} MiB",
+        flush=True,
+    )
+    return out
+
+
+def main() -> int:
+    # Both at once, each with its own daemon and budget: whatever else loads the host
+    # (other work, the other run) loads both alike, so their job times compare.
+    results: dict[bool, dict[str, Any]] = {}
+
+    def phase(static: bool) -> None:
+        results[static] = run_phase(static)
+
+    threads = [threading.Thread(target=phase, args=(s,)) for s in (True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if len(results) != 2:
+        raise RuntimeError("a run failed (see above)")
+    static, bal = results[True], results[False]
+    ratio = bal["fit"] / static["fit"]
+    slowdown = bal["median"] / static["median"] - 1
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(
+        f"density: {bal['fit']} guests vs {static['fit']} static ({ratio:.2f}x); median job "
+        f"{bal['median']:.2f} s vs {static['median']:.2f} s ({slowdown * 100:+.1f}%); "
+        f"OOM kills {bal['ooms']}, panics {bal['panics']}; budget peak "
+        f"{bal['peak_plugged'] >> 20}/{BUDGET >> 20} MiB (host load average {load})"
+    )
+    ok = (
+        ratio >= 2
+        and bal["ooms"] == 0
+        and bal["panics"] == 0
+        and slowdown <= 0.05
+        and bal["peak_plugged"] <= BUDGET
+        and bal["completed"] == bal["started"]
+    )
+    result(
+        "guests on one memory budget (balancer vs static partitions)",
+        bal["fit"],
+        static["fit"],
+        ">= 2x guests, 0 OOM/panic, <= 5% median job slowdown, budget never exceeded",
+        "guests",
+        anchor_name="static partitions (memory_min = memory)",
+        ok=ok,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
