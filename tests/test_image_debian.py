@@ -53,20 +53,21 @@ def crypt(password: str) -> str:
 
 
 def boot(
-    home: Layout, image: Path, seed: Seed | None, name: str, ssl0_fd: int | None = None
+    home: Layout,
+    image: Path,
+    seed: Seed | None,
+    name: str,
+    extra: tuple[str, ...] = (),
+    fds: tuple[int, ...] = (),
 ) -> RawGuest:
     """A guest over `image` with its own COW and (unless None) a seed disk; not started.
-    With `ssl0_fd`, its serial line ssl0 (the guest's ttyS0) reads and writes that fd."""
+    `extra` kernel arguments may wire more lines or NICs to the inherited `fds`."""
     d = home.machine(name)
     d.mkdir(parents=True)
     seed_path = None
     if seed is not None:
         seed_path = d / "seed.img"
         write(seed_path, seed)
-    extra: tuple[str, ...] = ()
-    fds: tuple[int, ...] = ()
-    if ssl0_fd is not None:
-        extra, fds = (f"ssl0=fd:{ssl0_fd},fd:{ssl0_fd}",), (ssl0_fd,)
     return RawGuest(
         home,
         image,
@@ -461,7 +462,7 @@ def test_no_root_hash_gives_a_root_shell_and_each_guest_its_own_host_keys(
 
 @guest
 @pytest.mark.timeout(900)
-def test_admin_password_sudo_seed_ssh_keys_and_network_settings(
+def test_admin_password_sudo_seed_ssh_keys_and_network(
     debian_image: Path, home: Layout, tmp_path: Path
 ) -> None:
     key = tmp_path / "id_ed25519"
@@ -478,9 +479,18 @@ def test_admin_password_sudo_seed_ssh_keys_and_network_settings(
             "WARDEN_IP": "10.9.8.7/24",
             "WARDEN_GATEWAY": "10.9.8.1",
             "WARDEN_DNS": "10.9.8.2",
+            "WARDEN_IP_1": "10.7.0.5/16",
         },
     )
-    with boot(home, debian_image, seed, "deb-admin") as g:
+    # two NICs, each on a datagram socketpair whose other end this test holds (no traffic leaves)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    nics = tuple(f"vec{i}:transport=fd,fd={theirs.fileno()}" for i, (_, theirs) in enumerate(pairs))
+    fds = tuple(theirs.fileno() for _, theirs in pairs)
+    with ExitStack() as stack:
+        for pair in pairs:
+            for sock in pair:
+                stack.enter_context(sock)
+        g = stack.enter_context(boot(home, debian_image, seed, "deb-admin", nics, fds))
         login(g, "admin", "adminpw")
         assert system_state(g) == "running"
         assert sh(g, "id -un").strip() == "admin"
@@ -491,15 +501,21 @@ def test_admin_password_sudo_seed_ssh_keys_and_network_settings(
         ssh = "ssh -i ~/k -o BatchMode=yes -o StrictHostKeyChecking=no -o LogLevel=ERROR"
         assert sh(g, f"chmod 600 ~/k; {ssh} admin@localhost id -un").strip() == "admin"
         assert sh(g, f"{ssh} root@localhost id -un").strip() == "root"
-        # eth0's settings are ready for when a NIC is wired (no NIC in this test)
-        eth0 = dict(
-            line.split(": ", 1) for line in sh(g, "/sbin/ifquery eth0").splitlines() if ": " in line
-        )
-        assert (eth0["address"], eth0["netmask"], eth0["gateway"]) == (
-            "10.9.8.7",
-            "255.255.255.0",
+        # vecN became ethN, with the seed's addresses; eth0 has the default route
+        addrs = sh(g, "ip -o -4 addr show | awk '{print $2, $4}'").split("\n")
+        assert [a for a in addrs if a and not a.startswith("lo ")] == [
+            "eth0 10.9.8.7/24",
+            "eth1 10.7.0.5/16",
+        ]
+        assert sh(g, "ip route show default").split()[:5] == [
+            "default",
+            "via",
             "10.9.8.1",
-        )
+            "dev",
+            "eth0",
+        ]
+        # IPv4 only (Debian's UML kernel has no IPv6; seed.sh switches it off where there is)
+        assert sh(g, "ip -o -6 addr show | wc -l").strip() == "0"
         assert sh(g, "cat /etc/resolv.conf").strip() == "nameserver 10.9.8.2"
 
 
@@ -508,7 +524,8 @@ def test_admin_password_sudo_seed_ssh_keys_and_network_settings(
 def test_a_wired_serial_line_gets_a_login(debian_image: Path, home: Layout) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     seed = Seed("deb-serial", lines=("tty0", "ttyS0"), root_hash=crypt("rootpw"))
-    with ours, boot(home, debian_image, seed, "deb-serial", ssl0_fd=theirs.fileno()) as g:
+    n = theirs.fileno()
+    with ours, boot(home, debian_image, seed, "deb-serial", (f"ssl0=fd:{n},fd:{n}",), (n,)) as g:
         theirs.close()  # the kernel has its own copy
         seen = bytearray()
         read_until(ours, b"deb-serial login: ", BOOT_TIMEOUT, seen)

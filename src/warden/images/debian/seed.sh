@@ -68,20 +68,36 @@ if [ -n "$WARDEN_SSH_KEYS" ]; then
     done
 fi
 
-# Network: eth0 (renamed from vec0 by udev) static from network.env, else DHCP.
+# Network (docs/formats/seed.md): eth0 static from WARDEN_IP/WARDEN_GATEWAY, else DHCP; ethN
+# (N >= 1, each NIC the kernel has now, still named vecN until udev renames it) static from
+# WARDEN_IP_N without route or resolver, else DHCP. warden's networks are IPv4 only: IPv6 is
+# switched off (no router solicitations, no MLD), as in the minimal image.
+for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/default/disable_ipv6; do
+    [ -w "$f" ] && echo 1 > "$f"
+done
 WARDEN_IP=
 WARDEN_GATEWAY=
 WARDEN_DNS=
 [ -f "$RUN/network.env" ] && . "$RUN/network.env"
+stanza() { # DEV ADDRESS/PREFIX GATEWAY
+    echo "allow-hotplug $1"
+    if [ -n "$2" ]; then
+        printf 'iface %s inet static\n    address %s\n' "$1" "$2"
+        [ -n "$3" ] && echo "    gateway $3"
+    else
+        echo "iface $1 inet dhcp"
+    fi
+    return 0
+}
 {
     echo "# written at boot by /usr/lib/warden/seed from this guest's seed disk"
-    echo "allow-hotplug eth0"
-    case "$WARDEN_IP" in
-        "") echo "iface eth0 inet dhcp" ;;
-        *:*) printf 'iface eth0 inet6 static\n    address %s\n' "$WARDEN_IP" ;;
-        *) printf 'iface eth0 inet static\n    address %s\n' "$WARDEN_IP" ;;
-    esac
-    [ -n "$WARDEN_IP" ] && [ -n "$WARDEN_GATEWAY" ] && echo "    gateway $WARDEN_GATEWAY"
+    stanza eth0 "$WARDEN_IP" "$WARDEN_GATEWAY"
+    n=1
+    while [ -e "/sys/class/net/vec$n" ] || [ -e "/sys/class/net/eth$n" ]; do
+        eval "addr=\${WARDEN_IP_$n:-}"
+        stanza "eth$n" "$addr" ""
+        n=$((n + 1))
+    done
 } > "$RUN/interfaces"
 : > "$RUN/resolv.conf"
 for dns in $WARDEN_DNS; do
