@@ -10,6 +10,7 @@ Parameters and where UML reads them (Debian's linux-source-6.1):
     con=none ssl=none  every other line unconfigured ('null' makes UML loop on epoll errors)
     vecN:transport=fd,fd=N,vec=0  arch/um/drivers/vector_kern.c (a tap fd; vec=0 because a
                     tap fd does not support recvmmsg/sendmmsg)
+    pty.legacy_count=0  drivers/tty/pty.c (no BSD ptys: see argv())
 """
 
 import shlex
@@ -69,6 +70,9 @@ def argv(kernel: Path, plan: BootPlan) -> list[str]:
     args += ["con=none", "ssl=none"]
     for i, fd in enumerate(plan.nic_fds):
         args.append(f"vec{i}:transport=fd,fd={fd},vec=0")
+    # Debian's config makes 256 legacy BSD pty pairs (512 device nodes): nothing uses them, a
+    # udev guest spends seconds on them at boot, and they are a UML tell-tale in /dev.
+    args.append("pty.legacy_count=0")
     args.append(f"init={plan.init}")
     args += list(plan.extra)
     args += shlex.split(plan.kernel_args)
