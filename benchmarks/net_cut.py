@@ -119,8 +119,13 @@ def main() -> int:
 
         stream()
 
+        inside: list[float] = []  # the daemon's own time for the cut (its answer)
+        answered: list[float] = []  # from the request to the answer
+
         def api_cut() -> None:
-            api.post("/net/web1/cut")
+            t = time.monotonic()
+            inside.append(api.post("/net/web1/cut")["seconds"])
+            answered.append(time.monotonic() - t)
 
         def api_restore() -> None:
             api.post("/net/web1/restore")
@@ -146,7 +151,8 @@ def main() -> int:
             ours.append(measure(lab, log, api_cut, api_restore, 3 * r))
             cli.append(measure(lab, log, cli_cut, api_restore, 3 * r + 1))
             print(
-                f"round {r + 1}: API {ours[-1] * 1000:.1f} ms, "
+                f"round {r + 1}: API {ours[-1] * 1000:.1f} ms (answered after "
+                f"{answered[-1] * 1000:.1f} ms, {inside[-1] * 1000:.1f} ms in the daemon), "
                 f"`warden net cut` process {cli[-1] * 1000:.1f} ms",
                 flush=True,
             )

@@ -1,7 +1,8 @@
 """The daemon's side of the network helper (agent.py): start it, call it, stop it.
 
-Calls are blocking and serialised by a lock; async callers use `acall`, which runs the call in
-the default executor. A call that hands back file descriptors returns them to the caller, who
+Calls are blocking and serialised by a lock; async callers use `acall`, which runs the call on
+the client's own thread (not the loop's shared executor, where a cut could wait behind other
+features' slow work). A call that hands back file descriptors returns them to the caller, who
 owns (and must close) them.
 """
 
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ class AgentClient:
         self.proc: subprocess.Popen[bytes] | None = None
         self.hello: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="net-agent")
 
     @property
     def where(self) -> str:
@@ -111,11 +114,11 @@ class AgentClient:
 
     async def acall(self, op: str, **args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: self.call(op, **args))
+        return await loop.run_in_executor(self._thread, lambda: self.call(op, **args))
 
     async def acall_fds(self, op: str, **args: Any) -> tuple[Any, list[int]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: self.call_fds(op, **args))
+        return await loop.run_in_executor(self._thread, lambda: self.call_fds(op, **args))
 
     def close(self) -> None:
         with self._lock:
@@ -129,3 +132,4 @@ class AgentClient:
                     self.proc.kill()
                     self.proc.wait()
                 self.proc = None
+        self._thread.shutdown(wait=False)
