@@ -264,7 +264,8 @@ def test_mem_set_and_its_refusals(daemon: DaemonProc) -> None:
 def plugged_estimate(d: DaemonProc, name: str) -> int:
     state = json.loads((d.layout.home / "memory" / "state.json").read_text())["guests"][name]
     mem = parse_meminfo(proc(d, name, "meminfo"))
-    return estimate_plugged(mem, state["max"] * 1024, state["baseline"] * 1024)
+    base = state["baseline"]
+    return estimate_plugged(mem, state["max"] * 1024, None if base is None else base * 1024)
 
 
 def test_accounting_follows_memory_taken_behind_its_back(daemon: DaemonProc) -> None:
@@ -325,3 +326,33 @@ def test_top_and_plot(daemon: DaemonProc, tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000
     r = daemon.cli("mem", "plot", "--out", str(out), "--machine", "nosuch", check=False)
     assert r.returncode != 0 and "no balancer ticks" in r.stderr
+
+
+def test_ledger_survives_a_daemon_restart(daemon: DaemonProc) -> None:
+    """Guests outlive the daemon; the new one trusts the saved ledger for the same kernels
+    only, and a guest without a record is counted in full until its counters settle it."""
+    daemon.apply(fleet("1G", machine_toml("k1", memory="256M"), machine_toml("k2", memory="256M")))
+    settled(daemon, "k1", below=100 * MIB)
+    settled(daemon, "k2", below=100 * MIB)
+    daemon.cli("mem", "set", "k1", "150M")
+    before = {n: guest(daemon, n)["plugged"] for n in ("k1", "k2")}
+    daemon.kill9()
+    state = daemon.layout.home / "memory" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["guests"]["k2"]  # as if the daemon died before it ever wrote k2 down
+    state.write_text(json.dumps(saved))
+    daemon.start()
+    k1 = guest(daemon, "k1")
+    assert k1["certain"] and k1["plugged"] == before["k1"] and k1["pin"] == 150 * MIB
+    k2 = wait_for(
+        "k2 settled from its counters",
+        lambda: (g := guest(daemon, "k2"))["certain"] and g,
+        timeout=20,
+    )
+    assert abs(k2["plugged"] - before["k2"]) <= 8 * MIB or k2["plugged"] < 100 * MIB
+    assert abs(plugged_estimate(daemon, "k2") - k2["plugged"]) <= 4 * MIB
+    recent = top(daemon)["recent"]
+    assert any(
+        e.get("what") == "reattach" and e.get("g") == "k2" and not e["trusted"] for e in recent
+    )
+    assert any(e.get("what") == "reconcile" and e.get("g") == "k2" for e in recent)
