@@ -34,7 +34,9 @@ TIME = re.compile(r"real\s+(?:(\d+)m\s*)?([\d.]+)s")
 def send(d: DaemonProc, port: int) -> float:
     """MB/s of one transfer A -> B, as timed in A; B counts what arrived."""
     # the receiver's stdin stays open: busybox nc ends a connection when its peer half-closes
-    guest_sh(d, "b", f"rm -f /tmp/rx; (sleep 600 | nc -l -p {port} | wc -c > /tmp/rx &); sleep 0.5")
+    guest_sh(
+        d, "b", f"rm -f /tmp/rx; (sleep 600 | nc -l -p {port} | wc -c > /tmp/rx &); sleep 0.5", 60
+    )
     out = guest_sh(
         d,
         "a",
@@ -45,7 +47,7 @@ def send(d: DaemonProc, port: int) -> float:
     m = TIME.search(out)
     assert m, f"no time in {out!r}"
     seconds = int(m[1] or 0) * 60 + float(m[2])
-    got = guest_sh(d, "b", "sleep 0.5; cat /tmp/rx; killall sleep").strip()
+    got = guest_sh(d, "b", "sleep 0.5; cat /tmp/rx; killall sleep", 60).strip()
     assert got == str(SIZE_MB << 20), f"b received {got!r} bytes, not {SIZE_MB << 20}: {out!r}"
     return SIZE_MB * 1.048576 / seconds
 

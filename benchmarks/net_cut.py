@@ -115,7 +115,7 @@ def main() -> int:
         tap = "wt-web1-0"
 
         def stream() -> None:
-            guest_sh(d, "web1", f"(cat /dev/zero | nc {OUTSIDE_IP} 7001 &); sleep 1")
+            guest_sh(d, "web1", f"(cat /dev/zero | nc {OUTSIDE_IP} 7001 &); sleep 1", 60)
 
         stream()
 

@@ -163,7 +163,7 @@ def net_machine(
     return "\n".join(lines) + "\n"
 
 
-def guest_sh(d: Any, name: str, command: str, timeout: float = 5.0) -> str:
+def guest_sh(d: Any, name: str, command: str, timeout: float = 30.0) -> str:
     """Run `command` on the guest's console; return what it printed. Returns as soon as the
     command has ended (watching the line's scrollback), at the latest after `timeout`."""
     import re
