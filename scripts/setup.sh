@@ -23,7 +23,7 @@ packages=(
     # the small C shim loaded into linux.uml (see src/warden/uml/xstate_shim.c)
     gcc libc6-dev
     # networking, capture and the concentrator's test client
-    iproute2 nftables dnsmasq-base tcpdump iputils-ping openssh-client
+    iproute2 nftables dnsmasq-base tcpdump tshark iputils-ping openssh-client
     # building the honeypot kernel from Debian's source
     linux-source-6.1 make bc bison flex libssl-dev libelf-dev libvdeplug-dev xz-utils
 )
