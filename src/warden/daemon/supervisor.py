@@ -265,6 +265,8 @@ class Supervisor:
             lines=tuple(cmdline.guest_tty(line) for line in self.spec.lines),
             root_hash=self.spec.root_password_hash,
             network=extras.network,
+            admin_hash=self.spec.admin_password_hash,
+            ssh_keys=self.spec.ssh_keys,
         )
 
     async def _launch(self) -> None:

@@ -83,6 +83,8 @@ class Machine:
     kernel: str = "stock"
     restart: str = "no"
     root_password_hash: str = ""
+    admin_password_hash: str = ""  # seed WARDEN_ADMIN_HASH: the Debian image's user admin
+    ssh_keys: tuple[str, ...] = ()  # seed WARDEN_SSH_KEYS: authorized keys of root and admin
     nics: tuple[Nic, ...] = ()
     forwards: tuple[Forward, ...] = ()
     egress: str = "allow"
@@ -318,6 +320,8 @@ MACHINE_FIELDS: dict[str, Check] = {
     "kernel": _str,
     "restart": _choice(*RESTART_POLICIES),
     "root_password_hash": _pattern(CRYPT_HASH, "a crypt(3) hash ($1$, $5$ or $6$)"),
+    "admin_password_hash": _pattern(CRYPT_HASH, "a crypt(3) hash ($1$, $5$ or $6$)"),
+    "ssh_keys": _ssh_keys,
     "nics": _nics,
     "forwards": _forwards,
     "egress": _egress,
