@@ -16,6 +16,7 @@ from warden.console import export, logstore, replay
 from warden.console import search as searchmod
 from warden.console import sessionlog as sl
 from warden.errors import DaemonNotRunning, WardenError
+from warden.honeypot import ttyview
 from warden.paths import Layout, layout
 
 
@@ -156,13 +157,13 @@ def _export(args: argparse.Namespace) -> int:
     try:
         write = out.write if out is not None else sys.stdout.buffer.write
         if args.format == "asciicast":
-            for text in export.asciicast(records, meta, with_input=not args.no_input):
+            for text in export.asciicast(records, meta, with_input=not args.no_input, tty=args.tty):
                 write(text.encode())
         elif args.format == "text":
-            write(export.text(records, args.direction).encode())
+            write(export.text(records, args.direction, args.tty).encode())
             write(b"\n")
         else:
-            for chunk in export.raw(records, args.direction):
+            for chunk in export.raw(records, args.direction, args.tty):
                 write(chunk)
     finally:
         if out is not None:
@@ -189,8 +190,9 @@ def _search(args: argparse.Namespace) -> int:
                 key,
                 needle,
                 ignore_case=args.ignore_case,
-                typed=not args.printed,
-                printed=not args.typed,
+                typed=not (args.printed or args.executed),
+                printed=not (args.typed or args.executed),
+                executed=not (args.typed or args.printed),
             )
         )
     hits.sort(key=lambda h: h.time_us)
@@ -219,6 +221,7 @@ def _search(args: argparse.Namespace) -> int:
     else:
         for h in hits:
             who = f" by {h.user}" if h.direction == "typed" and h.user else ""
+            who = " (exec)" if h.direction == "executed" else who
             ctx = export.strip_controls(h.context.decode("utf-8", "replace")).replace("\n", "⏎")
             print(
                 f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}{who}  "
@@ -233,9 +236,15 @@ def _dump(args: argparse.Namespace) -> int:
     _flush_daemon(lay)
     name, _, line = args.name.partition(":")
     records, _meta = _records(lay, name, line or args.line, args.boot)
+    view = ttyview.TtyView()
     for r in records:
         item: dict[str, Any] = {"seq": r.seq, "time_us": r.time_us, "type": r.kind}
-        if r.type in (sl.OUTPUT, sl.INPUT):
+        if r.type == sl.TTYLOG:
+            try:
+                item.update(view.describe(view.decode(r.payload)))
+            except WardenError as e:
+                item["damaged"] = str(e)
+        elif r.type in (sl.OUTPUT, sl.INPUT):
             item["data"] = r.data.decode("latin-1")
             if r.type == sl.INPUT:
                 item["user"] = r.user
@@ -274,6 +283,7 @@ def _replay(args: argparse.Namespace) -> int:
         start=start,
         max_idle=args.max_idle if args.max_idle > 0 else None,
         events=args.events,
+        tty=args.tty,
     )
     replay.play(steps, sys.stdout.fileno())
     return 0
@@ -307,6 +317,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         help="text/raw: what the guest printed (out), what was typed (in), or both",
     )
     q.add_argument("--no-input", action="store_true", help="asciicast: leave out 'i' events")
+    q.add_argument("--tty", type=int, help="tty logs: only this tty id's session (logs dump)")
     q.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     q.set_defaults(func=_export)
 
@@ -319,6 +330,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     which = q.add_mutually_exclusive_group()
     which.add_argument("--typed", action="store_true", help="only what clients typed")
     which.add_argument("--printed", action="store_true", help="only what guests printed")
+    which.add_argument(
+        "--executed", action="store_true", help="tty logs: only the argv of programs run"
+    )
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_search)
 
@@ -340,7 +354,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument(
         "--max-idle", type=float, default=2.0, help="shorten pauses to this (0: keep them)"
     )
-    p.add_argument("--events", action="store_true", help="show attach/detach/... inline")
+    p.add_argument(
+        "--events", action="store_true", help="show attach/detach/... (tty logs: exec...) inline"
+    )
+    p.add_argument("--tty", type=int, help="tty logs: only this tty id's session (logs dump)")
     p.set_defaults(func=_replay)
 
 

@@ -10,6 +10,10 @@
   rich's ANSI decoder was tried first: it keeps OSC payloads (window titles) and drops text
   before a CR, so this small stripper is warden's own.
 - raw: the bytes of one direction, concatenated, exactly as recorded.
+
+A tty log (line `tty`, warden.honeypot.ttyview) exports what its terminals showed as output
+and what was typed as input; `tty` picks one session (a pty pair or the console); in
+asciicast, execs, opens, closes and drops are markers and window sizes are resizes.
 """
 
 import codecs
@@ -19,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from warden.console import sessionlog as sl
+from warden.honeypot.ttyview import TtyStreams
 
 DEFAULT_SIZE = (80, 24)
 
@@ -56,11 +61,14 @@ def strip_controls(text: str) -> str:
     return "\n".join(out_lines)
 
 
-def _size(records: list[sl.Record]) -> tuple[int, int]:
+def _size(records: list[sl.Record], tty: int | None = None) -> tuple[int, int]:
+    streams = TtyStreams(tty)
     for r in records:
         if r.type == sl.EVENT and r.kind == "resize":
             ev = r.event
             return int(ev.get("cols", DEFAULT_SIZE[0])), int(ev.get("rows", DEFAULT_SIZE[1]))
+        if r.type == sl.TTYLOG and (item := streams.feed(r.payload)) and item.resize:
+            return item.resize
     return DEFAULT_SIZE
 
 
@@ -74,10 +82,13 @@ def _marker(ev: dict[str, Any]) -> str:
 
 
 def asciicast(
-    records: list[sl.Record], meta: dict[str, Any], with_input: bool = True
+    records: list[sl.Record],
+    meta: dict[str, Any],
+    with_input: bool = True,
+    tty: int | None = None,
 ) -> Iterator[str]:
     """asciicast v2 lines (each ends with a newline)."""
-    cols, rows = _size(records)
+    cols, rows = _size(records, tty)
     start_us = next((r.time_us for r in records), int(meta.get("created_us", 0)))
     header = {
         "version": 2,
@@ -90,6 +101,8 @@ def asciicast(
     yield json.dumps(header) + "\n"
     dec_out = codecs.getincrementaldecoder("utf-8")("replace")
     dec_in = codecs.getincrementaldecoder("utf-8")("replace")
+    streams = TtyStreams(tty)
+    t = 0.0
     for r in records:
         t = round((r.time_us - start_us) / 1e6, 6)
         if r.type == sl.OUTPUT:
@@ -106,19 +119,38 @@ def asciicast(
                 yield json.dumps([t, "r", f"{ev.get('cols')}x{ev.get('rows')}"]) + "\n"
             elif r.kind in MARKED:
                 yield json.dumps([t, "m", _marker(ev)]) + "\n"
+        elif r.type == sl.TTYLOG and (item := streams.feed(r.payload)) is not None:
+            if item.switched_to:
+                yield json.dumps([t, "m", f"tty {item.switched_to}"]) + "\n"
+            if item.screen and (text := dec_out.decode(item.screen)):
+                yield json.dumps([t, "o", text]) + "\n"
+            elif item.typed and with_input and (text := dec_in.decode(item.typed)):
+                yield json.dumps([t, "i", text]) + "\n"
+            elif item.resize:
+                yield json.dumps([t, "r", f"{item.resize[0]}x{item.resize[1]}"]) + "\n"
+            elif item.marker:
+                yield json.dumps([t, "m", item.marker]) + "\n"
     tail = dec_out.decode(b"", final=True)
     if tail:
-        yield json.dumps([0.0 if not records else t, "o", tail]) + "\n"
+        yield json.dumps([t, "o", tail]) + "\n"
 
 
-def raw(records: Iterable[sl.Record], direction: str = "out") -> Iterator[bytes]:
+def raw(
+    records: Iterable[sl.Record], direction: str = "out", tty: int | None = None
+) -> Iterator[bytes]:
+    streams = TtyStreams(tty)
     for r in records:
         if (r.type == sl.OUTPUT and direction in ("out", "both")) or (
             r.type == sl.INPUT and direction in ("in", "both")
         ):
             yield r.data
+        elif r.type == sl.TTYLOG and (item := streams.feed(r.payload)) is not None:
+            if item.screen and direction in ("out", "both"):
+                yield item.screen
+            elif item.typed and direction in ("in", "both"):
+                yield item.typed
 
 
-def text(records: Iterable[sl.Record], direction: str = "out") -> str:
-    data = b"".join(raw(records, direction))
+def text(records: Iterable[sl.Record], direction: str = "out", tty: int | None = None) -> str:
+    data = b"".join(raw(records, direction, tty))
     return strip_controls(data.decode("utf-8", "replace"))

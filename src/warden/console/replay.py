@@ -4,6 +4,11 @@
 is written at once (the screen must be rebuilt before playing from there), pauses longer than
 `max_idle` are shortened to it (as asciinema's idle limit), and every delay is divided by
 `speed`. `play()` performs the steps on a file descriptor.
+
+A tty log (line `tty`, the honeypot kernel's records) plays what the guest's terminals showed:
+for an ssh session inside the guest, what its pty master read (output and echo); for the
+console, what programs wrote (warden.honeypot.ttyview). `tty` picks one session; when output
+moves to another session a marker line names it; `events` adds exec, open, close and resize.
 """
 
 import os
@@ -12,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from warden.console import sessionlog as sl
+from warden.honeypot.ttyview import TtyStreams
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,11 @@ def schedule(
     start: float = 0.0,
     max_idle: float | None = 2.0,
     events: bool = False,
+    tty: int | None = None,
 ) -> Iterator[Step]:
     if speed <= 0:
         raise ValueError("speed must be above 0")
+    streams = TtyStreams(tty)
     first: int | None = None
     prev: float | None = None  # log time of the last step played with timing
     for r in records:
@@ -42,6 +50,18 @@ def schedule(
             ev = r.event
             detail = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k != "kind")
             data = f"\r\n[warden log: {r.kind} {detail}]\r\n".encode()
+        elif r.type == sl.TTYLOG:
+            item = streams.feed(r.payload)
+            if item is None:
+                continue
+            data = b""
+            if item.switched_to:
+                data += f"\r\n[warden log: {item.switched_to}]\r\n".encode()
+            data += item.screen or b""
+            if events and item.marker:
+                data += f"\r\n[warden log: {item.marker}]\r\n".encode()
+            if not data:
+                continue
         else:
             continue
         if at < start:

@@ -3,6 +3,10 @@
 Each file's output and input are searched as two continuous streams, so a string split over
 several records (a typed word is one record per keystroke) is still found; a hit reports the
 time and sequence number of the record where it starts, and for input, who typed it.
+
+In a tty log (line `tty`, warden.honeypot.ttyview) "typed" is what terminals' users typed,
+"printed" what the terminals showed, and "executed" the argv of every program the guest ran
+(one line per exec).
 """
 
 import bisect
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 
 from warden.console import logstore
 from warden.console import sessionlog as sl
+from warden.honeypot.ttyview import TtyStreams
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,7 @@ class Hit:
     line: str
     boot: int
     part: int
-    direction: str  # "printed" or "typed"
+    direction: str  # "printed", "typed" or "executed" (tty logs)
     seq: int
     time_us: int
     user: str
@@ -35,10 +40,10 @@ class _Stream:
         self.starts: list[int] = []
         self.recs: list[sl.Record] = []
 
-    def add(self, r: sl.Record) -> None:
+    def add(self, r: sl.Record, data: bytes | None = None) -> None:
         self.starts.append(len(self.data))
         self.recs.append(r)
-        self.data += r.data
+        self.data += r.data if data is None else data
 
     def record_at(self, offset: int) -> sl.Record:
         return self.recs[bisect.bisect_right(self.starts, offset) - 1]
@@ -52,16 +57,25 @@ def search_file(
     typed: bool = True,
     printed: bool = True,
     context: int = 30,
+    executed: bool = True,
 ) -> Iterator[Hit]:
-    out, inp = _Stream(), _Stream()
+    out, inp, run = _Stream(), _Stream(), _Stream()
+    tty = TtyStreams()
     with logstore.reading(ref, key) as reader:
         for r in reader:
             if r.type == sl.OUTPUT and printed:
                 out.add(r)
             elif r.type == sl.INPUT and typed:
                 inp.add(r)
+            elif r.type == sl.TTYLOG and (item := tty.feed(r.payload)) is not None:
+                if item.screen and printed:
+                    out.add(r, item.screen)
+                elif item.typed and typed:
+                    inp.add(r, item.typed)
+                elif executed and (argv := tty.executed(item)) is not None:
+                    run.add(r, argv.encode() + b"\n")
     pattern = needle.lower() if ignore_case else needle
-    for direction, stream in (("typed", inp), ("printed", out)):
+    for direction, stream in (("typed", inp), ("printed", out), ("executed", run)):
         hay = bytes(stream.data).lower() if ignore_case else bytes(stream.data)
         pos = hay.find(pattern)
         while pos >= 0:

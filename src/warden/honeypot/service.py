@@ -1,0 +1,294 @@
+"""The honeypot kernel in the daemon: channels for each boot, re-attached across restarts.
+
+For a machine with `tty_log = true` and/or `disguise = PROFILE` (on the honeypot kernel, or a
+kernel given by path that has its parameters):
+- at apply: `check_fleet` refuses a missing or unpatched kernel, a malformed profile, a jail-
+  less honeypot, a tty log without session logs (warden.honeypot.checks);
+- before each boot (`prepare`): the channels (warden.honeypot.channels) are made, the
+  disguise rule set is sent (it waits in the socket for the kernel), the kernel gets
+  `tty_log_fd=`/`disguise_fd=` and the fds;
+- once launched (`launched`): the tty log is read into `tty-BOOT.wlog`, the state file is
+  written, the kernel's counters are polled;
+- when the kernel is gone (`exited`): the rest is read, the log closed, the state removed;
+- a re-applied fleet (`fleet_changed`) puts a changed profile in force in running guests;
+- the daemon leaving (`stop`) and coming back (`start`): channels taken back from the kernel.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from warden import tasks
+from warden.console import logstore
+from warden.console import sessionlog as sl
+from warden.daemon import machine as m
+from warden.daemon.context import BootExtras
+from warden.errors import NotFound, WardenError
+from warden.honeypot import channels as ch
+from warden.honeypot.checks import NO_DISGUISE, check_machine, profile_ref, wants_honeypot
+from warden.honeypot.disguise_server import RECV_MAX, DisguiseServer
+from warden.honeypot.guest import PotGuest, kernel_alive
+from warden.honeypot.ingest import TtyLogIngest
+from warden.honeypot.profile import DisguiseError, Profile, load_profile
+from warden.honeypot.ttylog import RECORD_HEADER
+from warden.paths import Layout
+from warden.spec.fleet import Fleet
+
+if TYPE_CHECKING:
+    from warden.daemon.core import Daemon
+    from warden.daemon.supervisor import Supervisor
+
+log = logging.getLogger("warden.honeypot")
+
+
+def last_stored_seq(layout: Layout, machine: str, boot: int) -> int | None:
+    """The kernel sequence number of the last tty-log record stored for this boot."""
+    for ref in reversed(logstore.find(layout, machine, "tty", boot, archived=False)):
+        last: int | None = None
+        try:
+            with logstore.reading(ref, None) as reader:
+                for r in reader:
+                    if r.type == sl.TTYLOG and len(r.payload) >= RECORD_HEADER.size:
+                        last = RECORD_HEADER.unpack_from(r.payload)[3]
+        except (WardenError, OSError, EOFError) as e:
+            log.warning("%s: %s", ref.path, e)
+        if last is not None:
+            return last
+    return None
+
+
+class HoneypotService:
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+        self.guests: dict[str, PotGuest] = {}
+        self._booting: dict[str, PotGuest] = {}
+
+    @property
+    def ctx(self) -> Any:
+        return self.daemon.c
+
+    # ---- apply -------------------------------------------------------------------------------
+    def check_fleet(self, new: Fleet) -> None:
+        for spec in new.machines:
+            if wants_honeypot(spec):
+                check_machine(spec, new, self.daemon.layout)
+
+    def fleet_changed(self) -> None:
+        fleet: Fleet = self.ctx.fleet
+        for name, pot in list(self.guests.items()):
+            spec = fleet.machine(name)
+            if spec is None:
+                continue
+            if pot.disguise is None:
+                if spec.disguise:
+                    self.ctx.event(
+                        name,
+                        "disguise-next-boot",
+                        profile=spec.disguise,
+                        reason="this boot has no disguise channel; the profile takes "
+                        "effect at the guest's next boot",
+                    )
+                continue
+            ref = profile_ref(spec, fleet)
+            try:
+                profile = load_profile(ref) if ref else NO_DISGUISE
+            except DisguiseError as e:  # changed on disk since check_fleet
+                self.ctx.event(name, "disguise-refused", profile=ref, error=str(e))
+                continue
+            pot.set_profile(profile, ref)
+
+    # ---- a boot ------------------------------------------------------------------------------
+    async def prepare(self, sup: "Supervisor", extras: BootExtras) -> None:
+        spec = sup.spec
+        if not wants_honeypot(spec):
+            return
+        profile = check_machine(spec, self.ctx.fleet, self.daemon.layout)
+        state = ch.PotState(boot=0, pid=0, pid_start=None, profile=spec.disguise)
+        pot = PotGuest(sup, state)
+        made: list[ch.Channel] = []
+        extras.cleanup.append(self._abandon(sup.name, made))
+        if spec.tty_log:
+            tty = ch.ttylog_channel()
+            made.append(tty)
+            pot.tty_sock = tty.host
+            pot.tty_status = "waiting"
+            state.ttylog = ch.ChannelState(tty.kernel_fd, tty.spare_fd, tty.inode)
+            extras.fds += tty.kernel_fds()
+            extras.kernel_args.append(f"tty_log_fd={tty.kernel_fd}")
+        if profile is not None:
+            dsg = ch.disguise_channel()
+            made.append(dsg)
+            state.disguise = ch.ChannelState(dsg.kernel_fd, dsg.spare_fd, dsg.inode)
+            extras.fds += dsg.kernel_fds()
+            extras.kernel_args.append(f"disguise_fd={dsg.kernel_fd}")
+            pot.disguise = DisguiseServer(profile, dsg.host, sup.name)
+            await pot.disguise.start()  # the rule set waits for the kernel in the socket
+        self._booting[sup.name] = pot
+
+    def _abandon(self, name: str, made: list[ch.Channel]) -> Callable[[], None]:
+        """For a launch that failed: close our ends (the supervisor closes the kernel's)."""
+
+        def cleanup() -> None:
+            pot = self._booting.pop(name, None)
+            if pot is not None and pot.disguise is not None:
+                tasks.spawn(pot.disguise.stop(), f"honeypot {name} abandon disguise")
+            for c in made:
+                with contextlib.suppress(OSError):
+                    c.close_host()
+
+        return cleanup
+
+    async def launched(self, sup: "Supervisor", pid: int) -> None:
+        pot = self._booting.pop(sup.name, None)
+        if pot is None:
+            return
+        pot.state.boot, pot.state.pid, pot.state.pid_start = sup.boot, pid, sup.pid_start
+        self.guests[sup.name] = pot
+        pot.save()
+        if pot.tty_sock is not None:
+            pot.start_tty(
+                pot.tty_sock, self.ctx.logs(sup.name, "tty", sup.boot, False), TtyLogIngest()
+            )
+        if pot.disguise is not None:
+            pot.watch_ack(pot.disguise.generation, pot.disguise.profile)
+
+    async def exited(self, sup: "Supervisor") -> None:
+        pot = self.guests.pop(sup.name, None) or self._booting.pop(sup.name, None)
+        if pot is None:
+            return
+        await pot.finish("kernel ended")
+        ch.remove_state(pot.dir)
+
+    # ---- the daemon comes and goes -------------------------------------------------------------
+    async def start(self) -> None:
+        for sup in list(self.daemon.sups.values()):
+            try:
+                await self._reattach(sup)
+            except Exception:
+                log.exception("%s: re-attaching its honeypot channels", sup.name)
+
+    async def _reattach(self, sup: "Supervisor") -> None:
+        mdir = self.daemon.layout.machine(sup.name)
+        try:
+            state = ch.read_state(mdir)
+        except ValueError as e:
+            self.ctx.event(sup.name, "honeypot-reattach-failed", error=str(e))
+            ch.remove_state(mdir)
+            return
+        live = sup.machine.state in m.LIVE and sup.machine.pid is not None
+        if state is None:
+            if live and wants_honeypot(sup.spec):
+                self.ctx.event(
+                    sup.name,
+                    "honeypot-reattach-failed",
+                    error="no honeypot.json: the previous daemon died before it wrote it; this "
+                    "boot's tty log and disguise channel are not reachable any more",
+                )
+            return
+        same = (
+            live
+            and state.pid == sup.machine.pid
+            and state.boot == sup.boot
+            and kernel_alive(state.pid, state.pid_start)
+        )
+        if not same:
+            # The guest ended while no daemon ran: what its kernel sent after the last stored
+            # record died with its sockets. The session-log writer closes the file itself.
+            if state.ttylog is not None:
+                last = await asyncio.get_running_loop().run_in_executor(
+                    None, last_stored_seq, self.daemon.layout, sup.name, state.boot
+                )
+                self.ctx.event(
+                    sup.name,
+                    "ttylog-unread",
+                    boot=state.boot,
+                    last_seq=last,
+                    reason="the guest ended while no daemon ran: records its kernel wrote "
+                    f"after record {last} were never read",
+                )
+            ch.remove_state(mdir)
+            return
+        pot = PotGuest(sup, state)
+        if state.disguise is not None:
+            await self._reattach_disguise(pot, state.disguise)
+        if state.ttylog is not None:
+            await self._reattach_tty(pot, state.ttylog)
+        self.guests[sup.name] = pot
+        pot.save()
+
+    async def _reattach_tty(self, pot: PotGuest, cs: ch.ChannelState) -> None:
+        sup = pot.sup
+        last = await asyncio.get_running_loop().run_in_executor(
+            None, last_stored_seq, self.daemon.layout, sup.name, pot.state.boot
+        )
+        try:
+            sock = ch.take_fd(pot.state.pid, cs.spare_fd, cs.inode)
+        except (WardenError, OSError) as e:
+            pot.tty_status = "closed"
+            pot.tty_problem = f"could not take the tty log back from the kernel: {e}"
+            self.ctx.event(sup.name, "ttylog-reattach-failed", error=pot.tty_problem)
+            return
+        logf = self.ctx.logs(sup.name, "tty", pot.state.boot, True)
+        pot.start_tty(sock, logf, TtyLogIngest(last_seq=last, header_seen=True))
+        pot.note("ttylog-reattached", False, last_stored_seq=last)
+        pot.spawn(pot.poll(), "ttylog poll at re-attach")
+
+    async def _reattach_disguise(self, pot: PotGuest, cs: ch.ChannelState) -> None:
+        sup = pot.sup
+        ref = profile_ref(sup.spec, self.ctx.fleet)
+        try:
+            profile: Profile = load_profile(ref) if ref else NO_DISGUISE
+            sock = ch.take_fd(pot.state.pid, cs.spare_fd, cs.inode)
+        except (WardenError, OSError) as e:
+            self.ctx.event(
+                sup.name,
+                "disguise-reattach-failed",
+                error=f"{e}; the kernel keeps its last rule set and serves filters their fallback",
+            )
+            return
+        # What the kernel sent while no daemon ran: filter requests its readers stopped waiting
+        # for long ago (they got the fallback) and acks. Answering them would run filters for
+        # nobody.
+        stale = 0
+        while True:
+            try:
+                if not sock.recv(RECV_MAX):
+                    break
+                stale += 1
+            except BlockingIOError:
+                break
+        server = DisguiseServer(profile, sock, sup.name)
+        server.generation = pot.state.generation
+        pot.disguise = server
+        await server.start()
+        pot.state.profile = ref
+        self.ctx.event(
+            sup.name,
+            "disguise-reattached",
+            boot=pot.state.boot,
+            profile=profile.name,
+            generation=server.generation,
+            stale_messages=stale,
+        )
+        pot.watch_ack(server.generation, profile)
+
+    async def stop(self) -> None:
+        for name, pot in list(self.guests.items()):
+            with contextlib.suppress(Exception):
+                await pot.detach()
+            del self.guests[name]
+
+    # ---- the API -----------------------------------------------------------------------------
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name is not None:
+            if name not in self.daemon.sups:
+                raise NotFound(f"no machine named {name!r} (warden ls lists them)")
+            pot = self.guests.get(name)
+            if pot is None:
+                raise NotFound(
+                    f"{name} runs no honeypot channels (not running, or no tty_log/disguise)"
+                )
+            return [pot.status()]
+        return [p.status() for _, p in sorted(self.guests.items())]
