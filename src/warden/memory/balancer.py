@@ -74,6 +74,7 @@ class Balancer:
         self.host_usage: dict[str, int | None] = {}
         self.settle: dict[str, float] = {}  # name -> monotonic time its baseline is due
         self.silent: dict[str, asyncio.Task[None] | None] = {}  # guests that stopped answering
+        self.acting: dict[str, asyncio.Task[int]] = {}  # unplugs in flight, by guest
         self.plan: Plan | None = None
         self.host_available: int | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
@@ -122,8 +123,12 @@ class Balancer:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
-        for task in list(self.silent.values()):
-            await cancel(task)
+        if self.acting:  # let steps in flight end: the ledger then knows what they did
+            await asyncio.wait(list(self.acting.values()), timeout=10)
+        for acting in list(self.acting.values()):
+            await cancel(acting)
+        for probe in list(self.silent.values()):
+            await cancel(probe)
         self.silent.clear()
         self._save()
         if self.log is not None:
@@ -179,12 +184,14 @@ class Balancer:
     async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
         name, size = sup.name, sup.spec.memory
         self.ledger.release(name)  # any earlier boot of it is over
-        self._admit(sup)  # again: restarts by the restart policy come this way only
         async with self._boot_lock:
+            # Again, in turn with the other boots (starts checked at once may all have passed
+            # before any of them booted; restarts by the restart policy come this way only).
+            self._admit(sup)
             self.ledger.holds[name] = size
             self._wake.set()
             try:
-                await self._wait_room(name, size)
+                await self._wait_room(sup, size)
                 self.ledger.boot(name, size)
                 self._record("ev", g=name, what="boot", max=size // 1024)
             except BaseException:
@@ -194,9 +201,12 @@ class Balancer:
         self._dirty = True
         self._save()
 
-    async def _wait_room(self, name: str, size: int) -> None:
+    async def _wait_room(self, sup: "Supervisor", size: int) -> None:
+        name = sup.name
         deadline = time.monotonic() + ROOM_TIMEOUT
         while self.ledger.free(include_holds=False) < size:
+            if sup.machine.state is not m.State.STARTING:
+                raise Conflict(f"{name}: the start was cancelled while it waited for memory")
             booting = [n for n, e in self.ledger.entries.items() if e.booting or n in self.settle]
             spare = self._spare(exclude=name)
             free = self.ledger.free(include_holds=False)
@@ -340,6 +350,8 @@ class Balancer:
 
     async def _observe(self, name: str, sup: "Supervisor", full: bool) -> None:
         e = self.ledger.entries[name]
+        if name in self.acting:
+            return  # its unplug reads it before every step
         if name in self.silent:
             # It stopped answering: probe it aside, so that one hung guest does not slow
             # every tick (and so everyone else's reaction) by its timeouts.
@@ -391,7 +403,9 @@ class Balancer:
         sup = self.daemon.sups.get(name)
         floor = sup.spec.memory_min if sup is not None else 0
         weight = sup.spec.memory_weight if sup is not None else 100
-        observable = name in running and name not in self.settle and e.certain
+        observable = (
+            name in running and name not in self.settle and name not in self.acting and e.certain
+        )
         return GuestInput(
             name=name,
             max=e.max,
@@ -407,36 +421,39 @@ class Balancer:
         )
 
     async def _execute(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:
-        """Give first what the budget already has room for, then take, then give the rest:
-        sum(plugged) never passes the budget (the ledger refuses a plug that would)."""
-        plugs = [a for a in plan.actions if isinstance(a, Plug) and a.guest in running]
-        unplugs = [a for a in plan.actions if isinstance(a, Unplug) and a.guest in running]
-        pending: list[Plug] = []
-        for p in plugs:
-            given = await self._plug(p, running[p.guest])
-            if given < p.amount:
-                pending.append(Plug(p.guest, p.amount - given, p.why, p.urgent))
-        if unplugs:
-            # Different guests are different host processes: take from them in parallel.
-            await asyncio.gather(*(self._unplug(u, running[u.guest]) for u in unplugs))
-        for p in pending:
-            await self._plug(p, running[p.guest])
+        """Give what the budget has room for now (plugs take milliseconds); start taking in
+        the background, one task per guest, in parallel (different guests are different host
+        processes), so that steps slowed by a loaded host never hold up the next tick's plugs
+        for others. A guest with an unplug in flight is left out of the plans until it ends
+        (its entry counts at its high end meanwhile), and each end wakes the loop, so a plug
+        that had to wait for that memory comes right after: sum(plugged) never passes the
+        budget (the ledger refuses a plug that would)."""
+        for p in plan.actions:
+            if isinstance(p, Plug) and p.guest in running and p.guest not in self.acting:
+                await self.act.plug(p.guest, running[p.guest].request, p.amount, p.why, p.urgent)
+        for u in plan.actions:
+            if isinstance(u, Unplug) and u.guest in running and u.guest not in self.acting:
+                self.acting[u.guest] = spawn(
+                    self._unplug(u, running[u.guest]), f"memory-unplug:{u.guest}"
+                )
         self._dirty = True
 
-    async def _plug(self, p: Plug, sup: "Supervisor") -> int:
-        return await self.act.plug(p.guest, sup.request, p.amount, p.why, p.urgent)
-
     async def _unplug(self, u: Unplug, sup: "Supervisor") -> int:
-        return await self.act.unplug(
-            u.guest,
-            sup.request,
-            u.amount,
-            self.cfg,
-            sup.spec.memory_min,
-            self.marks.get(u.guest),
-            u.why,
-            expect_used=u.used,
-        )
+        try:
+            return await self.act.unplug(
+                u.guest,
+                sup.request,
+                u.amount,
+                self.cfg,
+                sup.spec.memory_min,
+                self.marks.get(u.guest),
+                u.why,
+                expect_used=u.used,
+            )
+        finally:
+            self.acting.pop(u.guest, None)
+            self._dirty = True
+            self._wake.set()
 
     # ---- records --------------------------------------------------------------------------
     def _record(self, kind: str, **fields: Any) -> None:
