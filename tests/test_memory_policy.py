@@ -321,6 +321,24 @@ def test_a_guest_in_a_burst_is_not_cut_first() -> None:
     assert burst.plugged - burst.used >= 20 * MIB
 
 
+@pytest.mark.parametrize(
+    "counter, signal",
+    [("allocstall_normal", "stall"), ("pgscan_direct", "dscan"), ("pswpout", "swap")],
+)
+def test_vmstat_deltas_are_pressure(counter: str, signal: str) -> None:
+    g = SimGuest("a")
+    w = World([g], budget=1 << 30)
+    settle(w, 3)
+    before = g.plugged
+    vm = g.vmstat()
+    inp = g.input(True)
+    memo = w.memos["a"]
+    bumped = Vmstat(**{**vm.__dict__, counter: getattr(vm, counter) + 5})
+    a, _ = P.assess(P.GuestInput(**{**inp.__dict__, "vm": bumped}), memo, w.cfg, w.t + 1)
+    assert signal in a.signals and a.level == "pressure"
+    assert a.target >= before + 24 * MIB  # loosen by at least the buffer
+
+
 def test_refaults_stop_the_squeeze() -> None:
     g = SimGuest("a", cache=150 * MIB)
     w = World([g], budget=1 << 30)

@@ -23,8 +23,9 @@ Per guest, in bytes of its boot size (`memory`, the most it can have):
 Pressure signals, from /proc/vmstat deltas and MemAvailable:
     emergency  an OOM kill, or MemAvailable below the safety margin: target = memory
                (give everything back at once: Senpai loosens up to 100%)
-    pressure   direct reclaim (allocstall, pgscan_direct), refaults of evicted cache, or
-               MemAvailable below half the buffer: target >= plugged + max(buffer, 25%)
+    pressure   direct reclaim (allocstall, pgscan_direct), refaults of evicted cache, swap
+               traffic, or MemAvailable below half the buffer: target >= plugged +
+               max(buffer, 25%)
     calm       target = want; a reduction takes all free memory above the buffer at once
                (free pages serve nobody) but page cache only 1% of plugged per interval,
                and only once the guest has been calm (not short, not growing faster than
@@ -34,8 +35,8 @@ Contention: when the targets (plus budget promised to booting guests) do not fit
 memory is taken back 4 MiB at a time from the guest with the fewest shares per MiB, idle
 memory taxed as in VMware ESX (Waldspurger, OSDI'02): rho = weight / (grant x (f + k(1-f))),
 f the active fraction of the grant, k = 1/(1 - 0.75). Nobody goes below `must`, and a guest
-that is short or growing keeps what it asks for (`want`): a guest in the middle of a burst
-looks idle (lots of memory just plugged, not yet used) and would otherwise be cut first.
+that is short or growing keeps what it needs now (used + buffer + lookahead): a guest in the
+middle of a burst looks idle (memory just plugged, not used yet) and would be cut first.
 
 Watch ticks (every `watch` seconds, meminfo only) only give memory back (and take from
 others to fund that); reductions for their own sake happen on full ticks (every `interval`),
@@ -43,7 +44,6 @@ when the vmstat signals are fresh.
 """
 
 import heapq
-import math
 from dataclasses import dataclass, field, replace
 
 from warden.memory.ledger import pages
@@ -233,6 +233,8 @@ def _signals(
             out.append("dscan")
         if (d.refaults - p.refaults) * PAGE >= cfg.refault_pressure:
             out.append("refault")
+        if d.pswpout > p.pswpout or d.pswpin > p.pswpin:
+            out.append("swap")  # a guest with a swap device pages: it is short
         dt = max(1e-3, now - (memo.vm_t or now))
         if (d.pgmajfault - p.pgmajfault) / dt > 100:
             out.append("majflt")
@@ -283,7 +285,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     want = overhead + peak + buffer + lookahead + keep
     if "oom" in signals or "oom-risk" in signals:
         level, want, reason = "emergency", g.max, "out of memory: give it all back"
-    elif {"stall", "dscan", "refault", "low"} & set(signals):
+    elif {"stall", "dscan", "refault", "swap", "low"} & set(signals):
         level = "pressure"
         want = max(want, g.plugged + max(buffer, int(cfg.loosen_frac * g.plugged)))
         reason = "pressure (" + ",".join(signals) + "): loosen"
@@ -524,7 +526,3 @@ def set_refusal(
                 f"{format_size(grow)} more and the memory budget has only {why}"
             )
     return None
-
-
-def ceil_mib(n: int) -> int:
-    return math.ceil(n / MIB) * MIB
