@@ -18,16 +18,54 @@ class Check:
     detail: str
 
 
-def _xstate_note() -> str:
-    flags = ""
+def _cpu_flags() -> set[str]:
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("flags"):
-                flags = line
-                break
-    if "amx_tile" in flags.split():
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _xstate_note(flags: set[str]) -> str:
+    if "amx_tile" in flags:
         return "AMX present: the stock kernel needs warden's xstate shim (loaded automatically)"
     return "no AMX: the xstate shim is loaded but not needed"
+
+
+def _cpu_checks() -> list[Check]:
+    flags = _cpu_flags()
+    out = [
+        Check(
+            "avx-512",
+            True,
+            "present: Debian's UML 6.1 loses AVX-512 registers across guest signals; warden's "
+            "images keep glibc and OpenSSL off AVX-512 on the stock kernel, warden-built "
+            "kernels save the whole state (docs/architecture.md, 'The xstate shim')"
+            if "avx512f" in flags
+            else "absent: nothing to work around",
+        ),
+        Check(
+            "cpuid faulting",
+            True,
+            "present: the honeypot kernel can hide the hypervisor from guests' CPUID"
+            if "cpuid_fault" in flags
+            else "absent: guests' CPUID shows the host CPU (and any hypervisor it runs under)",
+        ),
+    ]
+    return out
+
+
+def _net_checks() -> list[Check]:
+    bridge_nf = os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    return [
+        Check(
+            "br_netfilter",
+            True,
+            "loaded: guest-to-guest traffic on a bridge passes the egress rules"
+            if bridge_nf
+            else "not loaded yet: warden loads it when it builds a network (modprobe br_netfilter)",
+        )
+    ]
 
 
 def checks(layout: Layout) -> list[Check]:
@@ -39,7 +77,7 @@ def checks(layout: Layout) -> list[Check]:
         out.append(Check("kernel", False, str(e)))
     try:
         shim = kernel.xstate_shim(layout)
-        out.append(Check("xstate shim", True, f"{shim}; {_xstate_note()}"))
+        out.append(Check("xstate shim", True, f"{shim}; {_xstate_note(_cpu_flags())}"))
     except WardenError as e:
         out.append(Check("xstate shim", False, str(e)))
     try:
@@ -48,13 +86,17 @@ def checks(layout: Layout) -> list[Check]:
         out.append(Check("cgroups", kill_ok, h.describe()))
     except WardenError as e:
         out.append(Check("cgroups", False, str(e)))
+    out += _cpu_checks()
     for tool, pkg in (
         ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
         ("busybox", "busybox-static"),
         ("debootstrap", "debootstrap"),
         ("nft", "nftables"),
         ("dnsmasq", "dnsmasq-base"),
+        ("tcpdump", "tcpdump"),
         ("ssh", "openssh-client"),
+        ("gcc", "gcc"),
     ):
         path = shutil.which(tool) or (f"/bin/{tool}" if os.path.exists(f"/bin/{tool}") else None)
         out.append(Check(tool, path is not None, path or f"missing: apt-get install {pkg}"))
@@ -66,6 +108,18 @@ def checks(layout: Layout) -> list[Check]:
             f"{shm.f_bavail * shm.f_frsize >> 20} MiB free" if shm else "missing",
         )
     )
+    out += _net_checks()
+    try:
+        from warden.images.store import ImageStore
+
+        names = [i.name for i in ImageStore(layout).ls()]
+        out.append(
+            Check("images", True, ", ".join(names) or "none built: warden image build minimal")
+        )
+    except Exception as e:  # doctor reports; it never fails on a check's own error
+        out.append(Check("images", False, str(e)))
+    built = sorted(p.name for p in layout.kernels.glob("*") if (p / "linux").exists())
+    out.append(Check("kernels", True, ", ".join(["stock", *built])))
     return out
 
 
