@@ -25,14 +25,68 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Which module registers each top-level command, so that `warden ls` imports the machines
+# module only (the CLI starts in ~0.1 s instead of loading every feature's libraries).
+# tests/test_cli.py checks this table against what the modules really register.
+COMMANDS = {
+    **dict.fromkeys(
+        (
+            "up",
+            "daemon",
+            "apply",
+            "ls",
+            "create",
+            "start",
+            "stop",
+            "kill",
+            "reset",
+            "destroy",
+            "pause",
+            "resume",
+            "console",
+            "mconsole",
+            "events",
+            "status",
+            "doctor",
+        ),
+        "warden.cli.machines",
+    ),
+    "image": "warden.cli.images",
+    "disk": "warden.cli.disk",
+    "kernel": "warden.cli.kernel",
+    "jail": "warden.cli.jail",
+    "logs": "warden.cli.logs",
+    "replay": "warden.cli.logs",
+    "mem": "warden.cli.mem",
+    "top": "warden.cli.mem",
+    "net": "warden.cli.net",
+}
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The first word of argv that is not an option (or --home's value)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--home":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warden",
         description="Fleets of User Mode Linux guests for server consolidation and honeypots.",
     )
     parser.add_argument("--home", help="state directory (default: $WARDEN_HOME or /var/lib/warden)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = COMMANDS.get(_command_word(sys.argv[1:] if argv is None else argv) or "")
     for name in COMMAND_MODULES:
+        if wanted is not None and name != wanted:
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -44,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.home:
         import os
