@@ -36,7 +36,7 @@ from warden.progress import Progress
 from warden.units import format_size
 
 SUITE = "bookworm"
-BUILDER_VERSION = "1"  # bump when build() changes what ends up in the image
+BUILDER_VERSION = "2"  # bump when build() changes what ends up in the image
 DEFAULT_SIZE = 2 << 30
 MIN_SIZE = 512 << 20  # the tree is about 210 MB; leave guests room to work
 NAME = "debian"

@@ -20,7 +20,7 @@ from warden.progress import Progress
 from warden.units import format_size
 
 BUSYBOX = Path("/bin/busybox")
-BUILDER_VERSION = "3"  # bump when the tree layout or the mkfs options below change
+BUILDER_VERSION = "4"  # bump when the tree layout or the mkfs options below change
 # Initialise inode tables and journal now: with lazy init the guest's kernel zeroes them in the
 # background after its first mount, writing ~16 MiB into every guest's COW file.
 MKFS_OPTIONS = ["-E", "lazy_itable_init=0,lazy_journal_init=0"]
@@ -46,7 +46,9 @@ RUN_LINKS = {
 STATIC_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
     "etc/group": "root:x:0:\ntty:x:5:\n",
-    "etc/profile": 'export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nexport PS1="\\h:\\w# "\n',
+    # fpu.env: written by init when the guest must stay off AVX-512 (see init)
+    "etc/profile": 'export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nexport PS1="\\h:\\w# "\n'
+    "[ -r /run/warden/fpu.env ] && . /run/warden/fpu.env\n",
     "etc/issue": "\\n login on \\l\n\n",
     "etc/fstab": "",
 }

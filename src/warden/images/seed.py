@@ -21,6 +21,9 @@ class Seed:
     network: dict[str, str] = field(default_factory=dict)  # WARDEN_IP, WARDEN_GATEWAY, ...
     admin_hash: str = ""  # WARDEN_ADMIN_HASH: crypt(3) hash for the user admin ("": none)
     ssh_keys: tuple[str, ...] = ()  # WARDEN_SSH_KEYS: authorized keys of root and admin
+    # WARDEN_FPU_SAFE=1: the guest's kernel loses AVX-512 state across signals; its image then
+    # keeps glibc and OpenSSL off AVX-512 (warden.uml.xstate decides)
+    fpu_safe: bool = False
 
 
 def _check(seed: Seed) -> None:
@@ -68,6 +71,8 @@ def _write(path: Path, seed: Seed) -> None:
             values["WARDEN_ADMIN_HASH"] = seed.admin_hash
         if seed.ssh_keys:
             values["WARDEN_SSH_KEYS"] = "\n".join(k.strip() for k in seed.ssh_keys)
+        if seed.fpu_safe:
+            values["WARDEN_FPU_SAFE"] = "1"
         (root / "seed.env").write_text(_env(values))
         if seed.network:
             (root / "network.env").write_text(_env(seed.network))

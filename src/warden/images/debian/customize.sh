@@ -33,6 +33,7 @@ ln -sfn /lib/systemd/system/poweroff.target /etc/systemd/system/ctrl-alt-del.tar
 # Files whose content depends on the guest: links into /run/warden, written at every boot.
 ln -sfn /run/warden/hostname /etc/hostname
 ln -sfn /run/warden/resolv.conf /etc/resolv.conf
+ln -sfn /run/warden/environment /etc/environment
 
 # Nothing machine-specific in the shared image: debootstrap copied the build host's hostname
 # and resolv.conf (replaced above) and the packages made a machine-id and SSH host keys.

@@ -16,6 +16,7 @@ WARDEN_LINES=tty0
 WARDEN_ROOT_HASH=
 WARDEN_ADMIN_HASH=
 WARDEN_SSH_KEYS=
+WARDEN_FPU_SAFE=
 mnt=$RUN/seed.mnt
 if [ -b /dev/ubdb ]; then
     mkdir -p "$mnt"
@@ -48,6 +49,20 @@ set_hash() {
 }
 set_hash root "${WARDEN_ROOT_HASH:-*}"
 set_hash admin "${WARDEN_ADMIN_HASH:-*}"
+
+# A kernel that loses AVX-512 register state across signals (Debian's UML 6.1 on an AVX-512
+# host; warden's own kernels keep it, docs/architecture.md "The xstate shim"): glibc and
+# OpenSSL must not pick their AVX-512 code. systemd passes its environment to every unit it
+# starts from now on; /etc/environment (a link to $RUN/environment, read by pam_env) gives it
+# to logins (console, ssh, su), which start from a clean environment. The values are the
+# minimal image's (its /sbin/init says why these).
+: > "$RUN/environment"
+if [ "$WARDEN_FPU_SAFE" = 1 ]; then
+    set -- "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512ER,-AVX512PF,-AVX512VL" \
+        "OPENSSL_ia32cap=:~0x5842dc230000"
+    printf '%s\n' "$@" > "$RUN/environment"
+    systemctl set-environment "$@" || say "cannot set the manager's environment"
+fi
 
 # Logins: without a root password, root is logged in at once on every wired line.
 # /usr/lib/warden/getty reads $RUN/autologin.
@@ -104,4 +119,4 @@ for dns in $WARDEN_DNS; do
     echo "nameserver $dns" >> "$RUN/resolv.conf"
 done
 
-say "hostname $WARDEN_HOSTNAME, lines $WARDEN_LINES, eth0 ${WARDEN_IP:-dhcp}"
+say "hostname $WARDEN_HOSTNAME, lines $WARDEN_LINES, eth0 ${WARDEN_IP:-dhcp}${WARDEN_FPU_SAFE:+, no AVX-512}"
