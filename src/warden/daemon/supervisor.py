@@ -31,7 +31,7 @@ from warden.images import seed as seedmod
 from warden.spec.fleet import Machine as Spec
 from warden.store import MachineRow
 from warden.tasks import spawn
-from warden.uml import cmdline, cow, kernel, mconsole
+from warden.uml import cmdline, cow, kernel, mconsole, xstate
 
 log = logging.getLogger("warden.supervisor")
 
@@ -267,6 +267,7 @@ class Supervisor:
             network=extras.network,
             admin_hash=self.spec.admin_password_hash,
             ssh_keys=self.spec.ssh_keys,
+            fpu_safe=self.kernel_path is not None and xstate.guest_needs_fpu_safe(self.kernel_path),
         )
 
     async def _launch(self) -> None:
