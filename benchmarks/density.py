@@ -3,7 +3,7 @@ no guest OOM kill or panic, <= 5% median job slowdown, and the budget never exce
 
 Setup (env to change): a memory budget of DENSITY_BUDGET MiB (1024; set through [host]
 memory_reserve = MemTotal - budget, the default-budget path, so that a fleet of more floors
-than the budget can be written and admission decides at start time). DENSITY_N guests (8)
+than the budget can be written and admission decides at start time). DENSITY_N guests (10)
 of 256M each, the peak any of them needs. Each guest alternates idle and a job: fill 128 MiB
 of tmpfs in 4 MiB chunks, each chunk checksummed (some work per byte; the fill rate is
 reported), re-read it all twice (md5sum), delete it. Jobs run in the foreground of the
@@ -52,7 +52,7 @@ from warden.tasks import spawn
 
 MIB = 1 << 20
 BUDGET = int(os.environ.get("DENSITY_BUDGET", "1024")) * MIB
-N = int(os.environ.get("DENSITY_N", "8"))
+N = int(os.environ.get("DENSITY_N", "10"))
 MEM = 256 * MIB
 JOB_MIB = 128
 CONCURRENT = int(os.environ.get("DENSITY_CONCURRENT", "2"))
