@@ -160,12 +160,14 @@ def test_the_key_follows_every_input(tiny_source: Path) -> None:
 def test_the_repository_series_and_fragment() -> None:
     patches = source.read_series(REPO_KERNEL)
     assert [p.name for p in patches] == [
+        "0000-xstate-signal-frames.patch",
         "0001-tty-log.patch",
         "0002-proc-disguise.patch",
         "0003-cpuid-emulation.patch",
     ]
     files = {f for p in patches for f in p.files()}
     assert {"arch/um/kernel/tty_log.c", "drivers/tty/tty_io.c", "fs/proc/disguise.c"} <= files
+    assert "arch/x86/um/signal.c" in files
     fragment = source.read_fragment(REPO_KERNEL / "honeypot.config")
     assert ConfigLine("CONFIG_UML_TTY_LOG", "y") in fragment
     assert ConfigLine("CONFIG_HOSTFS", "n") in fragment
