@@ -1,6 +1,7 @@
 """Issue 6 with real guests: the balancer squeezes idle guests, follows jobs, survives a guest
 allocating hard, refuses what does not fit, and keeps its accounting true after failures."""
 
+import contextlib
 import json
 import re
 import time
@@ -11,6 +12,8 @@ import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
 from tests.support.daemon import DaemonProc
+from warden.api.client import ApiClient
+from warden.errors import WardenError
 from warden.memory.ledger import estimate_plugged
 from warden.memory.procfs import parse_meminfo, parse_vmstat
 
@@ -356,3 +359,24 @@ def test_ledger_survives_a_daemon_restart(daemon: DaemonProc) -> None:
         e.get("what") == "reattach" and e.get("g") == "k2" and not e["trusted"] for e in recent
     )
     assert any(e.get("what") == "reconcile" and e.get("g") == "k2" for e in recent)
+
+
+def test_a_start_right_after_a_panic_is_not_killed_by_it(daemon: DaemonProc) -> None:
+    """Seen while benchmarking the balancer: a guest restarted within 3 s of a panic was
+    killed by the panic's grace timer (meant for kernels that spin after a panic)."""
+    daemon.apply(fleet("1G", machine_toml("p1", memory="128M")))
+    wait_for("p1 running", lambda: daemon.ls()["p1"]["state"] == "running")
+    t0 = time.monotonic()
+    # Crash the kernel (a panic), and start it again as soon as the daemon says it crashed.
+    api = ApiClient(daemon.layout)
+    with contextlib.suppress(WardenError):  # the kernel dies before it answers
+        api.post("/machines/p1/mconsole", {"command": "sysrq c", "timeout": 0.5})
+    while api.get("/machines/p1")["state"] != "crashed":
+        assert time.monotonic() - t0 < 30
+        time.sleep(0.02)
+    assert api.get("/machines/p1")["last_exit"]["reason"] == "panic"
+    api.post("/machines/p1/start", {"wait": False})
+    assert time.monotonic() - t0 < 2.5, "too slow to fall inside the grace period"
+    time.sleep(6)  # past the 3 s grace of the panic before, and the new boot is up
+    info = daemon.ls()["p1"]
+    assert info["state"] == "running", info["last_exit"]

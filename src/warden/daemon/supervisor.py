@@ -435,12 +435,15 @@ class Supervisor:
                 self.post(m.Panic(note.text))
                 # The kernel is dead either way; with the shim it exits by itself at once,
                 # without it (a static kernel) it may spin: do not wait long for it.
-                asyncio.get_running_loop().call_later(PANIC_GRACE, self._kill_after_panic)
+                asyncio.get_running_loop().call_later(
+                    PANIC_GRACE, self._kill_after_panic, self.boot
+                )
             else:
                 self.ctx.event(self.name, "guest-notify", type=note.type.name, text=note.text)
 
-    def _kill_after_panic(self) -> None:
-        if self.machine.pid is not None and self.machine.state in m.LIVE:
+    def _kill_after_panic(self, boot: int) -> None:
+        # Only the boot that panicked: a start right after the panic is a new boot.
+        if boot == self.boot and self.machine.pid is not None and self.machine.state in m.LIVE:
             self._kill_group()
 
     def _watch_reboot(self, data: bytes) -> None:
