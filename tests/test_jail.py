@@ -102,6 +102,8 @@ def test_audit_of_a_booted_guest(daemon: DaemonProc) -> None:
     s = r["summary"]
     assert s["capabilities"] == 0
     assert s["no_new_privs"] is True
+    assert s["seccomp"] == ["filter"]
+    assert all(p["seccomp_filters"] == 1 for p in r["processes"])
     uid = r["uid"]
     assert 200000 <= uid < 200000 + 65536 and s["uids"] == [uid]
     assert all(p["gid"] == [uid] * 4 and p["groups"] == [] for p in r["processes"])
@@ -178,6 +180,9 @@ def test_a_guest_using_all_its_memory_fits_its_limit(daemon: DaemonProc) -> None
         "dd if=/dev/zero of=/root/big bs=1M count=48 2>&1 | tail -1; sync",
         timeout=60,
     )
+    # Discard goes to the host as fallocate(PUNCH_HOLE), which the seccomp filter allows.
+    trimmed = run_on(daemon, "full", "rm /root/big; sync; fstrim -v /", timeout=30)
+    assert "bytes trimmed" in trimmed, trimmed
     limit, peak, oom_kills = _memory_files(daemon, "full")
     assert oom_kills == 0 and peak <= limit
     assert peak > fill << 20  # the fill really landed in host memory charged to the guest

@@ -262,14 +262,15 @@ def drop_privileges(uid: int, gid: int, last_cap: int) -> None:
     ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
 
 
+class _SockFprog(ctypes.Structure):
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; } (linux/filter.h)
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
 def load_seccomp(program_hex: str) -> None:
+    """Install a compiled filter (warden.host.seccomp) on this process; needs no_new_privs."""
     prog = bytes.fromhex(program_hex)
-    n = len(prog) // 8
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-    fprog = SockFprog(n, prog)
+    fprog = _SockFprog(len(prog) // 8, prog)
     ns.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
 
 

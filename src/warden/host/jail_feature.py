@@ -31,7 +31,7 @@ from warden.daemon.context import BootExtras
 from warden.disk import create as disk_create
 from warden.disk.backing import kernel_path
 from warden.errors import MconsoleError, WardenError
-from warden.host import cgroup, jail, uids
+from warden.host import cgroup, jail, seccomp, uids
 from warden.spec.fleet import Fleet
 from warden.tasks import spawn
 from warden.uml import kernel, mconsole
@@ -59,6 +59,9 @@ SEED_WAIT = 120.0
 POLL = 0.2
 HELPER_TIMEOUT = 30.0
 JAIL_TMPDIR = "/tmp"
+
+
+_SECCOMP = seccomp.compile_filter().hex()
 
 
 class JailError(WardenError):
@@ -239,6 +242,7 @@ class JailHook:
             cwd=str(files.ctl),
             tmpdir=JAIL_TMPDIR,
             cpuinfo=_cpuinfo(),
+            seccomp=_SECCOMP,
         )
 
     async def after_launch(self, sup: "Supervisor", pid: int) -> None:
