@@ -1,6 +1,7 @@
 """Claim: from a guest's demand jump to its memory plugged takes at most 1 s (issue 6).
 
-One 512M guest, idle and squeezed by the balancer (to ~60 MiB), suddenly writes 200 MiB to
+One 512M guest, idle and squeezed by the balancer (to 60-140 MiB: after a first burst it
+keeps a larger buffer for a while), suddenly writes 200 MiB to
 tmpfs (`dd`, a few hundred MB/s inside UML). Latency: from the moment the guest starts the
 write (its /proc/uptime, mapped to host time through an mconsole read) until the balancer's
 plugs since then add up to the jump (the act records in its log carry the time each plug
@@ -68,13 +69,18 @@ def guest(d: DaemonProc) -> dict[str, Any]:
     return {}
 
 
-def wait_squeezed(d: DaemonProc, timeout: float = 90) -> None:
+def wait_squeezed(d: DaemonProc, timeout: float = 120) -> None:
+    """Until the balancer has taken the guest's idle memory and holds it steady (a guest
+    seen bursting keeps a larger buffer for a while: the level is not fixed)."""
     deadline = time.monotonic() + timeout
+    seen: list[int] = []
     while time.monotonic() < deadline:
         g = guest(d)
-        if g and not g["booting"] and g["certain"] and g["plugged"] < 100 * MIB:
-            return
-        time.sleep(0.5)
+        if g and not g["booting"] and g["certain"] and g["plugged"] < 256 * MIB:
+            seen.append(g["plugged"])
+            if len(seen) >= 3 and max(seen[-3:]) - min(seen[-3:]) <= 8 * MIB:
+                return
+        time.sleep(1)
     raise RuntimeError(f"r1 was not squeezed: {guest(d)}")
 
 

@@ -492,3 +492,19 @@ def test_rho_orders_idle_before_active(weight: int) -> None:
     k = 1 / (1 - 0.75)
     # Same weight and grant: the guest using a quarter of it costs less to take from.
     assert P._rho(weight, 400, 100, k) < P._rho(weight, 400, 380, k)
+
+
+def test_a_bursty_guest_keeps_a_larger_buffer_for_a_while() -> None:
+    cfg = P.Config(budget=1 << 30)
+    g = SimGuest("a", size=512 * MIB, plugged=512 * MIB)
+    a0, memo = P.assess(g.input(True), P.Memo(), cfg, 0.0)
+    g.used += 80 * MIB  # 800 MiB/s over one watch period
+    _, memo = P.assess(g.input(False), memo, cfg, 0.1)
+    assert memo.burst >= 790 * MIB
+    g.used -= 80 * MIB
+    a1, memo = P.assess(g.input(True), memo, cfg, 30.0)
+    # 0.3 s of 800 MiB/s, capped at a third of 512 MiB, stays in its buffer...
+    assert a1.want - a0.want >= 512 * MIB // 3 - 30 * MIB
+    a2, _ = P.assess(g.input(True), memo, cfg, 30.0 + 8 * cfg.burst_memory)
+    # ...and is forgotten over minutes.
+    assert a2.want - a0.want < 8 * MIB

@@ -57,6 +57,9 @@ ROOM_TIMEOUT = 60.0  # how long a boot waits for the budget to make room for it
 DRIFT_EVERY = 10  # full ticks between checks of the ledger against the guest's own counters
 DRIFT = 2 * SNAP
 SET_TIMEOUT = 15.0
+COLD_WATCH = 1  # a quiet guest is read every watch tick too...
+COLD_RATE = 300.0  # ...but quiet guests together at most this many times a second
+HOT_MOVE = 2 * MIB  # MemAvailable moving this much between reads makes a guest hot
 
 
 class Balancer:
@@ -75,6 +78,8 @@ class Balancer:
         self.settle: dict[str, float] = {}  # name -> monotonic time its baseline is due
         self.silent: dict[str, asyncio.Task[None] | None] = {}  # guests that stopped answering
         self.acting: dict[str, asyncio.Task[int]] = {}  # unplugs in flight, by guest
+        self.hot_until: dict[str, float] = {}  # read on every watch tick until then
+        self.last_read: dict[str, float] = {}
         self.plan: Plan | None = None
         self.host_available: int | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
@@ -280,6 +285,8 @@ class Balancer:
         self.marks.pop(name, None)
         self.host_usage.pop(name, None)
         self.settle.pop(name, None)
+        self.hot_until.pop(name, None)
+        self.last_read.pop(name, None)
         task = self.silent.pop(name, None)
         if task is not None:
             task.cancel()
@@ -315,16 +322,35 @@ class Balancer:
                 out[name] = sup
         return out
 
+    def _due(self, name: str, now: float, cold_period: float) -> bool:
+        """On a watch tick: read a hot guest (active in the last `hold` seconds: its memory
+        moved, it was short, or it was acted on) every time, a quiet one every
+        `cold_period`. A read costs the daemon ~0.35 ms of CPU (measured: 20 idle guests,
+        daemon at 1.0% of a core with full ticks only, 5.1% reading all every 0.1 s, 4.0%
+        with quiet ones every 0.3 s, which let a 200 MiB burst meet the OOM killer once in
+        five). Quiet guests are read every watch tick while they are fewer than 30, less
+        often beyond (COLD_RATE reads a second in all: ~10% of a core), so that a big idle
+        fleet costs a bounded share of the daemon."""
+        if now < self.hot_until.get(name, 0.0):
+            return True
+        return now - self.last_read.get(name, 0.0) >= cold_period - 1e-3
+
     async def tick(self, full: bool) -> Plan:
         running = self._running()
+        now = time.monotonic()
         if full:
             self.ticks += 1
-        await asyncio.gather(*(self._observe(n, s, full) for n, s in running.items()))
+            read = running
+        else:
+            quiet = sum(1 for n in running if now >= self.hot_until.get(n, 0.0))
+            cold = max(COLD_WATCH * self.cfg.watch, quiet / COLD_RATE)
+            read = {n: s for n, s in running.items() if self._due(n, now, cold)}
+        await asyncio.gather(*(self._observe(n, s, full) for n, s in read.items()))
         try:
             self.host_available = observe.host_meminfo().available
         except (OSError, ProcfsError):
             self.host_available = None
-        inputs = [self._input(n, running, full) for n in self.ledger.entries]
+        inputs = [self._input(n, read, full) for n in self.ledger.entries]
         plan = decide(
             inputs,
             self.memos,
@@ -335,6 +361,10 @@ class Balancer:
         )
         self.memos = dict(plan.memos)
         self.plan = plan
+        busy = {a.guest for a in plan.actions}
+        for n, a in plan.assessments.items():
+            if a.level not in ("calm", "pinned") or n in busy:
+                self.hot_until[n] = now + self.cfg.hold
         if plan.actions:
             await self._execute(plan, running)
         total = self.ledger.total()
@@ -370,7 +400,11 @@ class Balancer:
             self.silent[name] = None
             self._record("ev", g=name, what="silent")
             return
+        before = self.mem.get(name)
+        if before is None or abs(mem.available - before.available) >= HOT_MOVE:
+            self.hot_until[name] = time.monotonic() + self.cfg.hold
         self.mem[name] = mem
+        self.last_read[name] = time.monotonic()
         due = self.settle.get(name)
         if due is not None and time.monotonic() >= due and e.certain and e.hi == e.max:
             e.baseline = mem.unaccounted  # nothing unplugged yet: this is the guest's own

@@ -15,6 +15,9 @@ Per guest, in bytes of its boot size (`memory`, the most it can have):
               demand     the highest `used` of the last 10 s (a job that frees its memory
                          and allocates again at once is not squeezed in between)
               buffer     max(24 MiB, 20% of demand)          (Hyper-V: demand x 1.2)
+                         or, for a guest seen growing fast, 0.3 s of its fastest growth
+                         (remembered with a 2-minute half-life, at most 1/3 of memory):
+                         a tmpfs filled at ~1 GB/s empties a 24 MiB buffer in 25 ms
               lookahead  growth rate of used x 0.5 s         (plug ahead of a rising job)
               cache_keep page cache the guest showed it needs (refaults), else shrinking
                          by 1% of plugged per interval       (Senpai: tighten slowly)
@@ -66,6 +69,8 @@ class Config:
     loosen_frac: float = 0.25
     lookahead: float = 0.5
     hold: float = 10.0  # seconds a peak of `used` counts as demand after it passed
+    burst_horizon: float = 0.3  # seconds of its fastest growth a bursty guest keeps free
+    burst_memory: float = 120.0  # half-life (s) of what the policy remembers of a burst
     max_step: int = 128 * MIB  # largest single `config mem=-N` (the guest stalls meanwhile)
     idle_tax: float = 0.75
     chunk: int = 4 * MIB
@@ -102,6 +107,7 @@ class Memo:
     t: float | None = None
     used: int | None = None
     growth: float = 0.0  # bytes/s of `used`, fast up, slow down
+    burst: float = 0.0  # the fastest growth seen lately (bytes/s, halves every burst_memory)
     peak: int = 0  # highest `used` since peak_t
     peak_t: float | None = None
     stress_t: float | None = None  # last time it was short, or growing fast
@@ -261,12 +267,19 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         peak, peak_t = used, now
     else:
         peak, peak_t = memo.peak, memo.peak_t
-    buffer = buffer_of(peak, cfg)
-
     growth = memo.growth
+    burst = memo.burst
     if memo.t is not None and memo.used is not None and now > memo.t:
-        rate = max(0.0, (used - memo.used) / (now - memo.t))
-        growth = rate if rate > growth else 0.5 * growth + 0.5 * rate
+        # Per watch period at least: samples closer than that (an action wakes the loop at
+        # once) would turn one 4 MiB step into a gigabyte-a-second "burst".
+        rate = max(0.0, (used - memo.used) / max(now - memo.t, cfg.watch))
+        # Fast up; down by half every watch period (in time, not per sample).
+        dt = now - memo.t
+        growth = rate if rate > growth else rate + (growth - rate) * 0.5 ** (dt / cfg.watch)
+        burst = max(rate, burst * 0.5 ** ((now - memo.t) / cfg.burst_memory))
+    # A guest that has grown fast keeps room for its next burst: what it grows in the time
+    # the balancer needs to see and answer it (a third of its boot size at most).
+    buffer = max(buffer_of(peak, cfg), min(int(burst * cfg.burst_horizon), g.max // 3))
     signals = _signals(g, memo, used, buffer, safety, now, cfg)
 
     cache = mem.file_cache
@@ -318,6 +331,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         t=now,
         used=used,
         growth=growth,
+        burst=burst,
         peak=peak,
         peak_t=peak_t,
         stress_t=stress_t,
