@@ -185,3 +185,44 @@ def test_the_state_file_round_trip_and_damage(tmp_path: Path) -> None:
         ch.read_state(tmp_path)
     ch.remove_state(tmp_path)
     assert ch.read_state(tmp_path) is None
+
+
+def test_a_failed_launch_closes_every_host_end_it_had_made() -> None:
+    """The clean-up the BootHook registers, run as the supervisor runs it when the launcher
+    fails: both host ends closed, the started disguise server stopped (no task fails)."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from warden.honeypot.checks import NO_DISGUISE
+    from warden.honeypot.disguise_server import DisguiseServer
+    from warden.honeypot.service import HoneypotService
+
+    failures: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            failures.append(record)
+
+    handler = Catch(logging.ERROR)
+    logging.getLogger("warden").addHandler(handler)
+
+    async def scenario() -> tuple[ch.Channel, ch.Channel, DisguiseServer]:
+        svc = HoneypotService(daemon=None)  # type: ignore[arg-type]  # _abandon needs none
+        tty, dsg = ch.ttylog_channel(), ch.disguise_channel()
+        server = DisguiseServer(NO_DISGUISE, dsg.host, "pot")
+        await server.start()
+        pot = SimpleNamespace(name="pot", disguise=server)  # what _abandon reads of a PotGuest
+        cleanup = svc._abandon(pot, [tty, dsg])  # type: ignore[arg-type]
+        for fd in (*tty.kernel_fds(), *dsg.kernel_fds()):  # what the supervisor closes
+            os.close(fd)
+        cleanup()
+        await asyncio.sleep(0.1)  # the spawned stop() runs
+        return tty, dsg, server
+
+    try:
+        tty, dsg, server = asyncio.run(scenario())
+    finally:
+        logging.getLogger("warden").removeHandler(handler)
+    assert tty.host.fileno() == -1 and dsg.host.fileno() == -1
+    assert server.closed and failures == []

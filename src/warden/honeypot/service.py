@@ -108,7 +108,7 @@ class HoneypotService:
         state = ch.PotState(boot=0, pid=0, pid_start=None, profile=spec.disguise)
         pot = PotGuest(sup, state)
         made: list[ch.Channel] = []
-        extras.cleanup.append(self._abandon(sup.name, made))
+        extras.cleanup.append(self._abandon(pot, made))
         if spec.tty_log:
             tty = ch.ttylog_channel()
             made.append(tty)
@@ -127,16 +127,21 @@ class HoneypotService:
             await pot.disguise.start()  # the rule set waits for the kernel in the socket
         self._booting[sup.name] = pot
 
-    def _abandon(self, name: str, made: list[ch.Channel]) -> Callable[[], None]:
+    def _abandon(self, pot: PotGuest, made: list[ch.Channel]) -> Callable[[], None]:
         """For a launch that failed: close our ends (the supervisor closes the kernel's)."""
+        name = pot.name
 
         def cleanup() -> None:
-            pot = self._booting.pop(name, None)
-            if pot is not None and pot.disguise is not None:
-                tasks.spawn(pot.disguise.stop(), f"honeypot {name} abandon disguise")
+            if self._booting.get(name) is pot:
+                del self._booting[name]
+            server = pot.disguise
             for c in made:
-                with contextlib.suppress(OSError):
-                    c.close_host()
+                if server is not None and c.host is server.sock:
+                    # a started server reads its end: stop() removes the reader, then closes
+                    tasks.spawn(server.stop(), f"honeypot {name} abandon disguise")
+                else:
+                    with contextlib.suppress(OSError):
+                        c.close_host()
 
         return cleanup
 
