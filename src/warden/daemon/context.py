@@ -105,6 +105,7 @@ class Context:
     fleet: Fleet
     bus: EventBus = field(default_factory=EventBus)
     hooks: list[BootHook] = field(default_factory=list)
+    zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
     logs: LogFactory = null_logs
 
     def event(self, machine: str | None, kind: str, **detail: Any) -> None:

@@ -18,6 +18,7 @@ from warden.daemon.context import BootHook, Context
 from warden.daemon.supervisor import Supervisor
 from warden.errors import Conflict, NotFound, SpecError, WardenError
 from warden.host import cgroup, ns
+from warden.host.zygote import Zygote
 from warden.images.store import ImageStore
 from warden.paths import Layout
 from warden.spec import fleet as fleetmod
@@ -85,6 +86,8 @@ class Daemon:
             fleet=fleet,
             hooks=list(self.extra_hooks),
         )
+        self.c.zygote = Zygote()
+        self.c.zygote.start()
         self._install_features()
         for spec in fleet.machines:
             self._add(spec)
@@ -144,6 +147,8 @@ class Daemon:
                 await svc.stop()
         for sup in self.sups.values():
             sup.detach()
+        if self.ctx is not None and self.c.zygote is not None:
+            self.c.zygote.stop()
         if self.ctx is not None:
             self.c.event(None, "daemon-stopped", guests_left_running=not stop_guests)
             self.c.store.close()

@@ -362,9 +362,26 @@ class Supervisor:
                 os.close(log_fd)
 
     async def _run_launcher(self, plan: LaunchPlan, fds: list[int]) -> int:
-        """Start warden.host.launch, hand it the plan, return the kernel's pid."""
+        """Start warden.host.launch (forked by the zygote when it runs, else a fresh Python),
+        hand it the plan, return the kernel's pid."""
         loop = asyncio.get_running_loop()
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        zygote = self.ctx.zygote
+        if zygote is not None and zygote.alive():
+            try:
+                zygote.spawn(plan, fds, status_w)
+            except OSError as e:
+                log.warning("%s: the zygote failed (%s); starting a launcher", self.name, e)
+            else:
+                os.close(status_w)
+                try:
+                    status = await asyncio.wait_for(
+                        loop.run_in_executor(None, _read_all, status_r), LAUNCH_TIMEOUT
+                    )
+                finally:
+                    os.close(status_r)
+                return self._launched_pid(status, b"", None)
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "warden.host.launch", str(status_w)],
@@ -386,6 +403,9 @@ class Supervisor:
         finally:
             os.close(status_r)
         stderr = await loop.run_in_executor(None, _reap_launcher, proc)
+        return self._launched_pid(status, stderr, proc.returncode)
+
+    def _launched_pid(self, status: bytes, stderr: bytes, code: int | None) -> int:
         pid: int | None = None
         for text in status.decode(errors="replace").splitlines():
             msg = json.loads(text)
@@ -394,7 +414,7 @@ class Supervisor:
             pid = int(msg["pid"])
         if pid is None:
             tail = stderr.decode(errors="replace").strip()[-2000:]
-            raise WardenError(f"{self.name}: the launcher exited {proc.returncode}: {tail}")
+            raise WardenError(f"{self.name}: the launcher ended ({code}) without a pid: {tail}")
         return pid
 
     def _bind_sockets(self) -> None:
