@@ -508,3 +508,24 @@ def test_a_bursty_guest_keeps_a_larger_buffer_for_a_while() -> None:
     a2, _ = P.assess(g.input(True), memo, cfg, 30.0 + 8 * cfg.burst_memory)
     # ...and is forgotten over minutes.
     assert a2.want - a0.want < 8 * MIB
+
+
+def test_a_pinned_guest_above_its_pin_keeps_its_buffer_and_steps_leave_room_to_grow() -> None:
+    """Pushed above its pin by its working set, a pinned guest goes back down only with what
+    it has free beyond its buffer; a guest seen growing fast makes every unplug step leave
+    room for what it grows during the step."""
+    cfg = P.Config(budget=1 << 30)
+    g = SimGuest("a", size=256 * MIB, plugged=200 * MIB, pin=160 * MIB)
+    _, memo = P.assess(g.input(True), P.Memo(), cfg, 0.0)
+    g.used += 100 * MIB  # 1 GB/s over one watch period: a burst
+    _, memo = P.assess(g.input(False), memo, cfg, 0.1)
+    g.used -= 30 * MIB  # partly freed: free again, but it may come back at once
+    a, memo = P.assess(g.input(True), memo, cfg, 1.0)
+    assert a.level == "pinned" and 160 * MIB < a.target <= g.plugged
+    assert a.target >= g.plugged - (g.free - 24 * MIB)  # never below what is free - buffer
+    assert a.spare >= 60 * MIB  # 0.1 s of 1 GB/s, at most a quarter of 256M
+    mem = g.input(True).mem
+    assert mem is not None
+    with_room = P.unplug_step(mem, MARKS, 64 * MIB, 64 * MIB, cfg)
+    leaving = P.unplug_step(mem, MARKS, 64 * MIB, 64 * MIB, cfg, spare=a.spare)
+    assert leaving <= with_room and mem.free - leaving >= a.spare

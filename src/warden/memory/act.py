@@ -104,6 +104,7 @@ class Actuator:
         marks: Watermarks | None,
         why: str,
         expect_used: int | None = None,
+        spare: int = 0,
     ) -> int:
         """Take up to `amount` from the guest in safe steps; returns what was taken. Stops
         early when a step finds the guest's `used` grown past `expect_used` (+8 MiB): the
@@ -123,7 +124,9 @@ class Actuator:
                 )
                 if expect_used is not None and used_of(view) > expect_used + GROWN:
                     break
-                step = unplug_step(mem, marks, amount - done, entry.hi - must_of(view, cfg), cfg)
+                step = unplug_step(
+                    mem, marks, amount - done, entry.hi - must_of(view, cfg), cfg, spare
+                )
                 if step == 0:
                     break
                 try:

@@ -483,6 +483,7 @@ class Balancer:
                 self.marks.get(u.guest),
                 u.why,
                 expect_used=u.used,
+                spare=u.spare,
             )
         finally:
             self.acting.pop(u.guest, None)

@@ -134,6 +134,7 @@ class Assessment:
     level: str  # "calm" | "pressure" | "emergency" | "pinned" | "idle" (not observable)
     signals: tuple[str, ...]
     reason: str
+    spare: int = 0  # free memory every unplug step leaves on top of the watermark
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class Unplug:
     amount: int
     why: str
     used: int = 0  # the guest's `used` this plan saw: a step finding it grown stops
+    spare: int = 0  # what the guest may grow into while one step runs (see STEP_TIME)
 
 
 @dataclass(frozen=True)
@@ -211,14 +213,27 @@ def keep_free(mem: Meminfo, marks: Watermarks | None, amount: int, cfg: Config) 
 NUDGE_STEP = 256 * 1024  # a step that only takes free memory below low (to wake kswapd)
 
 
+# How long one unplug step can take from the meminfo read to its last page (a 70 MiB
+# `config mem=-N` took 47 ms on a loaded host): a guest growing meanwhile must still find the
+# memory it grows into, or the step's GFP_ATOMIC allocations leave it with nothing killable
+# ("System is deadlocked on memory", seen with tmpfs filled at full speed).
+STEP_TIME = 0.1
+
+
 def unplug_step(
-    mem: Meminfo, marks: Watermarks | None, remaining: int, above_must: int, cfg: Config
+    mem: Meminfo,
+    marks: Watermarks | None,
+    remaining: int,
+    above_must: int,
+    cfg: Config,
+    spare: int = 0,
 ) -> int:
     """The next safe `config mem=-N` (whole pages), from a fresh meminfo; 0 when none is.
-    `above_must` is plugged minus `must` computed from the same reading."""
+    `above_must` is plugged minus `must` computed from the same reading; `spare` is free
+    memory to leave beyond the watermark (a guest seen growing fast grows during the step)."""
     m = marks or default_watermarks(mem.total)
     step = min(remaining, cfg.max_step, above_must)
-    step = pages(min(step, mem.free - keep_free(mem, marks, step, cfg)))
+    step = pages(min(step, mem.free - keep_free(mem, marks, step, cfg) - spare))
     nudge = mem.free - step < m.low
     return step if step >= (NUDGE_STEP if nudge else MIB) else 0
 
@@ -313,6 +328,12 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     stressed = stress_t is not None and now - stress_t < cfg.hold
     if g.pin is not None:
         level, target, reason = "pinned", min(g.max, max(g.pin, must)), "pinned by warden mem set"
+        if target < g.plugged:
+            # Down to the pin only with what the guest has free beyond its buffer: memory
+            # read free a tick ago may be filled by now (tmpfs at ~1 GB/s), and an unplug
+            # the guest cannot satisfy panics it ("System is deadlocked on memory", seen).
+            room = max(0, mem.free - keep_free(mem, g.marks, 0, cfg) - buffer)
+            target = max(target, g.plugged - room)
     elif target < g.plugged:
         if not full:
             target = g.plugged  # watch ticks only give
@@ -355,6 +376,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         level=level,
         signals=signals,
         reason=reason,
+        spare=min(int(burst * STEP_TIME), g.max // 4),
     )
     return a, new_memo
 
@@ -463,7 +485,7 @@ def decide(
         a = assessments[n]
         delta = grant - a.plugged
         if delta <= -cfg.min_change:
-            unplugs.append(Unplug(n, pages(-delta), a.reason, a.used))
+            unplugs.append(Unplug(n, pages(-delta), a.reason, a.used, a.spare))
         elif delta >= cfg.min_change or (delta > 0 and a.level == "emergency"):
             urgent = a.level in ("emergency", "pressure")
             amount = pages(delta) or PAGE
