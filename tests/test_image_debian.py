@@ -503,10 +503,20 @@ def test_admin_password_sudo_seed_ssh_keys_and_network(
         assert sh(g, f"{ssh} root@localhost id -un").strip() == "root"
         # vecN became ethN, with the seed's addresses; eth0 has the default route
         addrs = sh(g, "ip -o -4 addr show | awk '{print $2, $4}'").split("\n")
+        why = ""
+        if [a for a in addrs if a and not a.startswith("lo ")] != [
+            "eth0 10.9.8.7/24",
+            "eth1 10.7.0.5/16",
+        ]:
+            why = sh(
+                g,
+                "cat /run/warden/interfaces; ip -o link; systemctl --no-pager status "
+                "networking ifup@eth0 ifup@eth1 2>&1 | tail -40",
+            )
         assert [a for a in addrs if a and not a.startswith("lo ")] == [
             "eth0 10.9.8.7/24",
             "eth1 10.7.0.5/16",
-        ]
+        ], why
         assert sh(g, "ip route show default").split()[:5] == [
             "default",
             "via",

@@ -95,6 +95,15 @@ WARDEN_GATEWAY=
 WARDEN_DNS=
 [ -f "$RUN/network.env" ] && . "$RUN/network.env"
 stanza() { # DEV ADDRESS/PREFIX GATEWAY
+    # A static NIC present now is also `auto`: networking.service (ordered after this unit,
+    # part of the boot) brings it up, so a booted system has its addresses; allow-hotplug
+    # alone leaves it to ifup@DEV, started by a udev event that can come after boot
+    # "finished" (seen: no address yet at `running`). DHCP stays hotplug-only: a NIC without
+    # a server must not hold the boot up.
+    n=${1#eth}
+    if [ -n "$2" ] && { [ -e "/sys/class/net/vec$n" ] || [ -e "/sys/class/net/$1" ]; }; then
+        echo "auto $1"
+    fi
     echo "allow-hotplug $1"
     if [ -n "$2" ]; then
         printf 'iface %s inet static\n    address %s\n' "$1" "$2"
