@@ -106,7 +106,9 @@ class Api:
             path.unlink()
         self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self.runner.setup()
-        site = web.UnixSite(self.runner, str(path))
+        # aiohttp's default backlog (128) overflowed with 200 clients at once (every console
+        # of a 200-guest fleet asked together): connects then fail with ENOTCONN.
+        site = web.UnixSite(self.runner, str(path), backlog=1024)
         old = os.umask(0o077)
         try:
             await site.start()
