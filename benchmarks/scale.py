@@ -1,6 +1,7 @@
 """Claim: one daemon runs many idle guests cheaply (issue 2: goal 500 on 24 GiB, 2 cores).
 
-Boots N idle minimal guests (SCALE_N, default 50; mem=SCALE_MEM, default 64M) through one
+Boots N idle minimal guests (SCALE_N, default 50; mem=SCALE_MEM, default 64M; SCALE_KEEP=1
+keeps its WARDEN_HOME) through one
 daemon and reports: host memory per guest (the drop in MemAvailable, divided by N), the
 daemon's own memory (PSS) and fds per guest, how long `warden ls` takes, and the time for
 every console to answer a command (all N at once, through the daemon's API). The anchor for
@@ -85,12 +86,19 @@ def main() -> None:
         t0 = time.monotonic()
         d.apply(fleet)
         while True:
-            states = [m["state"] for m in d.ls().values()]
+            machines = d.ls()
+            states = [m["state"] for m in machines.values()]
             if all(s == "running" for s in states):
                 break
-            bad = [s for s in states if s in ("crashed", "stopped")]
+            bad = {
+                n: m.get("last_exit")
+                for n, m in machines.items()
+                if m["state"] in ("crashed", "stopped")
+            }
             if bad:
-                raise RuntimeError(f"{len(bad)} guests failed to start: {d.log_text()[-2000:]}")
+                raise RuntimeError(
+                    f"{len(bad)} guests failed to start: {bad}\n{d.log_text()[-2000:]}"
+                )
             time.sleep(0.5)
         booted = time.monotonic() - t0
         print(f"{N} guests running after {booted:.1f} s", flush=True)
@@ -116,7 +124,10 @@ def main() -> None:
         )
     finally:
         d.close()
-        shutil.rmtree(home, ignore_errors=True)
+        if os.environ.get("SCALE_KEEP"):  # the daemon's logs and memory log, to read after
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
     supervision = max(daemon_added, 0.0) / N
     result(
         f"{N} idle guests: host memory per guest",

@@ -379,7 +379,9 @@ class Balancer:
         return plan
 
     async def _observe(self, name: str, sup: "Supervisor", full: bool) -> None:
-        e = self.ledger.entries[name]
+        e = self.ledger.entries.get(name)
+        if e is None:
+            return  # it ended between the tick's list of running guests and this read
         if name in self.acting:
             return  # its unplug reads it before every step
         if name in self.silent:
