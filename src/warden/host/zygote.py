@@ -55,6 +55,7 @@ def fcntl_dupfd(fd: int, minimum: int) -> int:
 def _child(message: bytes, fds: list[int]) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # ignored dispositions survive exec
         request = json.loads(message)
         plan = launch.LaunchPlan.from_json(request["plan"])
         status = _place(fds, list(request["targets"]))
@@ -80,6 +81,9 @@ def serve(sock: socket.socket) -> None:
     ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
     # Launchers are reaped as they end (each child sets SIGCHLD back to default first).
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Ctrl-C on `warden up` reaches the whole process group: the daemon stops the fleet and
+    # then closes our socket, which is how the zygote ends (no traceback on the terminal).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd_size = array.array("i").itemsize
     while True:
         try:
