@@ -381,7 +381,7 @@ class Supervisor:
                 finally:
                     os.close(status_r)
                 return self._launched_pid(status, b"", None)
-            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            # nothing was sent (sendmsg is all or nothing): the same pipe serves the launcher
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "warden.host.launch", str(status_w)],

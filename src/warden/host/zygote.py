@@ -56,9 +56,13 @@ def _child(message: bytes, fds: list[int]) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # ignored dispositions survive exec
+        launch.STATUS_FD = fds[-1] if fds else -1  # so that an error below is reported
         request = json.loads(message)
         plan = launch.LaunchPlan.from_json(request["plan"])
-        status = _place(fds, list(request["targets"]))
+        targets = list(request["targets"])
+        if len(fds) != len(targets) + 1:
+            raise OSError(f"the zygote received {len(fds)} fds for {len(targets)} targets")
+        status = _place(fds, targets)
         launch.STATUS_FD = status
         launch.run(plan)
     except BaseException as e:
@@ -140,6 +144,8 @@ class Zygote:
         """Have the zygote fork a launcher for `plan`; `fds` keep their numbers in it."""
         if not self.alive():
             raise OSError("the launch zygote is not running")
+        if len(fds) + 1 > MAX_FDS:  # the caller falls back to a fresh launcher
+            raise OSError(f"{len(fds)} fds are more than the zygote takes ({MAX_FDS - 1})")
         assert self.sock is not None
         message = json.dumps({"plan": plan.to_json(), "targets": fds}).encode()
         rights = array.array("i", [*fds, status_w]).tobytes()
