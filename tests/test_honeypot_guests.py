@@ -28,11 +28,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
-from tests.support.daemon import WARDEN, DaemonProc, instance_groups, kill_home
+from tests.support.daemon import WARDEN, DaemonProc, instance_groups
 from tests.support.honeypot import honeypot_kernel
 from tests.support.netlab import (
     HOST_IP,
     Lab,
+    end_warden_up,
     guest_sh,
     net_fleet,
     net_machine,
@@ -603,11 +604,4 @@ def test_the_honeypot_example_runs_with_warden_up(home: Layout, built_kernel: Pa
         assert instance_groups(home) == []
         assert d.cli("logs", "verify", "pot", check=False).returncode == 0
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        log.close()
-        kill_home(home)
-        for n in (ns, outside):
-            if Path("/run/netns", n).exists():
-                sh("ip", "netns", "del", n, check=False)
+        end_warden_up(up, log, home, ns, outside)

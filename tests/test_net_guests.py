@@ -16,6 +16,7 @@ from tests.support.netlab import (
     HOST_IP,
     OUTSIDE_IP,
     Lab,
+    end_warden_up,
     guest_sh,
     net_fleet,
     net_machine,
@@ -419,7 +420,7 @@ def test_warden_up_makes_its_netns_and_leaves_nothing_on_exit(
     import signal
     import subprocess
 
-    from tests.support.daemon import instance_groups, kill_home
+    from tests.support.daemon import instance_groups
     from warden.images import minimal
     from warden.images.store import ImageStore
     from warden.progress import NullProgress
@@ -446,10 +447,4 @@ def test_warden_up_makes_its_netns_and_leaves_nothing_on_exit(
             p for p in sh("pgrep", "-a", "dnsmasq", check=False).stdout.splitlines() if ns in p
         ]
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        log.close()
-        kill_home(home)
-        if Path("/run/netns", ns).exists():
-            sh("ip", "netns", "del", ns, check=False)
+        end_warden_up(up, log, home, ns)

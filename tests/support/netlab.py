@@ -198,3 +198,18 @@ def wait_network(d: Any, name: str, address: str, timeout: float = 60.0) -> None
         timeout,
         interval=0.5,
     )
+
+
+def end_warden_up(up: "subprocess.Popen[bytes]", log: Any, home: Any, *netns: str) -> None:
+    """After a test of `warden up`: kill it if it still runs, close its log, kill whatever of
+    its home is left (through the cgroups) and delete the network namespaces it was given."""
+    from tests.support.daemon import kill_home
+
+    if up.poll() is None:
+        up.kill()
+        up.wait()
+    log.close()
+    kill_home(home)
+    for n in netns:
+        if Path("/run/netns", n).exists():
+            sh("ip", "netns", "del", n, check=False)

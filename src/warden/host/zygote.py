@@ -18,6 +18,7 @@ pipe as for the plain launcher. The zygote reaps its children and exits when the
 """
 
 import array
+import fcntl
 import json
 import os
 import signal
@@ -47,8 +48,6 @@ def _place(received: list[int], targets: list[int]) -> int:
 
 
 def fcntl_dupfd(fd: int, minimum: int) -> int:
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, minimum)
 
 
@@ -69,16 +68,6 @@ def _child(message: bytes, fds: list[int]) -> None:
         launch._report({"error": f"{type(e).__name__}: {e}"})
         os._exit(1)
     os._exit(0)
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def serve(sock: socket.socket) -> None:
@@ -113,11 +102,7 @@ def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        serve(sock)
-    finally:
-        _reap()
+    serve(socket.socket(fileno=int(sys.argv[1])))  # launchers are reaped by SIG_IGN
 
 
 class Zygote:
