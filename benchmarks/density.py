@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import statistics
 import tempfile
 import threading
@@ -56,7 +57,7 @@ N = int(os.environ.get("DENSITY_N", "10"))
 MEM = 256 * MIB
 JOB_MIB = 128
 CONCURRENT = int(os.environ.get("DENSITY_CONCURRENT", "2"))
-JOB_TIMEOUT = 300.0
+JOB_TIMEOUT = 90.0  # ~10x a job on a quiet host; a job whose shell the OOM killer took never ends
 SECONDS = float(os.environ.get("DENSITY_SECONDS", "120"))
 EXPECTED_MD5 = hashlib.md5(bytes(JOB_MIB * MIB)).hexdigest()
 
@@ -176,6 +177,28 @@ async def drive_jobs(sock: Path, guests: list[str]) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+def explain_crash(home: Path, g: str, row: dict[str, Any]) -> None:
+    """What a crashed guest's last seconds looked like to the balancer: how it ended, then
+    its records from the memory log (ticks, actions, events) in the 15 s before."""
+    print(f"{g} crashed: {json.dumps(row.get('last_exit'))}", flush=True)
+    recs = list(read_log(home / "memory" / "log"))
+    mine = [
+        r
+        for r in recs
+        if r.get("g") == g or (r["k"] == "tick" and isinstance(r.get("g"), dict) and g in r["g"])
+    ]
+    if not mine:
+        return
+    end = mine[-1]["t"]
+    for r in mine:
+        if r["t"] < end - 15:
+            continue
+        if r["k"] == "tick":
+            print(f"  {r['t']:.2f} tick {json.dumps(r['g'][g])} sum {r['plugged']}", flush=True)
+        else:
+            print(f"  {r['t']:.2f} {json.dumps(r)}", flush=True)
+
+
 def run_phase(static: bool) -> dict[str, Any]:
     name = "static" if static else "balancer"
     h = Path(tempfile.mkdtemp(prefix="wh-", dir="/tmp"))
@@ -218,6 +241,8 @@ def run_phase(static: bool) -> dict[str, Any]:
             if ls[g]["state"] == "running"
         )
         crashed = [g for g in running if ls[g]["state"] == "crashed"]
+        for g in crashed:
+            explain_crash(h, g, ls[g])
         snap = top(d)
         # The budget's high-water mark from the log too (every tick), besides the daemon's.
         ticks = [r["plugged"] * 1024 for r in read_log(h / "memory" / "log") if r["k"] == "tick"]
@@ -238,6 +263,10 @@ def run_phase(static: bool) -> dict[str, Any]:
         sampler.stop.set()
         d.close()
         d.assert_clean()
+        if out.get("panics") or os.environ.get("DENSITY_KEEP"):
+            print(f"{name}: kept {h} (its daemon log and memory log)", flush=True)
+        else:
+            shutil.rmtree(h, ignore_errors=True)
     print(
         f"{name}: {out['completed']}/{out['started']} jobs completed with the right checksum "
         f"(bad {out['bad']}), median job {out['median']:.2f} s (fill {out['fill']:.0f} MiB/s), "

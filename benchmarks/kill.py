@@ -11,6 +11,7 @@ alternating; medians compared. Goal: ours <= 50 ms median, and 0 processes left.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,7 @@ def main() -> None:
     finally:
         d.close()
         d.assert_clean()
+        shutil.rmtree(home, ignore_errors=True)
     med, amed = median(ours), median(anchor)
     print(
         f"warden kill: median {med:.1f} ms, max {max(ours):.1f} ms, {left_ours} processes of the "

@@ -19,6 +19,7 @@ panicked guest is restarted and its trial counted as never plugged), and the bal
 import json
 import os
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -169,6 +170,7 @@ def main() -> int:
     finally:
         d.close()
         d.assert_clean()
+        shutil.rmtree(h, ignore_errors=True)
     ours, anchor = statistics.median(lat["ours"]), statistics.median(lat["anchor"])
     print(
         f"median: ours {ours:.0f} ms (max {max(lat['ours']):.0f}), 1 s loop {anchor:.0f} ms "

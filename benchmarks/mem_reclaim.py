@@ -18,6 +18,7 @@ Goal: ours >= 1.5 GiB/s.
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -136,6 +137,7 @@ def ours() -> tuple[float, int, int, float]:
     finally:
         d.close()
         d.assert_clean()
+        shutil.rmtree(h, ignore_errors=True)
     for r in sorted(acts, key=lambda r: r["t"]):
         print(f"  {r['t'] - t_free:7.3f} {r['g']} -{r['kib'] >> 10} MiB in {r['ms']} ms")
     # The burst: unplugs close together in time (one balancer tick takes all four).
@@ -194,6 +196,7 @@ def anchor() -> float:
     finally:
         for g in guests:
             g.close()
+        shutil.rmtree(h, ignore_errors=True)
     rate = sum(taken) / GIB / seconds
     print(
         f"anchor: 1 MiB per request took {sum(taken) / MIB:.0f} MiB from {G} guests in "

@@ -25,6 +25,7 @@ measure the interference, not the code); medians and wall-clock numbers are prin
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,12 +203,15 @@ def main() -> None:
     pty: Runs = {True: [], False: []}
     console: Runs = {True: [], False: []}
     lost = 0
-    for r in range(ROUNDS):
-        p, c, lost_now = one_round(lay, image, kernel, disk, work, r)
-        for logging in (True, False):
-            pty[logging] += p[logging]
-            console[logging] += c[logging]
-        lost += lost_now
+    try:
+        for r in range(ROUNDS):
+            p, c, lost_now = one_round(lay, image, kernel, disk, work, r)
+            for logging in (True, False):
+                pty[logging] += p[logging]
+                console[logging] += c[logging]
+            lost += lost_now
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"records the log lost: {lost}")
     for name, runs in (("pty", pty), ("console", console)):
         for k, unit in ((0, "MB/s (wall clock)"), (1, "MB per CPU-second")):

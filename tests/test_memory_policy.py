@@ -8,7 +8,7 @@ contention, and the budget never passed by any action.
 """
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -142,7 +142,7 @@ class World:
                 while left >= P.NUDGE_STEP:
                     mem = g.meminfo()
                     must = P.must_of(g.input(False), self.cfg)
-                    step = P.unplug_step(mem, MARKS, left, g.plugged - must, self.cfg)
+                    step = P.unplug_step(mem, MARKS, left, g.plugged - must, self.cfg, a.spare)
                     if step == 0:
                         break
                     g.config(-step)
@@ -529,3 +529,39 @@ def test_a_pinned_guest_above_its_pin_keeps_its_buffer_and_steps_leave_room_to_g
     with_room = P.unplug_step(mem, MARKS, 64 * MIB, 64 * MIB, cfg)
     leaving = P.unplug_step(mem, MARKS, 64 * MIB, 64 * MIB, cfg, spare=a.spare)
     assert leaving <= with_room and mem.free - leaving >= a.spare
+
+
+def test_under_contention_a_growing_guest_is_funded_by_the_others_burst_buffers() -> None:
+    """The density benchmark's OOM kill: nine guests that had each run a job (so each keeps a
+    large burst buffer, and has been calm only a few seconds) hold the whole budget while the
+    tenth fills its tmpfs. Their buffers are a luxury of free memory; the growing guest's need
+    is not. It must be funded from them before its kernel runs out, and nobody is cut below
+    its working set on the way."""
+    others = [SimGuest(f"d{i}", used=14 * MIB, plugged=80 * MIB) for i in range(1, 10)]
+    job = SimGuest("d0", used=14 * MIB, plugged=124 * MIB)
+    w = World([job, *others], budget=844 * MIB)  # all of it plugged
+    w.t = 100.0
+    # What the policy remembers of the others' jobs: ~280 MiB/s bursts, the last one 5 s ago.
+    seen = P.Memo(t=99.9, used=14 * MIB, burst=280 * MIB, peak=14 * MIB, peak_t=90.0)
+    w.memos = {g.name: replace(seen, stress_t=95.0) for g in others}
+    for _ in range(14):  # 100 MiB/s for 1.4 s: 140 MiB more than it had
+        job.allocate(10 * MIB)
+        w.tick()
+    assert job.oom == 0, f"the growing guest ran out: {job.plugged >> 20} MiB plugged"
+    assert w.peak <= 844 * MIB
+    assert not any(g.panicked for g in w.guests.values())
+    assert job.plugged - job.used >= 24 * MIB  # and it ends with its buffer
+
+
+def test_a_guest_short_of_memory_is_cut_only_after_the_others_reach_their_floors() -> None:
+    """Shares alone would cut the guest in an emergency first (most of what it asks for is
+    not in use yet); it keeps all the budget the others can give down to their floors."""
+    short = SimGuest("short", used=90 * MIB, plugged=100 * MIB)
+    cached = SimGuest("cached", used=10 * MIB, cache=150 * MIB, plugged=200 * MIB)
+    memos = {"cached": P.Memo(cache_keep=120 * MIB)}  # its cache once proved hot
+    cfg = P.Config(budget=300 * MIB)
+    plan = P.decide([short.input(True), cached.input(True)], memos, cfg, 0.0)
+    s, c = plan.assessments["short"], plan.assessments["cached"]
+    assert s.level == "emergency" and c.level == "calm"
+    assert c.target == c.must
+    assert s.target == 300 * MIB - c.must

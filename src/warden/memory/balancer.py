@@ -345,7 +345,12 @@ class Balancer:
             quiet = sum(1 for n in running if now >= self.hot_until.get(n, 0.0))
             cold = max(COLD_WATCH * self.cfg.watch, quiet / COLD_RATE)
             read = {n: s for n, s in running.items() if self._due(n, now, cold)}
-        await asyncio.gather(*(self._observe(n, s, full) for n, s in read.items()))
+        fresh = await asyncio.gather(*(self._observe(n, s, full) for n, s in read.items()))
+        # Only what was read now, against the ledger as it stands: a guest whose unplug was
+        # in flight during the reads (skipped) may have ended since, and its last reading
+        # with the new plugged size would show `used` down by the step, then back up at the
+        # next read: phantom growth of 80 MiB/s, remembered as a burst (density.py).
+        read = {n: s for (n, s), ok in zip(read.items(), fresh, strict=True) if ok}
         try:
             self.host_available = observe.host_meminfo().available
         except (OSError, ProcfsError):
@@ -378,19 +383,20 @@ class Balancer:
         self._save()
         return plan
 
-    async def _observe(self, name: str, sup: "Supervisor", full: bool) -> None:
+    async def _observe(self, name: str, sup: "Supervisor", full: bool) -> bool:
+        """Read one guest; True when this tick has a fresh reading of it."""
         e = self.ledger.entries.get(name)
         if e is None:
-            return  # it ended between the tick's list of running guests and this read
+            return False  # it ended between the tick's list of running guests and this read
         if name in self.acting:
-            return  # its unplug reads it before every step
+            return False  # its unplug reads it before every step
         if name in self.silent:
             # It stopped answering: probe it aside, so that one hung guest does not slow
             # every tick (and so everyone else's reaction) by its timeouts.
             task = self.silent[name]
             if task is None or task.done():
                 self.silent[name] = spawn(self._probe(name, sup), f"memory-probe:{name}")
-            return
+            return False
         if not e.certain:
             await self.act.reconcile(name, sup.request)
         try:
@@ -401,7 +407,7 @@ class Balancer:
             self.mem.pop(name, None)  # silent or gone: not observable until it answers
             self.silent[name] = None
             self._record("ev", g=name, what="silent")
-            return
+            return False
         before = self.mem.get(name)
         if before is None or abs(mem.available - before.available) >= HOT_MOVE:
             self.hot_until[name] = time.monotonic() + self.cfg.hold
@@ -421,6 +427,8 @@ class Balancer:
                     self._record("ev", g=name, what="drift", est=est // 1024, hi=e.hi // 1024)
                     await self.act.reconcile(name, sup.request)
                     self._dirty = True
+                    return False  # the ledger moved under this reading
+        return True
 
     async def _probe(self, name: str, sup: "Supervisor") -> None:
         while name in self.silent and sup.machine.state is m.State.RUNNING:

@@ -326,6 +326,11 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     if level != "calm" or lookahead >= cfg.min_buffer // 2:
         stress_t = now
     stressed = stress_t is not None and now - stress_t < cfg.hold
+    # Busy now (short, pinned, or growing) as opposed to `stressed` (busy within `hold`).
+    busy = level != "calm" or g.pin is not None or lookahead >= cfg.min_buffer // 2
+    # What one unplug step leaves free for growth during the step: while the guest is busy,
+    # the fastest growth seen lately; once it has stopped growing, its present growth.
+    spare = min(int((max(burst, growth) if busy else growth) * STEP_TIME), g.max // 4)
     if g.pin is not None:
         level, target, reason = "pinned", min(g.max, max(g.pin, must)), "pinned by warden mem set"
         if target < g.plugged:
@@ -372,11 +377,19 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         must=must,
         want=want,
         target=target,
-        floor=min(target, max(must, overhead + used + buffer + lookahead)) if stressed else must,
+        # Under contention a busy guest keeps what it needs now: its working set with the
+        # plain buffer, its growth ahead and a step's spare; an idle one only its `must`. The
+        # burst buffer and the calm period are luxuries of free memory: idle guests that had
+        # each just run a job kept them and starved the next one mid-job (density.py).
+        floor=(
+            min(target, max(must, overhead + used + buffer_of(used, cfg) + lookahead + spare))
+            if busy
+            else must
+        ),
         level=level,
         signals=signals,
         reason=reason,
-        spare=min(int(burst * STEP_TIME), g.max // 4),
+        spare=spare,
     )
     return a, new_memo
 
@@ -463,7 +476,14 @@ def decide(
         by_name = {g.name: g for g in guests}
         weights = {n: by_name[n].weight for n in grants}
         active = {n: assessments[n].overhead + assessments[n].used for n in grants}
-        left = _cut(grants, musts, weights, active, committed - budget, cfg)
+        # Guests short of memory now (emergency, pressure) are cut only once every other
+        # guest is down to its floor: by shares alone, a guest just given memory for its
+        # burst looks idle (plugged, not yet used) and would pay first.
+        short_now = {n for n, a in assessments.items() if a.level in ("emergency", "pressure")}
+        calm = {n: grants[n] for n in grants if n not in short_now}
+        left = _cut(calm, musts, weights, active, committed - budget, cfg)
+        grants.update(calm)
+        left = _cut(grants, musts, weights, active, left, cfg)
         short = left
         committed = fixed + sum(grants.values())
         notes.append(
