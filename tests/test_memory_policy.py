@@ -565,3 +565,20 @@ def test_a_guest_short_of_memory_is_cut_only_after_the_others_reach_their_floors
     assert s.level == "emergency" and c.level == "calm"
     assert c.target == c.must
     assert s.target == 300 * MIB - c.must
+
+
+def test_under_contention_an_idle_guest_is_not_refilled() -> None:
+    """A guest whose job just ended keeps its peak as demand for a while, so its target is
+    above what it has plugged once contention has cut it. While the budget is contended it
+    is not plugged back up to that: the budget left free is what the next growing guest
+    gets at once."""
+    done = SimGuest("done", used=14 * MIB, plugged=120 * MIB)
+    busy = SimGuest("busy", used=150 * MIB, plugged=200 * MIB)
+    now = P.used_of(done.input(True))  # not growing: the same as a tick ago
+    memos = {"done": P.Memo(t=-0.1, used=now, peak=144 * MIB, peak_t=-5.0)}
+    cfg = P.Config(budget=330 * MIB)
+    plan = P.decide([done.input(True), busy.input(True)], memos, cfg, 0.0)
+    d = plan.assessments["done"]
+    assert d.want > done.plugged and not d.busy  # it would ask for its peak back...
+    assert not any(isinstance(a, P.Plug) and a.guest == "done" for a in plan.actions)
+    assert d.target <= done.plugged  # ...and is not given it

@@ -81,6 +81,9 @@ class Balancer:
         self.hot_until: dict[str, float] = {}  # read on every watch tick until then
         self.last_read: dict[str, float] = {}
         self.plan: Plan | None = None
+        # Each guest's latest assessment: a plan holds only the guests read in its tick (a
+        # quiet guest is not read on every watch tick; one with an unplug in flight is not).
+        self.assessed: dict[str, Assessment] = {}
         self.host_available: int | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
         self.peak_total = 0
@@ -215,7 +218,8 @@ class Balancer:
             booting = [n for n, e in self.ledger.entries.items() if e.booting or n in self.settle]
             spare = self._spare(exclude=name)
             free = self.ledger.free(include_holds=False)
-            hopeless = not booting and free + spare < size
+            # Not while unplugs run: they are making room, and their guests are in no plan.
+            hopeless = not booting and not self.acting and free + spare < size
             if hopeless or time.monotonic() > deadline:
                 msg = (
                     f"cannot start {name}: it boots with all of its memory "
@@ -233,11 +237,9 @@ class Balancer:
                     await asyncio.wait_for(self._tick_done.wait(), 1.0)
 
     def _spare(self, exclude: str) -> int:
-        if self.plan is None:
-            return 0
         return sum(
             max(0, self.ledger.entries[n].hi - a.must)
-            for n, a in self.plan.assessments.items()
+            for n, a in self.assessed.items()
             if n != exclude and n in self.ledger.entries and self.ledger.entries[n].pin is None
         )
 
@@ -263,6 +265,7 @@ class Balancer:
         self.memos.pop(name, None)
         self.mem.pop(name, None)
         self.vm.pop(name, None)
+        self.assessed.pop(name, None)
         self.settle[name] = time.monotonic() + SETTLE
         try:
             self.marks[name] = await observe.watermarks(sup.request)
@@ -282,6 +285,7 @@ class Balancer:
         self.memos.pop(name, None)
         self.mem.pop(name, None)
         self.vm.pop(name, None)
+        self.assessed.pop(name, None)
         self.marks.pop(name, None)
         self.host_usage.pop(name, None)
         self.settle.pop(name, None)
@@ -366,6 +370,7 @@ class Balancer:
         )
         self.memos = dict(plan.memos)
         self.plan = plan
+        self.assessed.update(plan.assessments)
         busy = {a.guest for a in plan.actions}
         for n, a in plan.assessments.items():
             if a.level not in ("calm", "pinned") or n in busy:
@@ -551,7 +556,7 @@ class Balancer:
         guests = []
         for name, e in sorted(self.ledger.entries.items()):
             sup = self.daemon.sups.get(name)
-            a = plan.assessments.get(name) if plan is not None else None
+            a = self.assessed.get(name)
             guests.append(self._guest_json(name, e, sup, a))
         return {
             "budget": self.cfg.budget,
@@ -636,7 +641,7 @@ class Balancer:
             marks=self.marks.get(name),
         )
         a, _ = assess(g, self.memos.get(name, Memo()), self.cfg, time.monotonic())
-        others = [x for n, x in (self.plan.assessments.items() if self.plan else []) if n != name]
+        others = [x for n, x in self.assessed.items() if n != name]
         refusal = set_refusal(name, size, g, a, self.ledger.free(), others)
         if refusal:
             self._record("ev", g=name, what="refused", reason=refusal)
@@ -657,9 +662,7 @@ class Balancer:
             if cur.certain and abs(cur.hi - size) < self.cfg.min_change:
                 break
         cur = self.ledger.entries.get(name)
-        out = self._guest_json(
-            name, cur or e, sup, self.plan.assessments.get(name) if self.plan else None
-        )
+        out = self._guest_json(name, cur or e, sup, self.assessed.get(name))
         out["reached"] = cur is not None and abs(cur.hi - size) < self.cfg.min_change
         return out
 

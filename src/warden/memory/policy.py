@@ -135,6 +135,7 @@ class Assessment:
     signals: tuple[str, ...]
     reason: str
     spare: int = 0  # free memory every unplug step leaves on top of the watermark
+    busy: bool = False  # short, pinned or growing now (not merely within `hold` of it)
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         signals=signals,
         reason=reason,
         spare=spare,
+        busy=busy,
     )
     return a, new_memo
 
@@ -485,7 +487,6 @@ def decide(
         grants.update(calm)
         left = _cut(grants, musts, weights, active, left, cfg)
         short = left
-        committed = fixed + sum(grants.values())
         notes.append(
             f"contention: targets exceed the budget {format_size(budget)}; "
             "took back by idle-taxed shares"
@@ -494,10 +495,18 @@ def decide(
             notes.append(f"even the guests' working sets exceed the budget by {format_size(left)}")
         for n, grant in grants.items():
             a = assessments[n]
+            if not a.busy and grant > a.plugged:
+                # An idle guest is not given memory while the budget is contended: what it
+                # would get back is a luxury (the peak its job just freed, its burst buffer),
+                # and budget left free is what a guest that starts growing gets at once, a
+                # plug taking milliseconds; memory in an idle guest has to be unplugged
+                # first (density.py: idle guests refilled, the next job met the OOM killer).
+                grant = grants[n] = a.plugged
             if grant < a.target:
                 assessments[n] = replace(
                     a, target=grant, reason=f"shares: cut {format_size(a.target - grant)}"
                 )
+        committed = fixed + sum(grants.values())
 
     unplugs: list[Unplug] = []
     plugs: list[tuple[int, int, Plug]] = []
