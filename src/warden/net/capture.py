@@ -29,6 +29,9 @@ def base_name(boot: int, nic: int) -> str:
     return f"boot-{boot:04d}-eth{nic}.pcap"
 
 
+CAPTURE_BUFFER_KIB = 16384
+
+
 def tcpdump_argv(
     binary: str,
     tap: str,
@@ -37,7 +40,11 @@ def tcpdump_argv(
     ring_size: tuple[int, int] | None = None,
 ) -> list[str]:
     """tcpdump writing every frame of `tap` to `out` ("-" for stdout), one packet at a time."""
-    args = [binary, "-i", tap, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root"]
+    # -B: the kernel's capture buffer, in KiB (tcpdump's default is 2 MiB). A 5 MB transfer
+    # through a honeypot on a loaded host overflowed the default: 7 packets dropped by the
+    # kernel, the FINs among them. 16 MiB holds ~11,000 full-size frames of backlog.
+    args = [binary, "-i", tap, "-n", "-s", "0", "-B", str(CAPTURE_BUFFER_KIB)]
+    args += ["-U", "--immediate-mode", "-Z", "root"]
     if count:
         args += ["-c", str(count)]
     if ring_size is not None:
