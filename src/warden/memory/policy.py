@@ -37,9 +37,13 @@ Pressure signals, from /proc/vmstat deltas and MemAvailable:
 Contention: when the targets (plus budget promised to booting guests) do not fit the budget,
 memory is taken back 4 MiB at a time from the guest with the fewest shares per MiB, idle
 memory taxed as in VMware ESX (Waldspurger, OSDI'02): rho = weight / (grant x (f + k(1-f))),
-f the active fraction of the grant, k = 1/(1 - 0.75). Nobody goes below `must`, and a guest
-that is short or growing keeps what it needs now (used + buffer + lookahead): a guest in the
-middle of a burst looks idle (memory just plugged, not used yet) and would be cut first.
+f the active fraction of the grant, k = 1/(1 - 0.75). Nobody goes below `must`. A busy
+guest (short, pinned, or growing now) keeps what it needs now (used + buffer + lookahead +
+a step's spare): in the middle of a burst it looks idle (memory just plugged, not used yet)
+and would be cut first. Guests short of memory are cut only after all others are at their
+floors. An idle guest gives up its luxuries (burst buffer, held peak, calm period) down to
+`must`, and is not plugged back up while the contention lasts: free budget reaches the next
+guest to grow in one plug, memory in an idle guest needs unplug steps first.
 
 Watch ticks (every `watch` seconds, meminfo only) only give memory back (and take from
 others to fund that); reductions for their own sake happen on full ticks (every `interval`),

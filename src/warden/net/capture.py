@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 MB = 1_000_000  # tcpdump -C counts in millions of bytes
+CAPTURE_BUFFER_KIB = 16384  # tcpdump -B: the kernel's buffer per capture (see tcpdump_argv)
 FILE_NAME = re.compile(r"^boot-(\d{4,})-eth(\d+)\.pcap(\d*)$")
 
 
@@ -29,9 +30,6 @@ def base_name(boot: int, nic: int) -> str:
     return f"boot-{boot:04d}-eth{nic}.pcap"
 
 
-CAPTURE_BUFFER_KIB = 16384
-
-
 def tcpdump_argv(
     binary: str,
     tap: str,
@@ -41,8 +39,9 @@ def tcpdump_argv(
 ) -> list[str]:
     """tcpdump writing every frame of `tap` to `out` ("-" for stdout), one packet at a time."""
     # -B: the kernel's capture buffer, in KiB (tcpdump's default is 2 MiB). A 5 MB transfer
-    # through a honeypot on a loaded host overflowed the default: 7 packets dropped by the
-    # kernel, the FINs among them. 16 MiB holds ~11,000 full-size frames of backlog.
+    # through a honeypot on a loaded host overflowed the default (7 frames dropped by the
+    # kernel, by tcpdump's count) and a capture must hold every frame. 16 MiB holds ~11,000
+    # full-size frames of backlog, more than the whole transfer.
     args = [binary, "-i", tap, "-n", "-s", "0", "-B", str(CAPTURE_BUFFER_KIB)]
     args += ["-U", "--immediate-mode", "-Z", "root"]
     if count:
