@@ -337,7 +337,11 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     # the fastest growth seen lately; once it has stopped growing, its present growth.
     spare = min(int((max(burst, growth) if busy else growth) * STEP_TIME), g.max // 4)
     if g.pin is not None:
-        level, target, reason = "pinned", min(g.max, max(g.pin, must)), "pinned by warden mem set"
+        # Its working set wins over the pin, and so does its growth ahead: plugged only to
+        # `must`, a guest filling tmpfs past its pin at 400 MB/s ran out between two watch
+        # ticks, with nothing killable left (a panic in the hard-allocation test).
+        level, reason = "pinned", "pinned by warden mem set"
+        target = min(g.max, max(g.pin, must + lookahead))
         if target < g.plugged:
             # Down to the pin only with what the guest has free beyond its buffer: memory
             # read free a tick ago may be filled by now (tmpfs at ~1 GB/s), and an unplug
