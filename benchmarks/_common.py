@@ -9,6 +9,8 @@ what it measured as it goes, and ends with exactly one machine-readable line:
 """
 
 import json
+import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -46,6 +48,15 @@ def result(
         ),
         flush=True,
     )
+
+
+def drop_home(home: Path, keep_env: str, keep: bool = False) -> None:
+    """Delete a run's scratch WARDEN_HOME, or keep it (and say where) when `keep` or the
+    environment variable `keep_env` is set: its daemon log and memory log, to read after."""
+    if keep or os.environ.get(keep_env):
+        print(f"kept {home} (its daemon log and memory log)", flush=True)
+    else:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def median(xs: list[float]) -> float:

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import statistics
 import tempfile
 import threading
@@ -39,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from _common import result
+from _common import drop_home, result
 
 # isort: split
 from tests.support.daemon import DaemonProc
@@ -263,10 +262,7 @@ def run_phase(static: bool) -> dict[str, Any]:
         sampler.stop.set()
         d.close()
         d.assert_clean()
-        if out.get("panics") or os.environ.get("DENSITY_KEEP"):
-            print(f"{name}: kept {h} (its daemon log and memory log)", flush=True)
-        else:
-            shutil.rmtree(h, ignore_errors=True)
+        drop_home(h, "DENSITY_KEEP", keep=bool(out.get("panics")))
     print(
         f"{name}: {out['completed']}/{out['started']} jobs completed with the right checksum "
         f"(bad {out['bad']}), median job {out['median']:.2f} s (fill {out['fill']:.0f} MiB/s), "

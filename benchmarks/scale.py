@@ -13,7 +13,6 @@ is under a tenth of that per guest.
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from _common import result
+from _common import drop_home, result
 from tests.support.daemon import WARDEN, DaemonProc
 from warden.images import minimal
 from warden.images.store import ImageStore
@@ -124,10 +123,7 @@ def main() -> None:
         )
     finally:
         d.close()
-        if os.environ.get("SCALE_KEEP"):  # the daemon's logs and memory log, to read after
-            print(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        drop_home(home, "SCALE_KEEP")
     supervision = max(daemon_added, 0.0) / N
     result(
         f"{N} idle guests: host memory per guest",
