@@ -4,6 +4,7 @@ Tests with guests are in test_first_run_guests.py.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -103,3 +104,78 @@ def test_shim_builds_once_from_8_threads_and_4_processes(
         "xstate_shim.c",
         "xstate_shim.so",
     ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_the_cli_prints_only_what_the_user_caused(home: Layout) -> None:
+    """`warden up` (with the concentrator, hence asyncssh), `warden ls`, `warden status` and
+    `warden daemon` print their own lines and nothing from a dependency: no warning, no
+    traceback. Every line `up` prints is one of its own ("warden: ..." or "NAME: event ...")."""
+    env = {**os.environ, "WARDEN_HOME": str(home.home)}
+    fleet = home.home / "fleet.toml"
+    from tests.conftest import FLEET_HEAD
+
+    fleet.write_text(FLEET_HEAD + f'[concentrator]\nlisten = "127.0.0.1:{_free_port()}"\n')
+    log = home.home / "up.log"
+    with log.open("wb") as f:
+        up = subprocess.Popen(
+            [*WARDEN, "up", str(fleet)], env=env, stdout=f, stderr=f, start_new_session=True
+        )
+    try:
+        _wait_answering(env)
+        ls = _cli(env, "ls")
+        status = _cli(env, "status")
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    said = log.read_text()
+    assert "Warning" not in said and "Traceback" not in said, said
+    assert all(line.split(":")[0] in ("warden",) for line in _lines(said)), said
+    assert ls.stderr == "" and status.stderr == "", (ls.stderr, status.stderr)
+    assert _lines(ls.stdout) == ["no machines; apply a fleet file with `warden apply FLEET` or "
+                                 "`warden up FLEET`"]  # fmt: skip
+
+    with log.open("wb") as f:
+        daemon = subprocess.Popen(
+            [*WARDEN, "daemon"], env=env, stdout=f, stderr=f, start_new_session=True
+        )
+    try:
+        _wait_answering(env)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    said = log.read_text()
+    assert "Warning" not in said and "Traceback" not in said, said
+
+
+WARDEN = [sys.executable, "-m", "warden"]
+
+
+def _cli(env: dict[str, str], *args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([*WARDEN, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def _wait_answering(env: dict[str, str]) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while _cli(env, "status").returncode != 0:
+        assert time.monotonic() < deadline, "the daemon did not answer within 60 s"
+        time.sleep(0.1)
