@@ -170,3 +170,85 @@ def _serve_once(
                 proc.wait()
         out.seek(0)
         return out.read().decode(errors="replace"), results
+
+
+EXAMPLE = ROOT / "examples" / "fleet.toml"
+
+
+def _owner_keys(text: str) -> dict[str, list[str]]:
+    import tomllib
+
+    return {o["name"]: list(o.get("keys", [])) for o in tomllib.loads(text)["owner"]}
+
+
+def _keygen(directory: Path, name: str = "id_ed25519", comment: str = "reader@laptop") -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(directory / name)],
+        check=True,
+    )
+    return (directory / f"{name}.pub").read_text().strip()
+
+
+def test_add_key_gives_the_example_owners_the_readers_key(tmp_path: Path) -> None:
+    """The example's owners keep their keys and gain the reader's; the file's comments stay;
+    a second run adds nothing; the fleet still validates."""
+    from warden.spec import fleet
+    from warden.spec.owner_keys import add_key
+
+    key = _keygen(tmp_path)
+    text = EXAMPLE.read_text()
+    out = add_key(text, key, source=str(EXAMPLE))
+    before, after = _owner_keys(text), _owner_keys(out)
+    assert after == {name: [key, *keys] for name, keys in before.items()}
+    assert add_key(out, key, source="copy") == out
+    assert [line for line in text.splitlines() if "#" in line] == [
+        line for line in out.splitlines() if "#" in line
+    ]
+    fleet.parse(out, "copy")
+    only_bob = add_key(text, key, owners=["bob"], source="x")
+    assert _owner_keys(only_bob) == {**before, "bob": [key, *before["bob"]]}
+
+
+def test_add_key_takes_any_layout_of_owner_tables() -> None:
+    """An owner with no keys, a multi-line keys array, a key after other fields."""
+    from warden.spec.owner_keys import add_key
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1haWxvcmRlci1rZXktZm9yLXRlc3RzLTAwMDAw me@here"
+    text = (
+        '[[owner]]\nname = "a"\n\n'
+        '[[owner]]\nname = "b"\nadmin = true\nkeys = [\n  "ssh-ed25519 AAAAC3Nz b@x",\n]\n'
+        '[[machine]]\nname = "m"\nowner = "a"\n'
+    )
+    out = add_key(text, key, source="t")
+    assert _owner_keys(out) == {"a": [key], "b": [key, "ssh-ed25519 AAAAC3Nz b@x"]}
+    with pytest.raises(Exception, match="no owner named 'c'"):
+        add_key(text, key, owners=["c"], source="t")
+
+
+def test_fleet_add_key_finds_the_invoking_users_key(home: Layout, tmp_path: Path) -> None:
+    """`warden fleet add-key FLEET` (what `make up` runs): the key of the user who ran sudo,
+    else of root (here: $HOME), goes into a copy under WARDEN_HOME; the tracked file is not
+    touched. Without any key it says how to make one and copies the file as it is."""
+    user_home = tmp_path / "reader"
+    key = _keygen(user_home / ".ssh")
+    env = {**os.environ, "WARDEN_HOME": str(home.home), "HOME": str(user_home)}
+    env.pop("SUDO_USER", None)
+    tracked = EXAMPLE.read_bytes()
+    r = subprocess.run(
+        [*WARDEN, "fleet", "add-key", str(EXAMPLE)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    copy = home.home / "fleets" / "fleet.toml"
+    assert r.stdout.strip() == str(copy)
+    assert f"alice, bob may log in with {user_home}/.ssh/id_ed25519.pub" in r.stderr
+    assert all(keys[0] == key for keys in _owner_keys(copy.read_text()).values())
+    assert EXAMPLE.read_bytes() == tracked
+
+    (user_home / ".ssh" / "id_ed25519.pub").unlink()
+    r = subprocess.run(
+        [*WARDEN, "fleet", "add-key", str(EXAMPLE)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "no public key in" in r.stderr and "ssh-keygen -t ed25519" in r.stderr
+    assert copy.read_bytes() == tracked

@@ -298,3 +298,44 @@ def test_a_refused_up_leaves_nothing_running_and_prune_replaces_the_fleet(
             os.killpg(up.pid, signal.SIGKILL)
         with open(home.home / "up.log", "ab") as log:
             end_warden_up(up, log, home, ns_a, ns_b)
+
+
+def test_the_readers_own_key_reaches_the_concentrator(daemon: DaemonProc, tmp_path: Path) -> None:
+    """The fleet's owners hold placeholder keys, so the reader's ssh is refused; the step
+    `make up` runs (`warden fleet add-key`, which finds the reader's ~/.ssh/id_ed25519.pub)
+    lets OpenSSH's ssh log in as alice with the reader's key and reach her guest's console."""
+    from tests.support.ssh_client import SshUser
+    from tests.test_concentrator import free_port, shell_ready, wait_listening
+
+    port = free_port()
+    src = tmp_path / "fleet.toml"
+    src.write_text(
+        FLEET_HEAD + f'[concentrator]\nlisten = "127.0.0.1:{port}"\n' + machine_toml("web1")
+    )
+    reader_home = tmp_path / "reader"
+    (reader_home / ".ssh").mkdir(parents=True)
+    reader = SshUser(reader_home / ".ssh", "ed25519")  # ~/.ssh/id_ed25519, as ssh-keygen makes
+    reader.name = "alice"
+    daemon.cli("apply", str(src))
+    wait_listening(port)
+    refused = reader.run(port, "list")
+    assert refused.returncode == 255 and b"Permission denied (publickey)" in refused.stderr
+
+    env = {**daemon.env, "HOME": str(reader_home)}
+    env.pop("SUDO_USER", None)
+    step = subprocess.run(
+        [*WARDEN, "fleet", "add-key", str(src)], env=env, capture_output=True, text=True
+    )
+    assert step.returncode == 0, step.stderr
+    daemon.cli("apply", step.stdout.strip())
+    wait_running(daemon, "web1")
+    listing = reader.run(port, "list")
+    assert listing.returncode == 0 and b"web1" in listing.stdout, listing.stderr
+    s = reader.session(port, "web1")
+    try:
+        s.expect("attached to web1 con0 as the writer", stream="err")
+        shell_ready(s)
+        s.send("echo $((6*7))\n")
+        s.expect(r"\n42\r?\n")
+    finally:
+        s.close()
