@@ -76,7 +76,7 @@ def _write(out: TextIO, fn: Callable[..., None], *args: Any) -> None:
             out.flush()  # drops what was buffered for the vanished reader
 
 
-def say(text: str, out: TextIO | None = None) -> None:
+def _say(text: str, out: TextIO | None = None) -> None:
     stream = out if out is not None else sys.stdout
     _write(stream, _print_line, text, stream)
 
@@ -127,7 +127,7 @@ async def serve(
         refused = False
         await api.start()
         if report is not None:
-            say(
+            _say(
                 f"warden: fleet {fleet_path}: {len(daemon.sups)} machines "
                 f"({', '.join(report['started']) or 'none'} starting); Ctrl-C stops them all"
             )
@@ -140,7 +140,7 @@ async def serve(
         stop_guests = stop_guests_on_exit and not refused
         if stop_guests:
             live = [s.name for s in daemon.sups.values() if s.machine.pid]
-            say(f"warden: stopping {len(live)} guests")
+            _say(f"warden: stopping {len(live)} guests")
         await daemon.shutdown(stop_guests=stop_guests)
         await api.stop()
         for sig in STOP_SIGNALS:
