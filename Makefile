@@ -5,6 +5,11 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 FLEET ?= examples/fleet.toml
+WARDEN_HOME ?= /var/lib/warden
+# `make up` runs a copy of FLEET whose owners also accept your own SSH key (the first of
+# ~/.ssh/id_ed25519.pub, id_ecdsa.pub, id_rsa.pub of the user who ran sudo, else root's); the
+# tracked file is not changed. `warden fleet add-key --help` says more.
+RUN_FLEET = $(WARDEN_HOME)/fleets/$(notdir $(FLEET))
 
 .PHONY: setup up test check unit bench clean
 
@@ -13,7 +18,8 @@ setup:
 
 up: setup
 	$(BIN)/warden image build minimal
-	$(BIN)/warden up $(FLEET)
+	$(BIN)/warden fleet add-key $(FLEET) --out $(RUN_FLEET) >/dev/null
+	$(BIN)/warden up $(RUN_FLEET)
 
 check: setup
 	$(BIN)/ruff check src tests benchmarks

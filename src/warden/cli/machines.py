@@ -23,7 +23,7 @@ def _up(args: argparse.Namespace) -> int:
 
     path = Path(args.fleet)
     fleet.load(path)  # validate before anything starts: errors name the file and key
-    return run(layout(), path, stop_guests_on_exit=True)
+    return run(layout(), path, stop_guests_on_exit=True, prune=args.prune)
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -149,6 +149,11 @@ def _doctor(args: argparse.Namespace) -> int:
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("up", help="run the daemon in the foreground with a fleet file")
     p.add_argument("fleet", help="fleet file (TOML)")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="destroy the machines of an earlier fleet that this file no longer lists",
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser("daemon", help="run the daemon in the foreground (guests outlive it)")

@@ -15,6 +15,7 @@ from warden.errors import WardenError
 # Command groups, in the order `warden --help` lists them.
 COMMAND_MODULES = (
     "warden.cli.machines",
+    "warden.cli.fleet",
     "warden.cli.images",
     "warden.cli.disk",
     "warden.cli.kernel",
@@ -51,6 +52,7 @@ COMMANDS = {
         ),
         "warden.cli.machines",
     ),
+    "fleet": "warden.cli.fleet",
     "image": "warden.cli.images",
     "disk": "warden.cli.disk",
     "kernel": "warden.cli.kernel",

@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from warden.daemon import machine as m
@@ -31,6 +32,15 @@ NOFILE_WANTED = 1 << 16
 EMPTY_FLEET = fleetmod.Fleet(source="<none>")
 
 
+@dataclass(frozen=True)
+class FleetFile:
+    """The fleet file `warden up` runs."""
+
+    text: str
+    source: str
+    prune: bool = False
+
+
 def raise_fd_limit() -> int:
     """Raise RLIMIT_NOFILE toward 65536 (hundreds of guests x a handful of fds each)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -48,7 +58,10 @@ class Daemon:
         self.sups: dict[str, Supervisor] = {}
         self.started = time.time()
         self.ctx: Context | None = None
+        self.reattached = 0
+        self.fd_limit = 0
         self.services: list[Any] = []  # started/stopped with the daemon (concentrator, ...)
+        self.started_services: list[Any] = []  # a refused `up` stops none it did not start
         # API routes added by features: (method, path under /v1, aiohttp handler)
         self.routes: list[tuple[str, str, Any]] = []
         # Called with the Supervisor before a start changes anything; raise WardenError to
@@ -65,7 +78,9 @@ class Daemon:
         return self.ctx
 
     # ---- life cycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    def open(self) -> None:
+        """Read the state, hook in the features and re-attach the guests that outlived the
+        previous daemon. Starts no process and changes nothing outside the daemon."""
         self.layout.ensure()
         ns.set_child_subreaper()
         self.fd_limit = raise_fd_limit()
@@ -86,8 +101,6 @@ class Daemon:
             fleet=fleet,
             hooks=list(self.extra_hooks),
         )
-        self.c.zygote = Zygote()
-        self.c.zygote.start()
         self._install_features()
         for spec in fleet.machines:
             self._add(spec)
@@ -95,10 +108,31 @@ class Daemon:
         for sup in self.sups.values():
             if sup.machine.state in m.LIVE and sup.reattach():
                 reattached += 1
-        self.c.event(None, "daemon-started", pid=os.getpid(), reattached=reattached)
         for svc in self.services:
+            if hasattr(svc, "load"):
+                svc.load()  # what the checks below compare against
+        self.reattached = reattached
+
+    async def start(self, up: FleetFile | None = None) -> dict[str, Any] | None:
+        """Start the services and the guests. `warden daemon` (up=None) restores what each
+        guest was last asked to be; `warden up` applies its file and starts every machine of it
+        (as `docker compose up` does). A file that would be refused is refused before anything
+        starts (a network, the zygote, a guest): the caller then shuts down with nothing to
+        undo."""
+        if self.ctx is None:
+            self.open()
+        if up is not None:
+            self.check(up.text, up.source, up.prune, verb="up")
+        self.c.zygote = Zygote()
+        self.c.zygote.start()
+        self.c.event(None, "daemon-started", pid=os.getpid(), reattached=self.reattached)
+        for svc in self.services:
+            self.started_services.append(svc)  # one that fails half-way is stopped too
             await svc.start()
+        if up is not None:
+            return self.apply(up.text, up.source, up.prune, start_all=True)
         self._autostart()
+        return None
 
     def _install_features(self) -> None:
         """Hook in the features built as separate modules (session logs, jails, network...)."""
@@ -126,13 +160,15 @@ class Daemon:
         self.sups[spec.name] = sup
         return sup
 
-    def _autostart(self) -> None:
+    def _autostart(self, start_all: bool = False) -> None:
+        """Start the guests that want to run: those last asked to run, those never started
+        whose spec says autostart, and with `start_all` every autostart machine."""
         for sup in self.sups.values():
             if sup.machine.state in m.LIVE:
                 continue
             row_wants = sup.machine.desired == "running"
             never_stopped = sup.machine.state is m.State.ABSENT
-            if row_wants or (sup.spec.autostart and never_stopped):
+            if row_wants or (sup.spec.autostart and (never_stopped or start_all)):
                 try:
                     self.start_machine(sup.name)
                 except WardenError as e:
@@ -142,7 +178,7 @@ class Daemon:
         if stop_guests:
             # Guests first: their exit hooks still have the services (networks) they use.
             await self.stop_all(timeout)
-        for svc in reversed(self.services):
+        for svc in reversed(self.started_services):
             with contextlib.suppress(Exception):
                 await svc.stop()
         for sup in self.sups.values():
@@ -168,7 +204,11 @@ class Daemon:
         await sup.wait_state((m.State.STOPPED, m.State.CRASHED, m.State.ABSENT), timeout)
 
     # ---- fleet ------------------------------------------------------------------------------
-    def apply(self, text: str, source: str, prune: bool = False) -> dict[str, Any]:
+    def check(
+        self, text: str, source: str, prune: bool = False, verb: str = "apply"
+    ) -> tuple[fleetmod.Fleet, list[str]]:
+        """Everything that could refuse the fleet file, changing nothing: the new fleet and the
+        machines it drops. `verb` is the command the refusal tells the user to rerun."""
         new = fleetmod.parse(text, source)
         old_names = set(self.sups)
         new_names = {mm.name for mm in new.machines}
@@ -177,7 +217,8 @@ class Daemon:
         if blocking and not prune:
             raise Conflict(
                 f"{source}: machines {', '.join(blocking)} are not in the fleet file any more but "
-                "still exist; destroy them first (warden destroy NAME) or apply with --prune"
+                "still exist; destroy them first (warden destroy NAME) or let the file replace "
+                f"them: warden {verb} --prune {source}"
             )
         for n in new_names - old_names:
             # Validate images up front so a bad path fails the apply, not a later start.
@@ -190,6 +231,12 @@ class Daemon:
             # Host-side checks (a port already bound, a tool missing): refuse before any change.
             if hasattr(svc, "check_fleet"):
                 svc.check_fleet(new)
+        return new, gone
+
+    def apply(
+        self, text: str, source: str, prune: bool = False, start_all: bool = False
+    ) -> dict[str, Any]:
+        new, gone = self.check(text, source, prune, verb="up" if start_all else "apply")
         report: dict[str, Any] = {"added": [], "changed": [], "removed": [], "started": []}
         for n in gone:
             sup = self.sups[n]
@@ -215,7 +262,7 @@ class Daemon:
             if hasattr(svc, "fleet_changed"):
                 svc.fleet_changed()
         before = {n for n, s in self.sups.items() if s.machine.state in m.LIVE}
-        self._autostart()
+        self._autostart(start_all)
         report["started"] = sorted(
             n for n, s in self.sups.items() if s.machine.state in m.LIVE and n not in before
         )

@@ -2,7 +2,8 @@
 
 One daemon per WARDEN_HOME, enforced with an flock on run/daemon.lock. `warden daemon` leaves
 guests running when it is told to stop (they outlive it; the next daemon re-attaches);
-`warden up` stops every guest cleanly on Ctrl-C or SIGTERM, then exits.
+`warden up` stops every guest cleanly on Ctrl-C, SIGTERM or SIGHUP, then exits, whatever
+became of its stdout and stderr meanwhile (`warden up | tee log`: the same Ctrl-C kills tee).
 """
 
 import asyncio
@@ -12,11 +13,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from warden.api.server import Api
-from warden.daemon.core import Daemon
+from warden.daemon.core import Daemon, FleetFile
 from warden.errors import Conflict
 from warden.paths import Layout
 from warden.tasks import spawn
@@ -47,54 +49,112 @@ def _print_event(ev: dict[str, Any], out: TextIO) -> None:
     print(f"{who}: {kind} {rest}".rstrip(), file=out, flush=True)
 
 
-async def serve(layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool) -> int:
+# Signals that end the daemon. SIGHUP is a closed terminal window (or ssh session): `warden up`
+# must then stop its fleet as on Ctrl-C, not die of the default action and leave it running.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _to_devnull(fd: int) -> None:
+    """Point `fd` at /dev/null: whatever was behind it (a pipe whose reader died of the same
+    Ctrl-C, a terminal that was closed) is gone, and no later write may fail."""
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _write(out: TextIO, fn: Callable[..., None], *args: Any) -> None:
+    """Run `fn(*args)`, which writes to `out`; if the writing fails (EPIPE, EIO), `out` goes
+    to /dev/null from then on. What the daemon prints is for the user; stopping the fleet must
+    never depend on it."""
+    try:
+        fn(*args)
+    except OSError:
+        _to_devnull(out.fileno())
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()  # drops what was buffered for the vanished reader
+
+
+def _say(text: str, out: TextIO | None = None) -> None:
+    stream = out if out is not None else sys.stdout
+    _write(stream, _print_line, text, stream)
+
+
+def _print_line(text: str, out: TextIO) -> None:
+    print(text, file=out, flush=True)
+
+
+class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler whose stream may vanish: then its log lines go to /dev/null."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            with contextlib.suppress(OSError, ValueError):
+                _to_devnull(self.stream.fileno())
+            return
+        super().handleError(record)
+
+
+async def serve(
+    layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool, prune: bool = False
+) -> int:
     lock = _lock(layout)
     daemon = Daemon(layout)
     api = Api(daemon)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    up = None
+    if fleet_path is not None:
+        up = FleetFile(fleet_path.read_text(), str(fleet_path), prune)
+    printer = None
+    # Whatever happens from here on (a refused fleet, a failed start, an output gone), the
+    # finally block stops what was started: the guests of `up`, the services, the API.
+    refused = True
     try:
-        await daemon.start()
-        await api.start()
-        q = daemon.c.bus.subscribe() if fleet_path is not None else None
-        if fleet_path is not None:
-            report = daemon.apply(fleet_path.read_text(), str(fleet_path))
-            print(
-                f"warden: fleet {fleet_path}: {len(daemon.sups)} machines "
-                f"({', '.join(report['started']) or 'none'} starting); Ctrl-C stops them all",
-                flush=True,
-            )
-        printer = None
-        if q is not None:
+        daemon.open()
+        if up is not None:
+            q = daemon.c.bus.subscribe()
 
             async def show() -> None:
                 while True:
-                    _print_event(await q.get(), sys.stdout)
+                    _write(sys.stdout, _print_event, await q.get(), sys.stdout)
 
             printer = spawn(show(), "event-printer")
+        report = await daemon.start(up)
+        refused = False
+        await api.start()
+        if report is not None:
+            _say(
+                f"warden: fleet {fleet_path}: {len(daemon.sups)} machines "
+                f"({', '.join(report['started']) or 'none'} starting); Ctrl-C stops them all"
+            )
         await stop.wait()
+    finally:
         if printer is not None:
             printer.cancel()
-        if stop_guests_on_exit:
+        # A refused `up` started no guest: the guests that outlived an earlier daemon are left
+        # as they were.
+        stop_guests = stop_guests_on_exit and not refused
+        if stop_guests:
             live = [s.name for s in daemon.sups.values() if s.machine.pid]
-            print(f"warden: stopping {len(live)} guests", flush=True)
-        await daemon.shutdown(stop_guests=stop_guests_on_exit)
-    finally:
+            _say(f"warden: stopping {len(live)} guests")
+        await daemon.shutdown(stop_guests=stop_guests)
         await api.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         os.close(lock)
     return 0
 
 
-def run(layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool) -> int:
-    logging.basicConfig(
-        level=os.environ.get("WARDEN_LOG", "INFO"),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def run(
+    layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool, prune: bool = False
+) -> int:
+    handler = _LogHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=os.environ.get("WARDEN_LOG", "INFO"), handlers=[handler])
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(layout, fleet_path, stop_guests_on_exit))
+        return asyncio.run(serve(layout, fleet_path, stop_guests_on_exit, prune))
     return 130

@@ -73,18 +73,26 @@ class NetService:
         self.br_netfilter: bool | None = None
         self._pidfds: dict[str, int] = {}  # proc key -> pidfd being watched
         self._stopping = False
+        self._loaded = False
 
     @property
     def ctx(self) -> Any:
         return self.daemon.c
 
     # ---- life cycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    def load(self) -> None:
+        """Read what the last daemon built (state.json). The daemon calls this before it checks
+        a fleet file, so that a refused `warden up` is refused before any network is built."""
         try:
             self.state = statemod.load(self.state_path)
         except (ValueError, KeyError, TypeError) as e:
             self.ctx.event(None, "net-state-unreadable", error=str(e))
             self.state = statemod.State()
+        self._loaded = True
+
+    async def start(self) -> None:
+        if not self._loaded:
+            self.load()
         if self._wanted(self.ctx.fleet) or self.state.networks or self.state.live:
             self.dirty = True
             await self.reconcile()

@@ -9,10 +9,12 @@ dynamically linked kernel (see xstate_shim.c for the whole story). The shim is c
 per machine into the cache, keyed by its source and the compiler.
 """
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -101,17 +103,36 @@ def _build_shim(layout: Layout) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    c_file = out.parent / "xstate_shim.c"
-    c_file.write_bytes(src)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    res = subprocess.run(
-        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(tmp), str(c_file)],
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise KernelError(f"building {c_file} failed:\n{res.stderr}")
-    tmp.chmod(0o755)
-    os.replace(tmp, out)  # atomic: a concurrent builder sees either nothing or the whole file
+    # The first boots of a fleet ask for the shim at once, from the daemon's executor threads
+    # (one pid) and from other processes (another home's daemon, `warden doctor`). The lock
+    # makes one of them build it; the others wait and find it built. flock excludes threads
+    # too, since each call opens the lock file anew.
+    lock = os.open(out.parent / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            _compile(cc, src, out)
+    finally:
+        os.close(lock)
     return out
+
+
+def _compile(cc: str, src: bytes, out: Path) -> None:
+    """Build `out` from `src`, through names of this call's own, replaced into place at the end
+    (a lock left by a killed builder is released by the kernel; its temporaries are only
+    litter, never read)."""
+    c_file = out.parent / "xstate_shim.c"
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as scratch:
+        c_tmp = Path(scratch) / "xstate_shim.c"
+        c_tmp.write_bytes(src)
+        tmp = Path(scratch) / "xstate_shim.so"
+        res = subprocess.run(
+            [cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(tmp), str(c_tmp)],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise KernelError(f"building {c_file} failed:\n{res.stderr}")
+        tmp.chmod(0o755)
+        os.replace(c_tmp, c_file)  # kept beside the shim: what it was built from
+        os.replace(tmp, out)  # atomic: a reader without the lock sees nothing or the whole file
