@@ -6,7 +6,6 @@ against a real daemon (tests/support/ssh_client.py), guests booted only where ou
 """
 
 import asyncio
-import os
 import subprocess
 import threading
 import time
@@ -135,34 +134,12 @@ def carol_fleet(e: Env, password: str, *machines: str) -> None:
 def password_login(
     e: Env, tmp_path: Path, password: str, prompts: int, bind: str = "127.0.0.1"
 ) -> tuple[subprocess.CompletedProcess[bytes], int]:
-    """ssh as carol with `password` (asked up to `prompts` times); returns the result and how
-    many times ssh asked for the password."""
-    count = tmp_path / f"asked-{time.monotonic_ns()}"
-    askpass = tmp_path / "askpass.sh"
-    askpass.write_text(f"#!/bin/sh\necho x >> {count}\necho '{password}'\n")
-    askpass.chmod(0o700)
-    argv = SshUser(tmp_path, "carol", key=False).argv(
-        e.port,
-        "list",
-        batch=False,
-        extra=(
-            "-o",
-            "PreferredAuthentications=password",
-            "-o",
-            f"NumberOfPasswordPrompts={prompts}",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            f"BindAddress={bind}",
-        ),
-        log_level="INFO",
+    """ssh as carol from `bind`: the result and how many times ssh asked for the password."""
+    carol = SshUser(tmp_path, "carol", key=False)
+    extra = ("-o", f"BindAddress={bind}")
+    return carol.password_login(
+        e.port, password, "list", prompts=prompts, extra=extra, log_level="INFO"
     )
-    env_vars = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
-    r = subprocess.run(
-        argv, capture_output=True, timeout=120, env=env_vars, stdin=subprocess.DEVNULL
-    )
-    asked = len(count.read_text().splitlines()) if count.exists() else 0
-    return r, asked
 
 
 @pytest.mark.guest
