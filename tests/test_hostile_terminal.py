@@ -109,7 +109,8 @@ CASES = [
     (b"\x1b[21t\x1b[14t\x1b[8;100;100t\x1b[?2026$p\x1b[?u\x1b[>1u\x1b[>4;1mok", b"ok"),
     (b"\x1b[?1000h\x1b[?1006h\x1b[?1004h\x1b[?2004h\x1b[?1h\x1b[?3hok", b"ok"),  # input modes
     (b'\x1b G\x1b%G\x1b[62;0"pok', b"ok"),  # 8-bit controls, charset switches
-    (b"\xc2\x9b6n\xc2\x9d52;c;x\x07\xc2\x90$qm\x1b\\ok", b"ok"),  # C1 controls (UTF-8)
+    # C1 controls (as UTF-8) are dropped; what followed them shows as text, harmlessly
+    (b"\xc2\x9b6n\xc2\x9d52;c;x\x07\xc2\x90$qm\xc2\x9cok", b"6n52;c;x\x07$qmok"),
     (b"\x9b6n", "\ufffd6n".encode()),  # a bare 8-bit C1 byte: not UTF-8, shown as U+FFFD
     (b"\xff\xc0\xaf\xed\xa0\x80", ("\ufffd" * 6).encode()),  # invalid, overlong, surrogate
     (
@@ -141,8 +142,9 @@ def test_filter_is_the_same_whatever_the_chunking() -> None:
         assert f.feed(EVIL_BYTES[:cut]) + f.feed(EVIL_BYTES[cut:]) + f.end() == whole, cut
     f = termsafe.TerminalFilter()
     assert b"".join(f.feed(bytes([b])) for b in EVIL_BYTES) + f.end() == whole
-    assert whole == (  # the lone BEL stays (it only rings); 0x9b and 0xff are not UTF-8
-        b"ok\x07\xef\xbf\xbd6n\xef\xbf\xbd\x1b[1;31mred\x1b[0m\x1b[2J\x1b[H\x1b[?1049h\x1b(0q\x1b(B"
+    # The lone BEL stays (it only rings); U+009B goes; 0x9b and 0xff are not UTF-8.
+    assert whole == (
+        b"ok\x076n\xef\xbf\xbd6n\xef\xbf\xbd\x1b[1;31mred\x1b[0m\x1b[2J\x1b[H\x1b[?1049h\x1b(0q\x1b(B"
         b"\xe2\x98\x83end\r\n"
     )
 
@@ -168,9 +170,10 @@ def test_filter_state_is_bounded() -> None:
 def test_filter_fuzz_keeps_its_promises() -> None:
     rng = random.Random(18)
     alphabet = (
-        b'\x1b\x07\x18\x9b\x9c\xc2\x90\x9d[]P_^X\\;?>=0123456789mhlncqtHJ $"!a\xe2\x98\x83\n\r'
+        b"\x1b\x07\x18\x1a\x00\x05\x7f\x0e\x9b\x9c\xc2\xc3\xa9\xff\x90\x9d"
+        b'[]P_^X\\;:?>=0123456789mhlncqtuHJ $"!(#a\xe2\x98\x83\n\r'
     )
-    for _ in range(400):
+    for _ in range(1000):
         data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 300)))
         whole = termsafe.filter_bytes(data)
         assert_safe_stream(whole)
@@ -178,6 +181,9 @@ def test_filter_fuzz_keeps_its_promises() -> None:
         cuts = sorted(rng.sample(range(len(data) + 1), min(4, len(data) + 1)))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         assert b"".join(f.feed(p) for p in parts) + f.end() == whole
+        # one byte at a time: every sequence through the state machine, none on the fast path
+        g = termsafe.TerminalFilter()
+        assert b"".join(g.feed(data[k : k + 1]) for k in range(len(data))) + g.end() == whole
 
 
 # ---- the CLI front ends, with a hostile daemon ------------------------------------------

@@ -23,6 +23,7 @@ controls, or hide text. Two tools, used at every place warden writes guest data 
   so the terminal is back in its ground state after every chunk the filter returns.
 """
 
+import codecs
 import logging
 import re
 from typing import Final
@@ -91,20 +92,29 @@ class Formatter(logging.Formatter):
 ESC: Final = 0x1B
 MAX_SEQUENCE: Final = 256  # bytes of one ESC/CSI sequence before it is dropped as garbage
 MAX_STRING: Final = 8192  # bytes of one OSC/DCS/SOS/PM/APC string before the filter gives up
-REPLACEMENT: Final = "\ufffd".encode()
-# C0 controls that only move the cursor or ring: BEL BS HT LF VT FF CR SO SI. Dropped: NUL,
-# ENQ (answerback: a query), CAN/SUB (abort), ESC (handled), the rest (nothing prints them).
-_KEPT_C0: Final = frozenset(b"\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f")
-# Plain printable ASCII, kept C0 and well-formed UTF-8 (never C1: U+0080..U+009F is C2 80..9F,
-# excluded here), matched in one step: the fast path for ordinary output.
-_SAFE_RUN: Final = re.compile(
-    rb"(?:[\x07-\x0d\x0e\x0f\x20-\x7e]"
-    rb"|\xc2[\xa0-\xbf]|[\xc3-\xdf][\x80-\xbf]"
-    rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
-    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})+"
+# C0 controls that only move the cursor or ring (BEL BS HT LF VT FF CR SO SI) are text. The
+# others are deleted from text as if never sent: NUL, ENQ (answerback: a query), CAN/SUB, the
+# rest (nothing prints them), DEL; ESC starts a sequence (and breaks a UTF-8 character).
+_DELETED: Final = bytes(range(0x00, 0x07)) + bytes(range(0x10, 0x1B)) + b"\x1c\x1d\x1e\x1f\x7f"
+# A span of text and of the CSI sequences that are always kept (no private marker, no
+# intermediate: colours, movement, erasing), taken in one step: colourful output (ls, vim)
+# has a sequence every few bytes, and one step per sequence is what made the filter slow.
+_SPAN: Final = re.compile(
+    rb"(?:[^\x1b]+|\x1b\[[0-9;:]{0,%d}[@A-MPSTXZ`abd-gmrs])+" % (MAX_SEQUENCE - 3)
 )
-# C1 controls that open a string (dropped with their payload), by their ESC Fe form.
-_STRING_OPENERS: Final = frozenset(b"P]X^_")  # DCS OSC SOS PM APC
+_C1: Final = re.compile("[\x80-\x9f]")
+# Whole ESC sequences, matched in one step at an ESC (the fast path); what does not match (a
+# sequence cut by the chunk's end, CAN/SUB or DEL inside one, a string longer than MAX_STRING)
+# goes through the byte-at-a-time state machine, which treats every sequence these match the
+# same way.
+_SEQUENCE: Final = re.compile(
+    rb"(?P<csi>\x1b\[[0-?]*[ -/]*[@-~])"
+    rb"|(?P<string>\x1b[\]P_^X][^\x07\x18\x1a\x1b]{0,%d}(?:\x07|\x1b\\))"
+    rb"|(?P<esc>\x1b[ -/]{0,3}[0-~])" % (MAX_STRING - 1)
+)
+# ESC followed by these opens a string (dropped with its payload): DCS OSC SOS PM APC.
+_STRING_OPENERS: Final = frozenset(b"P]X^_")
+_OPENERS: Final = frozenset(b"[P]X^_")  # ... or, with [, a CSI
 
 # ESC Fs/Fp sequences kept: DECSC DECRC IND NEL HTS RI RIS DECKPAM DECKPNM DECBI DECFI.
 _ESC_KEPT: Final = frozenset(b"78DEHMc=>69")
@@ -170,125 +180,114 @@ def _esc_kept(inter: bytes, final: int) -> bool:
 class TerminalFilter:
     """Filters one terminal stream (see the module docstring); sans-io, one per stream.
 
-    `feed(chunk)` returns what may go to the terminal now; a sequence split across chunks is
-    held (at most MAX_SEQUENCE bytes) until its end decides it. `end()` closes the stream: an
-    unfinished UTF-8 character becomes U+FFFD and an unfinished sequence is dropped. The
-    payload of a dropped string is never held: it is skipped as it arrives, and an
-    unterminated one stops being skipped after MAX_STRING bytes (what follows then shows as
-    text). `dropped` counts the sequences and controls removed.
+    `feed(chunk)` returns what may go to the terminal now; a sequence or UTF-8 character split
+    across chunks is held (at most MAX_SEQUENCE bytes) until its end decides it. `end()`
+    closes the stream: an unfinished UTF-8 character becomes U+FFFD and an unfinished sequence
+    is dropped. The payload of a dropped string is never held: it is skipped as it arrives,
+    and an unterminated one stops being skipped after MAX_STRING bytes (what follows then shows
+    as text). Text is decoded as UTF-8 (invalid bytes become U+FFFD, as Python's decoder
+    replaces them) and C1 controls in it (U+0080..U+009F) are dropped. `dropped` counts the
+    sequences and controls removed.
+
+    Ordinary output takes a fast path (one regular expression step per span of text and
+    always-kept CSI sequences, the UTF-8 decoder, one step per other escape sequence):
+    benchmarks/terminal_filter.py.
     """
 
-    GROUND, UTF8, ESCAPE, CSI, STRING, STRING_ESC = range(6)
+    GROUND, ESCAPE, CSI, STRING, STRING_ESC = range(5)
 
-    def __init__(self, max_sequence: int = MAX_SEQUENCE, max_string: int = MAX_STRING):
-        self.max_sequence = max_sequence
-        self.max_string = max_string
+    def __init__(self) -> None:
         self.state = self.GROUND
-        self.seq = bytearray()  # the sequence or UTF-8 character being read
-        self.need = 0  # UTF-8: continuation bytes still expected
-        self.low, self.high = 0x80, 0xBF  # UTF-8: the range of the next continuation byte
+        self.seq = bytearray()  # the ESC or CSI sequence being read
         self.string_len = 0
         self.dropped = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, data: bytes) -> bytes:
         out = bytearray()
         i, n = 0, len(data)
         while i < n:
-            if self.state == self.GROUND:
-                m = _SAFE_RUN.match(data, i)
-                if m is not None:
-                    out += m.group()
-                    i = m.end()
-                    continue
-            self._byte(data[i], out)
-            i += 1
+            if self.state != self.GROUND:
+                if self._byte(data[i], out):
+                    i += 1
+                continue
+            m = _SPAN.match(data, i)
+            if m is not None:
+                j = m.end()
+                self._text(data[i:j], out, final=j < n)
+                i = j
+                continue
+            self._text(b"", out, final=True)  # an ESC breaks a UTF-8 character
+            i = self._sequence(data, i, out)
         return bytes(out)
 
     def end(self) -> bytes:
         out = bytearray()
-        if self.state == self.UTF8:
-            out += REPLACEMENT
-        elif self.state != self.GROUND:
-            self.dropped += 1
-        self._reset()
+        self._text(b"", out, final=True)
+        if self.state != self.GROUND:
+            self._drop()
         return bytes(out)
 
-    # -- the state machine, one byte at a time (the fast path above skips plain text)
+    # -- text and whole sequences (the fast path)
+    def _text(self, data: bytes, out: bytearray, final: bool) -> None:
+        kept = data.translate(None, _DELETED)
+        self.dropped += len(data) - len(kept)
+        text = self._utf8.decode(kept, final)
+        if text:
+            text, n = _C1.subn("", text)
+            self.dropped += n
+            out += text.encode()
+
+    def _sequence(self, data: bytes, i: int, out: bytearray) -> int:
+        """At an ESC: a whole sequence handled at once, or the state machine started; returns
+        where to go on."""
+        m = _SEQUENCE.match(data, i)
+        token = m.group() if m is not None else b""
+        kind = m.lastgroup if m is not None else None
+        if kind == "csi" and len(token) <= MAX_SEQUENCE + 1:
+            body = token[2:-1]
+            k = len(body)
+            while k and 0x20 <= body[k - 1] <= 0x2F:
+                k -= 1
+            self._emit(_csi_kept(body[:k], body[k:], token[-1]), token, out)
+        elif kind == "string":
+            self.dropped += 1
+        elif kind == "esc" and not (len(token) == 2 and token[1] in _OPENERS):
+            self._emit(_esc_kept(token[1:-1], token[-1]), token, out)
+        else:
+            self._start_escape()
+            return i + 1
+        return i + len(token)
+
+    def _emit(self, kept: bool, token: bytes, out: bytearray) -> None:
+        if kept:
+            out += token
+        else:
+            self.dropped += 1
+
+    # -- the state machine, one byte at a time, for sequences the fast path could not take
     def _reset(self) -> None:
         self.state = self.GROUND
         self.seq.clear()
-        self.need = 0
         self.string_len = 0
 
     def _drop(self) -> None:
         self.dropped += 1
         self._reset()
 
-    def _byte(self, b: int, out: bytearray) -> None:
-        state = self.state
-        if state == self.GROUND:
-            self._ground(b, out)
-        elif state == self.UTF8:
-            self._utf8(b, out)
-        elif state == self.ESCAPE:
-            self._escape(b, out)
-        elif state == self.CSI:
-            self._csi(b, out)
-        else:
-            self._string(b, out)
-
-    def _ground(self, b: int, out: bytearray) -> None:
-        if b == ESC:
-            self._start_escape()
-        elif b < 0x20 or b == 0x7F:
-            if b in _KEPT_C0:
-                out.append(b)
-            else:
-                self.dropped += 1
-        elif b < 0x7F:
-            out.append(b)
-        elif 0xC2 <= b <= 0xF4:
-            self.state = self.UTF8
-            self.seq[:] = bytes([b])
-            self.need = 1 if b < 0xE0 else 2 if b < 0xF0 else 3
-            self.low = 0xA0 if b == 0xE0 else 0x90 if b == 0xF0 else 0x80
-            self.high = 0x9F if b == 0xED else 0x8F if b == 0xF4 else 0xBF
-        else:
-            # Not UTF-8 (a stray continuation byte, a bare 8-bit C1 control, C0/C1, F5..FF):
-            # shown as U+FFFD, so no 8-bit control ever reaches the terminal.
-            out += REPLACEMENT
-
-    def _utf8(self, b: int, out: bytearray) -> None:
-        if not self.low <= b <= self.high:
-            out += REPLACEMENT
-            self._reset()
-            self._ground(b, out)
-            return
-        self.seq.append(b)
-        self.low, self.high = 0x80, 0xBF
-        self.need -= 1
-        if self.need:
-            return
-        char = bytes(self.seq)
-        self._reset()
-        if char[0] == 0xC2 and char[1] < 0xA0:
-            self._c1(char[1] - 0x40, out)  # U+0080..U+009F: C1, as its ESC Fe form
-        else:
-            out += char
-
-    def _c1(self, fe: int, out: bytearray) -> None:
-        """A C1 control (encoded as UTF-8): the same as ESC followed by `fe`."""
-        self._start_escape()
-        if fe in b"[" + bytes(_STRING_OPENERS):
-            self._escape(fe, out)
-        else:
-            self._drop()  # IND, NEL, ST and the other lone C1 controls: none is needed
-
     def _start_escape(self) -> None:
         self.state = self.ESCAPE
         self.seq[:] = b"\x1b"
 
-    def _finish(self, kept: bool, final: int, out: bytearray) -> None:
+    def _byte(self, b: int, out: bytearray) -> bool:
+        """One byte in a sequence; False if it was not taken (read it again as text)."""
+        if self.state == self.ESCAPE:
+            return self._escape(b, out)
+        if self.state == self.CSI:
+            return self._csi(b, out)
+        return self._string(b, out)
+
+    def _finish(self, kept: bool, final: int, out: bytearray) -> bool:
         """The final byte of an ESC or CSI sequence: the whole sequence out, or nothing."""
         if kept:
             out += self.seq
@@ -296,17 +295,18 @@ class TerminalFilter:
             self._reset()
         else:
             self._drop()
+        return True
 
-    def _abandon(self, b: int, out: bytearray) -> None:
+    def _abandon(self, b: int) -> bool:
         """A byte that cannot continue the sequence (a C0 control, CAN/SUB, ESC, a byte above
         ASCII): the sequence is dropped and the byte read as if no escape had come."""
         self._drop()
         if b == ESC:
             self._start_escape()
-        elif b not in (0x18, 0x1A):
-            self._ground(b, out)
+            return True
+        return b in (0x18, 0x1A)  # CAN and SUB only abort; anything else is read again
 
-    def _escape(self, b: int, out: bytearray) -> None:
+    def _escape(self, b: int, out: bytearray) -> bool:
         inter = len(self.seq) > 1
         if b == ord("[") and not inter:
             self.state = self.CSI
@@ -320,14 +320,15 @@ class TerminalFilter:
             if len(self.seq) > 4:
                 self._drop()
         elif 0x30 <= b <= 0x7E:
-            self._finish(_esc_kept(bytes(self.seq[1:]), b), b, out)
+            return self._finish(_esc_kept(bytes(self.seq[1:]), b), b, out)
         elif b != 0x7F:  # DEL is ignored inside sequences
-            self._abandon(b, out)
+            return self._abandon(b)
+        return True
 
-    def _csi(self, b: int, out: bytearray) -> None:
+    def _csi(self, b: int, out: bytearray) -> bool:
         if 0x20 <= b <= 0x3F:
             self.seq.append(b)
-            if len(self.seq) > self.max_sequence:
+            if len(self.seq) > MAX_SEQUENCE:
                 self._drop()
         elif 0x40 <= b <= 0x7E:
             body = bytes(self.seq[2:])
@@ -336,27 +337,29 @@ class TerminalFilter:
                 k -= 1
             params, inter = body[:k], body[k:]
             ok = all(0x30 <= c <= 0x3F for c in params) and _csi_kept(params, inter, b)
-            self._finish(ok, b, out)
+            return self._finish(ok, b, out)
         elif b != 0x7F:
-            self._abandon(b, out)
+            return self._abandon(b)
+        return True
 
-    def _string(self, b: int, out: bytearray) -> None:
+    def _string(self, b: int, out: bytearray) -> bool:
         # The payload is skipped, never stored. BEL ends an OSC (xterm); ESC \ is ST; CAN and
         # SUB abort; ESC and anything else ends the string and starts a new sequence.
         self.string_len += 1
         if self.state == self.STRING_ESC:
             self._drop()
-            if b != ord("\\"):
-                self._start_escape()
-                self._escape(b, out)
-            return
+            if b == ord("\\"):
+                return True
+            self._start_escape()
+            return self._escape(b, out)
         if b == ESC:
             self.state = self.STRING_ESC
         elif b in (0x07, 0x18, 0x1A):
             self._drop()
-        elif self.string_len > self.max_string:
+        elif self.string_len > MAX_STRING:
             self._drop()  # unterminated: stop hiding what follows
-            self._ground(b, out)
+            return False
+        return True
 
 
 def filter_bytes(data: bytes) -> bytes:

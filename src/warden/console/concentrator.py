@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,29 @@ DUMMY_HASH = "$6$wardenwardenwar$" + "x" * 86
 CRYPT_WORKERS = 1  # crypt() threads; the builtin sha512_crypt holds the GIL anyway
 CRYPT_QUEUE = 8  # password checks running or waiting; more are refused at once
 CAN = b"\x18"  # cancels any escape sequence a terminal is in the middle of
+# CPU a spy's output filter may use per second on the daemon's loop. Ordinary output filters
+# at ~50 MB/s, but output made of nothing but escape sequences only at ~1.5 MB/s
+# (benchmarks/terminal_filter.py): past this budget a spy's output is skipped, and said so,
+# rather than a guest's flood slowing the loop that serves every other guest.
+FILTER_CPU = 0.2
+
+
+class CpuBudget:
+    """At most `per_second` seconds spent per one-second window (sans-io: times are given)."""
+
+    def __init__(self, per_second: float):
+        self.per_second = per_second
+        self.window = 0.0
+        self.spent = 0.0
+
+    def allow(self, now: float) -> bool:
+        if now - self.window >= 1.0:
+            self.window, self.spent = now, 0.0
+        return self.spent < self.per_second
+
+    def spend(self, seconds: float) -> None:
+        self.spent += seconds
+
 
 # A login credential: ("key", the key's public data) or ("password", the stored hash).
 Credential = tuple[str, bytes | str]
@@ -390,6 +414,8 @@ class Session(asyncssh.SSHServerSession[bytes]):
         self.raw = False  # --raw: a spy gets the guest's bytes unfiltered
         self.screen: termsafe.TerminalFilter | None = None  # made when first needed
         self.sent_raw = False  # raw bytes went out (as the writer) before any filtering
+        self.budget = CpuBudget(FILTER_CPU)
+        self.skipped = 0  # output bytes not shown since the budget ran out
         self.last_input = 0.0
         self._idle: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
@@ -525,11 +551,22 @@ class Session(asyncssh.SSHServerSession[bytes]):
         if self.raw or (self.client is not None and self.client.writer):
             self.sent_raw = True
             return data
+        start = time.perf_counter()
+        if not self.budget.allow(start):
+            if not self.skipped:
+                self._notice("[warden: output too fast to filter for a spy: skipping some]")
+            self.skipped += len(data)
+            return b""
+        if self.skipped:
+            self._notice(f"[warden: {self.skipped} bytes skipped; the session log has them]")
+            self.skipped = 0
+        prefix = b""
         if self.screen is None:
             self.screen = termsafe.TerminalFilter()
-            if self.sent_raw:  # CAN ends a sequence the raw stream left open
-                return CAN + self.screen.feed(data)
-        return self.screen.feed(data)
+            prefix = CAN if self.sent_raw else b""  # CAN ends what the raw stream left open
+        out = prefix + self.screen.feed(data)
+        self.budget.spend(time.perf_counter() - start)
+        return out
 
     def _notice(self, text: str) -> None:
         if self.chan is not None and not self.ended:
