@@ -16,6 +16,33 @@ if TYPE_CHECKING:
     from tests.support.daemon import DaemonProc
 
 
+# The caller's terminal and locale must not change what a test sees. TERM reaches guests through
+# `ssh -tt` and `warden console`: under tmux (TERM=tmux-256color) Debian's bashrc coloured the
+# prompt a honeypot test expects, and with no TERM at all readline leaves bracketed paste off.
+# "xterm" is neither *-256color (plain prompt) nor dumb. COLUMNS/LINES, NO_COLOR/FORCE_COLOR and
+# CLICOLOR* change rich's and argparse's output; an ssh agent would offer the caller's keys.
+STEADY_ENV = {"TERM": "xterm", "LANG": "C.UTF-8"}
+CALLER_ONLY = (
+    "LC_ALL",
+    "LANGUAGE",
+    "COLUMNS",
+    "LINES",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "CLICOLOR",
+    "CLICOLOR_FORCE",
+    "SSH_AUTH_SOCK",
+)
+
+
+@pytest.fixture(autouse=True)
+def steady_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in STEADY_ENV.items():
+        monkeypatch.setenv(name, value)
+    for name in CALLER_ONLY:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Layout]:
     """A fresh WARDEN_HOME. Short on purpose: UNIX socket paths under it (a guest's mconsole)

@@ -337,31 +337,10 @@ def test_password_login(env: Env, tmp_path: Path) -> None:
     assert pw_hash.startswith("$6$") and "rounds=" not in pw_hash
     carol = f'\n[[owner]]\nname = "carol"\npassword_hash = "{pw_hash}"\n'
     env.apply(machine_toml("web1", "carol", autostart=False), extra=carol)
-    askpass = tmp_path / "askpass.sh"
-    import os
     import subprocess
 
     def login(password: str) -> subprocess.CompletedProcess[bytes]:
-        askpass.write_text(f"#!/bin/sh\necho '{password}'\n")
-        askpass.chmod(0o700)
-        user = SshUser(tmp_path, "carol", key=False)
-        argv = user.argv(
-            env.port,
-            "list",
-            batch=False,
-            extra=(
-                "-o",
-                "PreferredAuthentications=password",
-                "-o",
-                "NumberOfPasswordPrompts=1",
-                "-o",
-                "PubkeyAuthentication=no",
-            ),
-        )
-        env_vars = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
-        return subprocess.run(
-            argv, capture_output=True, timeout=60, env=env_vars, stdin=subprocess.DEVNULL
-        )
+        return SshUser(tmp_path, "carol", key=False).password_login(env.port, password, "list")[0]
 
     ok = login("correct horse")
     assert ok.returncode == 0 and b"web1" in ok.stdout, ok.stderr

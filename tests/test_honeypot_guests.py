@@ -153,7 +153,9 @@ class Intruder:
             time.sleep(2)
 
     def session(self, port: int) -> SshSession:
-        return SshSession(self.argv(port, tty=True))
+        # ssh -tt sends TERM to the guest: fixed here, so that Debian's bashrc gives the plain
+        # prompt the test expects whatever terminal runs the tests (tmux-256color colours it).
+        return SshSession(self.argv(port, tty=True), env={**os.environ, "TERM": "xterm"})
 
 
 # Run by root in a guest: does mountinfo behave as on a real kernel? (systemd relies on both:

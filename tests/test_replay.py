@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import FLEET_HEAD, machine_toml
 from tests.support.daemon import DaemonProc
 from tests.test_guest_lifecycle import run_on, wait_state
+from warden import termsafe
 from warden.console import export, replay
 from warden.console import sessionlog as sl
 
@@ -149,15 +150,18 @@ def test_export_replay_and_search_a_real_session(daemon: DaemonProc, tmp_path: P
     assert played.stdout.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
 
     t0 = time.monotonic()
+    replay = [sys.executable, "-m", "warden", "replay", "r1", "--max-idle", "1"]
     replayed = subprocess.run(
-        [sys.executable, "-m", "warden", "replay", "r1", "--speed", "2", "--max-idle", "1"],
-        env=daemon.env,
-        capture_output=True,
-        check=True,
+        [*replay, "--speed", "2", "--raw"], env=daemon.env, capture_output=True, check=True
     )
     took = time.monotonic() - t0
     assert replayed.stdout == raw
     print(f"replay at speed 2 took {took:.2f}s")
+    # By default the same bytes through the terminal filter (busybox's ESC[6n query is gone).
+    safe = subprocess.run(
+        [*replay, "--speed", "100"], env=daemon.env, capture_output=True, check=True
+    )
+    assert b"\x1b[6n" in raw and safe.stdout == termsafe.filter_bytes(raw)
 
     hits = json.loads(daemon.cli("logs", "search", "secret-$((1000", "--json").stdout)
     typed = [h for h in hits if h["direction"] == "typed"]

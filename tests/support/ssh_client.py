@@ -88,6 +88,40 @@ class SshUser:
     def session(self, port: int, *command: str, **kw: object) -> "SshSession":
         return SshSession(self.argv(port, *command, **kw))  # type: ignore[arg-type]
 
+    def password_login(
+        self,
+        port: int,
+        password: str,
+        *command: str,
+        prompts: int = 1,
+        extra: tuple[str, ...] = (),
+        log_level: str = "ERROR",
+    ) -> tuple[subprocess.CompletedProcess[bytes], int]:
+        """ssh with `password` only (given by an askpass script, up to `prompts` times);
+        returns the result and how many times ssh asked for the password."""
+        count = self.dir / f"asked-{self.name}-{time.monotonic_ns()}"
+        askpass = self.dir / f"askpass-{self.name}.sh"
+        askpass.write_text(f"#!/bin/sh\necho x >> {count}\necho '{password}'\n")
+        askpass.chmod(0o700)
+        options = (
+            "PreferredAuthentications=password",
+            f"NumberOfPasswordPrompts={prompts}",
+            "PubkeyAuthentication=no",
+        )
+        argv = self.argv(
+            port,
+            *command,
+            batch=False,
+            extra=(*(x for o in options for x in ("-o", o)), *extra),
+            log_level=log_level,
+        )
+        env = {**os.environ, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"}
+        r = subprocess.run(
+            argv, capture_output=True, timeout=120, env=env, stdin=subprocess.DEVNULL
+        )
+        asked = len(count.read_text().splitlines()) if count.exists() else 0
+        return r, asked
+
 
 class SshSession:
     """A running ssh whose stdout and stderr are collected by threads."""

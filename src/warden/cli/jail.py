@@ -4,6 +4,7 @@ import argparse
 import json
 from typing import Any
 
+from warden import termsafe
 from warden.api.client import ApiClient
 from warden.paths import layout
 
@@ -16,15 +17,18 @@ def _caps(p: dict[str, Any]) -> str:
 
 
 def _print(r: dict[str, Any]) -> None:
-    print(f"machine   {r['name']} ({r['state']})")
+    # Process names, mounts and fd targets are read from the guest's host processes; a guest
+    # kernel picks some of them (comm, paths): every field is escaped.
+    q = termsafe.line
+    print(f"machine   {q(r['name'])} ({q(r['state'])})")
     if not r["jail"]:
         print("jail      OFF (jail = false in the fleet file): the kernel runs as root")
     else:
-        print(f"jail      {r['jail_state']}")
+        print(f"jail      {q(r['jail_state'])}")
     print(f"uid/gid   {r['uid'] if r['uid'] is not None else '-'}")
     cg = r["cgroup"]
-    limits = ", ".join(f"{k}={v}" for k, v in cg["limits"].items())
-    print(f"cgroup    {cg['path']}  [{limits}]")
+    limits = ", ".join(f"{q(k)}={q(v)}" for k, v in cg["limits"].items())
+    print(f"cgroup    {q(cg['path'])}  [{limits}]")
     if r.get("kernel_pid") is None:
         print("not running: nothing more to audit")
         return
@@ -32,11 +36,11 @@ def _print(r: dict[str, Any]) -> None:
     nnp = "yes" if s["no_new_privs"] else "NO"
     print(
         f"processes {s['processes']}, uids {s['uids']}, capabilities {s['capabilities']}, "
-        f"no_new_privs {nnp}, seccomp {','.join(s['seccomp'])}"
+        f"no_new_privs {nnp}, seccomp {q(','.join(s['seccomp']))}"
     )
     print("namespaces (guest vs host):")
     for kind, ns in r["namespaces"].items():
-        print(f"  {kind:<7} {'separate' if ns['separate'] else 'SHARED  '}  {ns['guest']}")
+        print(f"  {q(kind):<7} {'separate' if ns['separate'] else 'SHARED  '}  {q(ns['guest'])}")
     root = r["root"]
     if root["host_root"]:
         print("root      the HOST's / (no jail)")
@@ -44,23 +48,25 @@ def _print(r: dict[str, Any]) -> None:
         entries = root["entries"]
         print(f"root      {len(entries)} entries under the kernel's root")
         for e in entries:
-            print(f"  /{e}")
+            print(f"  /{q(e)}")
     cwd = r["cwd"]
-    print(f"cwd       {cwd['path']}" + ("" if cwd["entries"] is None else " (not under the root)"))
+    print(
+        f"cwd       {q(cwd['path'])}" + ("" if cwd["entries"] is None else " (not under the root)")
+    )
     for e in cwd["entries"] or []:
-        print(f"  ./{e}")
+        print(f"  ./{q(e)}")
     print("mounts:")
     for mnt in r["mounts"]:
-        print(f"  {mnt}")
+        print(f"  {q(mnt)}")
     print("processes:")
     for p in r["processes"]:
         print(
-            f"  {p['pid']:>7} {p['name']:<12} uid {p['uid']} gid {p['gid']} groups {p['groups']} "
-            f"nnp {int(p['no_new_privs'])} seccomp {p['seccomp']}"
+            f"  {p['pid']:>7} {q(p['name']):<12} uid {p['uid']} gid {p['gid']} "
+            f"groups {q(p['groups'])} nnp {int(p['no_new_privs'])} seccomp {q(p['seccomp'])}"
         )
-        print(f"          caps: {_caps(p)}")
+        print(f"          caps: {q(_caps(p))}")
         fds = [
-            f"{f['fd']}={f['target']}" + (f" [{f['host_file']}]" if "host_file" in f else "")
+            f"{f['fd']}={q(f['target'])}" + (f" [{q(f['host_file'])}]" if "host_file" in f else "")
             for f in p["fds"]
         ]
         print("          fds: " + ", ".join(fds))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warden import termsafe
 from warden.console import export, logstore, replay
 from warden.console import search as searchmod
 from warden.console import sessionlog as sl
@@ -224,8 +225,8 @@ def _search(args: argparse.Namespace) -> int:
             who = " (exec)" if h.direction == "executed" else who
             ctx = export.strip_controls(h.context.decode("utf-8", "replace")).replace("\n", "⏎")
             print(
-                f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}{who}  "
-                f"record {h.seq}: …{ctx}…"
+                f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}"
+                f"{termsafe.line(who)}  record {h.seq}: …{termsafe.line(ctx)}…"
             )
     return 0 if hits else 1
 
@@ -254,7 +255,7 @@ def _dump(args: argparse.Namespace) -> int:
             print(json.dumps(item))
         else:
             rest = {k: v for k, v in item.items() if k not in ("seq", "time_us", "type")}
-            print(f"{r.seq:>7} {_when(r.time_us)} {r.kind:<10} {json.dumps(rest)}")
+            print(f"{r.seq:>7} {_when(r.time_us)} {termsafe.line(r.kind):<10} {json.dumps(rest)}")
     return 0
 
 
@@ -271,9 +272,9 @@ def _replay(args: argparse.Namespace) -> int:
         raise WardenError(f"--speed {args.speed}: expected a number above 0, e.g. 2 or 0.5")
     records, meta = _records(lay, name, line or args.line, args.boot)
     if sys.stderr.isatty():
+        what = termsafe.line(f"{meta.get('machine')} {meta.get('line')} boot {meta.get('boot')}")
         print(
-            f"[warden: replaying {meta.get('machine')} {meta.get('line')} boot "
-            f"{meta.get('boot')} from {_when(records[0].time_us) if records else '-'}; "
+            f"[warden: replaying {what} from {_when(records[0].time_us) if records else '-'}; "
             "Ctrl-C stops]",
             file=sys.stderr,
         )
@@ -285,7 +286,7 @@ def _replay(args: argparse.Namespace) -> int:
         events=args.events,
         tty=args.tty,
     )
-    replay.play(steps, sys.stdout.fileno())
+    replay.play(steps, sys.stdout.fileno(), raw=args.raw)
     return 0
 
 
@@ -358,6 +359,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--events", action="store_true", help="show attach/detach/... (tty logs: exec...) inline"
     )
     p.add_argument("--tty", type=int, help="tty logs: only this tty id's session (logs dump)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the guest's bytes as recorded (default: OSC/DCS/APC strings and terminal "
+        "queries are removed, so a hostile guest cannot drive your terminal)",
+    )
     p.set_defaults(func=_replay)
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warden import termsafe
 from warden.api.client import ApiClient
 from warden.errors import WardenError
 from warden.paths import layout
@@ -45,7 +46,7 @@ def _apply(args: argparse.Namespace) -> int:
     else:
         for k in ("added", "changed", "removed", "started"):
             if report.get(k):
-                print(f"{k}: {', '.join(report[k])}")
+                print(f"{k}: {', '.join(termsafe.line(n) for n in report[k])}")
         if not any(report.values()):
             print("no change")
     return 0
@@ -77,10 +78,11 @@ def _ls(args: argparse.Namespace) -> int:
         note = ""
         last = mm.get("last_exit")
         if mm["state"] in ("stopped", "crashed") and last:
-            note = str(last.get("reason", ""))
+            note = str(last.get("reason", ""))  # may quote the guest (a panic message)
+        name, owner, state = (termsafe.line(mm[k]) for k in ("name", "owner", "state"))
         print(
-            f"{mm['name']:<16} {mm['owner']:<10} {mm['state']:<9} {format_size(mm['memory']):>7} "
-            f"{_fmt_uptime(mm.get('uptime')):>7} {mm.get('pid') or '-':>8}  {note}"
+            f"{name:<16} {owner:<10} {state:<9} {format_size(mm['memory']):>7} "
+            f"{_fmt_uptime(mm.get('uptime')):>7} {mm.get('pid') or '-':>8}  {termsafe.line(note)}"
         )
     return 0
 
@@ -94,7 +96,7 @@ def _action(action: str) -> Any:
         if getattr(args, "json", False):
             print(json.dumps(info, indent=1))
         else:
-            print(f"{info['name']}: {info['state']}")
+            print(f"{termsafe.line(info['name'])}: {termsafe.line(info['state'])}")
         return 0
 
     return handler
@@ -105,13 +107,20 @@ def _console(args: argparse.Namespace) -> int:
 
     name, _, line = args.name.partition(":")
     return console.run(
-        layout(), name, line or args.line, args.spy, args.force, args.timeout, args.scrollback
+        layout(),
+        name,
+        line or args.line,
+        args.spy,
+        args.force,
+        args.timeout,
+        args.scrollback,
+        raw=args.raw,
     )
 
 
 def _mconsole(args: argparse.Namespace) -> int:
     reply = _client().post(f"/machines/{args.name}/mconsole", {"command": " ".join(args.command)})
-    text = reply["reply"]
+    text = termsafe.text(reply["reply"])  # the guest kernel wrote it (`proc` reads its files)
     sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return 0
 
@@ -126,7 +135,7 @@ def _events(args: argparse.Namespace) -> int:
         ts = time.strftime("%H:%M:%S", time.localtime(ev.pop("ts")))
         ev.pop("id", None)
         who, kind = ev.pop("machine") or "warden", ev.pop("kind")
-        print(f"{ts} {who}: {kind} " + " ".join(f"{k}={v}" for k, v in ev.items()))
+        print(f"{ts} {termsafe.line(who)}: {termsafe.line(kind)} {termsafe.fields(ev)}".rstrip())
     return 0
 
 
@@ -136,7 +145,7 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=1))
     else:
         for k, v in st.items():
-            print(f"{k}: {v}")
+            print(f"{termsafe.line(k)}: {termsafe.line(v)}")
     return 0
 
 
@@ -204,6 +213,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         help="without a TTY: seconds to keep printing after stdin ends",
     )
     p.add_argument("--scrollback", type=int, default=0, help="replay up to N recent bytes")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="pass the guest's bytes untouched (default for all but your own interactive "
+        "writer session: OSC/DCS/APC strings and terminal queries are removed)",
+    )
     p.set_defaults(func=_console)
 
     p = sub.add_parser("mconsole", help="send a UML management console command (admins)")

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from warden import termsafe
 from warden.errors import WardenError
 
 # Command groups, in the order `warden --help` lists them.
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except WardenError as e:
-        print(f"warden: {e}", file=sys.stderr)
+        print(f"warden: {termsafe.text(e)}", file=sys.stderr)  # errors may quote a guest
         return 2
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warden import termsafe
 from warden.api.client import ApiClient
 from warden.errors import WardenError
 from warden.paths import layout
@@ -26,10 +27,12 @@ def _set(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
     elif args.size == "auto":
-        print(f"{info['name']}: the balancer decides again (plugged {_mib(info['plugged'])})")
+        name = termsafe.line(info["name"])
+        print(f"{name}: the balancer decides again (plugged {_mib(info['plugged'])})")
     else:
         note = "" if info.get("reached") else " (still moving there)"
-        print(f"{info['name']}: pinned at {args.size}, plugged {_mib(info['plugged'])}{note}")
+        name = termsafe.line(info["name"])
+        print(f"{name}: pinned at {args.size}, plugged {_mib(info['plugged'])}{note}")
     return 0
 
 
@@ -65,7 +68,8 @@ def table(snap: dict[str, Any]) -> str:
         f"plugged {_mib(snap['plugged'])}  free {_mib(snap['free'])}  "
         f"peak {_mib(snap['peak_plugged'])}  host available {_mib(snap['host_available'])}",
     ]
-    lines += [f"note: {n}" for n in snap.get("notes", [])]
+    q = termsafe.line  # guest names, notes and signals: escaped, as everything daemon-sent
+    lines += [f"note: {q(n)}" for n in snap.get("notes", [])]
     lines.append(
         f"{'NAME':<14} {'PLUGGED':>8} {'MAX':>6} {'FLOOR':>6} {'W':>5} {'USED':>7} "
         f"{'AVAIL':>7} {'CACHE':>7} {'HOST':>7} {'TARGET':>7}  {'SIGNALS':<14} LAST ACTION"
@@ -80,10 +84,10 @@ def table(snap: dict[str, Any]) -> str:
             if not a["ok"]:
                 last += " FAILED"
         state = "booting" if g.get("booting") else ""
-        sig = ",".join(g.get("signals", [])) or state or "-"
+        sig = q(",".join(g.get("signals", [])) or state or "-")
         lines.append(
-            f"{g['name']:<14} {_mib(g['plugged']):>7}{flag} {_mib(g['max']):>6} "
-            f"{_mib(g['floor']):>6} {g['weight']:>5} {_mib(g.get('used')):>7} "
+            f"{q(g['name']):<14} {_mib(g['plugged']):>7}{flag} {_mib(g['max']):>6} "
+            f"{_mib(g['floor']):>6} {q(g['weight']):>5} {_mib(g.get('used')):>7} "
             f"{_mib(g.get('available')):>7} {_mib(g.get('cache')):>7} "
             f"{_mib(g.get('host_usage')):>7} {_mib(g.get('target')):>7}  {sig:<14} {last}"
         )

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
+from warden import termsafe
 from warden.api.client import ApiClient, _UnixConnection
 from warden.errors import NotFound, WardenError
 from warden.net.capture import RecordBoundary
@@ -25,10 +26,11 @@ def _ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    where = info["netns"] or "(host)"
+    q = termsafe.line  # DHCP leases and errors can carry what a guest sent
+    where = q(info["netns"] or "(host)")
     print(f"network namespace: {where}" + (" (made by warden)" if info["netns_created"] else ""))
     if info.get("error"):
-        print(f"last error: {info['error']}")
+        print(f"last error: {q(info['error'])}")
     if info.get("br_netfilter") is False:
         print("warning: no br_netfilter here: egress rules do not see guest-to-guest traffic")
     if not info["networks"]:
@@ -36,10 +38,10 @@ def _ls(args: argparse.Namespace) -> int:
     else:
         print(f"{'NETWORK':<12} {'SUBNET':<18} {'GATEWAY':<15} {'NAT':<4} {'BRIDGE':<15} DNSMASQ")
         for n in info["networks"]:
-            state = n["bridge"] if n["up"] else f"{n['bridge']} (down)"
+            state = q(n["bridge"]) if n["up"] else f"{q(n['bridge'])} (down)"
             print(
-                f"{n['name']:<12} {n['subnet']:<18} {n['gateway']:<15} "
-                f"{'yes' if n['nat'] else 'no':<4} {state:<15} {n['dnsmasq'] or '-'}"
+                f"{q(n['name']):<12} {q(n['subnet']):<18} {q(n['gateway']):<15} "
+                f"{'yes' if n['nat'] else 'no':<4} {state:<15} {q(n['dnsmasq'] or '-')}"
             )
     if info["guests"]:
         print()
@@ -54,14 +56,14 @@ def _ls(args: argparse.Namespace) -> int:
             if g["capture"]:
                 notes.append("captured")
             if g["forwards"]:
-                notes.append("forwards " + " ".join(g["forwards"]))
+                notes.append("forwards " + " ".join(q(f) for f in g["forwards"]))
             for nic in g["nics"]:
                 rx = format_size(nic["rx_bytes"]) if nic["rx_bytes"] is not None else "-"
                 tx = format_size(nic["tx_bytes"]) if nic["tx_bytes"] is not None else "-"
-                addr = nic["ip"] + ("*" if nic["dhcp"] else "")
+                addr = q(nic["ip"]) + ("*" if nic["dhcp"] else "")
                 print(
-                    f"{g['name']:<16} eth{nic['nic']:<2} {addr:<15} {nic['tap'] or '-':<15} "
-                    f"{g['egress']:<12} {rx:>8} {tx:>8}  {' '.join(notes)}"
+                    f"{q(g['name']):<16} eth{nic['nic']:<2} {addr:<15} {q(nic['tap'] or '-'):<15} "
+                    f"{q(g['egress']):<12} {rx:>8} {tx:>8}  {' '.join(notes)}"
                 )
         print("(* handed out by DHCP)")
     return 0
@@ -101,7 +103,7 @@ def _capture(args: argparse.Namespace) -> int:
         if resp.status == 404:
             raise NotFound(msg)
         raise WardenError(msg)
-    tap = resp.getheader("X-Warden-Tap", "?")
+    tap = termsafe.line(resp.getheader("X-Warden-Tap", "?"))
     out: BinaryIO
     path = Path(args.out) if args.out else None
     out = open(path, "wb") if path else sys.stdout.buffer  # noqa: SIM115

@@ -18,6 +18,8 @@ HELP = (
     "      --spy        watch only: your keystrokes go nowhere\n"
     "      --force      take the line over from its current writer (logged)\n"
     "      --scrollback N   first replay up to N bytes of recent output\n"
+    "      --raw        the guest's bytes untouched (a spy's output is otherwise filtered:\n"
+    "                   no OSC/DCS/APC strings, no terminal queries)\n"
     "  While attached: Ctrl-] then . detaches, Ctrl-] Ctrl-] sends Ctrl-], Ctrl-] ? helps.\n"
 )
 
@@ -29,6 +31,7 @@ class Attach:
     spy: bool = False
     force: bool = False
     scrollback: int = 0
+    raw: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def parse_command(command: str | None) -> Request:
     line = line or "con0"
     if not LINE_NAME.match(line):
         return Refuse(f"warden: {line!r} is not a line name (con0 or ssl0..ssl7)")
-    spy = force = False
+    spy = force = raw = False
     scrollback = 0
     rest = words[1:]
     while rest:
@@ -82,17 +85,19 @@ def parse_command(command: str | None) -> Request:
             spy = True
         elif w in ("--force", "-f"):
             force = True
+        elif w == "--raw":
+            raw = True
         elif w == "--scrollback" and rest and rest[0].isdigit():
             scrollback = min(int(rest.pop(0)), 1 << 20)
         else:
             return Refuse(
                 f"warden: unknown option {w!r} after {target} "
-                "(options: --spy, --force, --scrollback N)",
+                "(options: --spy, --force, --raw, --scrollback N)",
                 status=2,
             )
     if spy and force:
         return Refuse("warden: --spy and --force do not go together (a spy never writes)")
-    return Attach(name, line, spy, force, scrollback)
+    return Attach(name, line, spy, force, scrollback, raw)
 
 
 def reachable(fleet: Fleet, user: str) -> list[Machine]:

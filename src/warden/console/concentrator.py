@@ -10,19 +10,34 @@ arbitration (one writer, spies, forced takeover) and the session log are the sam
 
 Refused with a message: shells (a shell request lists your guests instead), host commands,
 scp/sftp/rsync, port forwarding (local, remote, UNIX), agent and X11 forwarding, tun/tap.
+
+Logins are limited (warden.console.authlimit): a connection is closed after MAX_TRIES failed
+attempts, a source address that keeps guessing passwords is slowed and then refused, and
+crypt(3) runs on one worker thread of the concentrator's own with a bounded queue, so a flood
+of passwords waits for itself and never for the daemon's shared executor (a full queue refuses
+the attempt). Each connection remembers the key or password hash it logged in with; when the
+fleet file no longer holds it, the connection is closed.
+
+A spy's terminal gets the guest's output through warden.termsafe.TerminalFilter (no OSC, DCS,
+APC, PM, SOS or terminal queries), as does any scrollback; the writer gets the raw stream (its
+programs need their terminal's answers), `--raw` asks for it as a spy too
+(docs/decisions/2026-12-07-operator-terminals.md).
 """
 
 import asyncio
 import contextlib
 import logging
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from passlib.context import CryptContext  # type: ignore[import-untyped]
 
-from warden.console import access
+from warden import termsafe
+from warden.console import access, authlimit
 from warden.daemon import machine as m
 from warden.daemon.lines import CLIENT_QUEUE, Client, Line
 from warden.errors import Conflict
@@ -44,6 +59,39 @@ INPUT_POLL = 0.02
 HASHES = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt"])
 # Verified for unknown users too, so a wrong user name costs the same time as a wrong password.
 DUMMY_HASH = "$6$wardenwardenwar$" + "x" * 86
+CRYPT_WORKERS = 1  # crypt() threads; the builtin sha512_crypt holds the GIL anyway
+CRYPT_QUEUE = 8  # password checks running or waiting; more are refused at once
+CAN = b"\x18"  # cancels any escape sequence a terminal is in the middle of
+# CPU a spy's output filter may use per second on the daemon's loop. Ordinary output filters
+# at ~50 MB/s, but output made of nothing but escape sequences only at ~1.5 MB/s
+# (benchmarks/terminal_filter.py): past this budget a spy's output is skipped, and said so,
+# rather than a guest's flood slowing the loop that serves every other guest.
+FILTER_CPU = 0.2
+
+
+class CpuBudget:
+    """At most `per_second` seconds spent per one-second window (sans-io: times are given)."""
+
+    def __init__(self, per_second: float):
+        self.per_second = per_second
+        self.window = 0.0
+        self.spent = 0.0
+
+    def allow(self, now: float) -> bool:
+        if now - self.window >= 1.0:
+            self.window, self.spent = now, 0.0
+        return self.spent < self.per_second
+
+    def spend(self, seconds: float) -> None:
+        self.spent += seconds
+
+
+# A login credential: ("key", the key's public data) or ("password", the stored hash).
+Credential = tuple[str, bytes | str]
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def host_key(keys_dir: Path) -> asyncssh.SSHKey:
@@ -79,8 +127,12 @@ class Concentrator:
         self.acceptor: asyncssh.SSHAcceptor | None = None
         self.listen = ""
         self.conns: set[asyncssh.SSHServerConnection] = set()
+        self.servers: set[Server] = set()
         self.sessions: set[Session] = set()
         self._restart: asyncio.Task[None] | None = None
+        self.limiter = authlimit.SourceLimiter()
+        self.crypt: ThreadPoolExecutor | None = None  # made on the first password check
+        self.crypt_pending = 0
 
     @property
     def fleet(self) -> Fleet:
@@ -132,10 +184,17 @@ class Concentrator:
         for c in list(self.conns):
             c.close()
         self.conns.clear()
+        if self.crypt is not None:
+            self.crypt.shutdown(wait=False, cancel_futures=True)
+            self.crypt = None
 
     def fleet_changed(self) -> None:
         # Who may reach what is read from the fleet at every request; sessions whose user
-        # lost the guest are ended now.
+        # lost the guest are ended now, and connections whose login key or password hash
+        # left the fleet are closed.
+        for srv in list(self.servers):
+            if srv.credential is not None and not self.credential_ok(srv.user, srv.credential):
+                srv.revoke(f"the {srv.credential[0]} {srv.user} logged in with was removed")
         for s in list(self.sessions):
             if s.attached is not None and not self.may_reach(s.user, s.attached):
                 s.end("your access to this guest was removed", 1)
@@ -154,24 +213,48 @@ class Concentrator:
 
     # ---- authentication (called by Server)
     def key_ok(self, user: str, key: asyncssh.SSHKey) -> bool:
-        owner = self.fleet.owner(user)
-        for text in access.owner_keys(owner):
+        return key.public_data in self._keys_of(user)
+
+    def _keys_of(self, user: str) -> set[bytes]:
+        keys = set()
+        for text in access.owner_keys(self.fleet.owner(user)):
             try:
-                allowed = asyncssh.import_public_key(text)
+                keys.add(asyncssh.import_public_key(text).public_data)
             except (asyncssh.KeyImportError, ValueError):
                 continue
-            if allowed.public_data == key.public_data:
-                return True
-        return False
+        return keys
 
-    def password_ok(self, user: str, password: str) -> bool:
+    def credential_ok(self, user: str, credential: Credential) -> bool:
+        kind, value = credential
+        if kind == "key":
+            return value in self._keys_of(user)
         owner = self.fleet.owner(user)
-        stored = owner.password_hash if owner is not None else ""
+        return owner is not None and bool(owner.password_hash) and owner.password_hash == value
+
+    def password_ok(self, stored: str, password: str) -> bool:
+        """crypt(3) check (blocking: run on self.crypt); `stored` empty: no such password."""
         try:
             ok = bool(HASHES.verify(password, stored or DUMMY_HASH))
         except (ValueError, TypeError):
             ok = False
         return ok and bool(stored)
+
+    async def check_password(self, user: str, password: str) -> tuple[bool, str]:
+        """(ok, the hash it matched); refused at once when CRYPT_QUEUE checks are pending."""
+        owner = self.fleet.owner(user)
+        stored = owner.password_hash if owner is not None else ""
+        if self.crypt_pending >= CRYPT_QUEUE:
+            log.warning("concentrator: %d password checks pending; one refused", CRYPT_QUEUE)
+            return False, stored
+        if self.crypt is None:
+            self.crypt = ThreadPoolExecutor(CRYPT_WORKERS, thread_name_prefix="warden-crypt")
+        self.crypt_pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self.crypt, self.password_ok, stored, password)
+        finally:
+            self.crypt_pending -= 1
+        return ok, stored
 
     def passwords_offered(self) -> bool:
         return any(o.password_hash for o in self.fleet.owners)
@@ -184,18 +267,29 @@ class Server(asyncssh.SSHServer):
         self.conc = conc
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = "?"
+        self.key = "?"  # the source's unit for authlimit
         self.user = ""
+        self.failures = 0
+        self.credential: Credential | None = None  # what the user logged in with
+        self._offered: Credential | None = None  # the last key validate_public_key accepted
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.conc.conns.add(conn)
+        self.conc.servers.add(self)
         peer = conn.get_extra_info("peername")
         if peer:
             self.source = f"{peer[0]}:{peer[1]}"
+            self.key = authlimit.source_key(str(peer[0]))
+        if self.conc.limiter.blocked(self.key, _now()):
+            # Refused before key exchange: a blocked source costs no crypto and no crypt().
+            log.info("concentrator: %s is blocked; connection refused", self.source)
+            conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
             self.conc.conns.discard(self.conn)
+        self.conc.servers.discard(self)
 
     def begin_auth(self, username: str) -> bool:
         self.user = username
@@ -204,30 +298,73 @@ class Server(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        ok = self.conc.key_ok(username, key)
-        if not ok:
-            log.info("concentrator: key refused for %r from %s", username, self.source)
-        return ok
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self.conc.key_ok(username, key):
+            self._offered = ("key", key.public_data)
+            return True
+        log.info("concentrator: key refused for %r from %s", username, self.source)
+        self._failed()
+        return False
 
     def password_auth_supported(self) -> bool:
         return self.conc.passwords_offered()
 
     async def validate_password(self, username: str, password: str) -> bool:
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, self.conc.password_ok, username, password)
-        if not ok:
-            log.info("concentrator: password refused for %r from %s", username, self.source)
-        return ok
+        ok, stored = await self.conc.check_password(username, password)
+        if ok:
+            self._offered = ("password", stored)
+            return True
+        log.info("concentrator: password refused for %r from %s", username, self.source)
+        now = _now()
+        if self.conc.limiter.failed(self.key, now):
+            self.conc.daemon.c.event(
+                None,
+                "ssh-source-blocked",
+                source=self.key,
+                failures=self.conc.limiter.failures,
+                seconds=self.conc.limiter.block,
+            )
+        await asyncio.sleep(self.conc.limiter.delay(self.key, now))
+        if self.conc.limiter.blocked(self.key, _now()):
+            raise asyncssh.DisconnectError(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                "warden: too many failed logins from your address; try again later",
+            )
+        self._failed()
+        return False
+
+    def _failed(self) -> None:
+        """One more failed attempt on this connection; the last one allowed disconnects
+        (raised from the validate callback: asyncssh sends the reason and closes)."""
+        self.failures += 1
+        if self.failures >= authlimit.MAX_TRIES:
+            log.info("concentrator: %s: %d failed logins; disconnected", self.source, self.failures)
+            raise asyncssh.DisconnectError(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                f"warden: too many authentication failures ({self.failures})",
+            )
 
     def kbdint_auth_supported(self) -> bool:
         return False
 
     def auth_completed(self) -> None:
+        self.credential = self._offered
         self.conc.daemon.c.event(None, "ssh-login", user=self.user, source=self.source)
+        if self.credential is None or not self.conc.credential_ok(self.user, self.credential):
+            # The fleet changed while this login was being checked.
+            self.revoke(f"the credential {self.user} logged in with was removed")
+
+    def revoke(self, why: str) -> None:
+        """Close the connection: its login key or password is no longer in the fleet file."""
+        log.info("concentrator: %s (%s): %s; disconnected", self.source, self.user, why)
+        for s in list(self.conc.sessions):
+            if s.server is self:
+                s.end(f"[warden: {why}; disconnected]", 1)
+        if self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"warden: {why}")
 
     def session_requested(self) -> "Session":
-        return Session(self.conc, self.user, self.source)
+        return Session(self.conc, self, self.user, self.source)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -261,8 +398,9 @@ class Server(asyncssh.SSHServer):
 class Session(asyncssh.SSHServerSession[bytes]):
     """One SSH session channel: a listing, help, a refusal, or one attach to one line."""
 
-    def __init__(self, conc: Concentrator, user: str, source: str):
+    def __init__(self, conc: Concentrator, server: Server, user: str, source: str):
         self.conc = conc
+        self.server = server
         self.user = user
         self.source = source
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
@@ -273,6 +411,11 @@ class Session(asyncssh.SSHServerSession[bytes]):
         self.line: Line | None = None
         self.client: Client | None = None
         self.escape = access.EscapeFilter()
+        self.raw = False  # --raw: a spy gets the guest's bytes unfiltered
+        self.screen: termsafe.TerminalFilter | None = None  # made when first needed
+        self.sent_raw = False  # raw bytes went out (as the writer) before any filtering
+        self.budget = CpuBudget(FILTER_CPU)
+        self.skipped = 0  # output bytes not shown since the budget ran out
         self.last_input = 0.0
         self._idle: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
@@ -363,6 +506,7 @@ class Session(asyncssh.SSHServerSession[bytes]):
             self.end(f"warden: {e}", 1, notice=False)
             return
         self.line, self.client, self.attached = line, client, req.machine
+        self.raw = req.raw
         if self.size is not None:
             line.resize(client, *self.size)
         mode = "a spy (read-only)" if req.spy else "the writer"
@@ -373,7 +517,10 @@ class Session(asyncssh.SSHServerSession[bytes]):
                 "appears here when it runs]"
             )
         if req.scrollback:
-            self._send(line.recent(req.scrollback))
+            # Old output, filtered even for the writer (unless --raw): its terminal would
+            # answer stale queries into the guest as if typed.
+            old = line.recent(req.scrollback)
+            self._send(old if req.raw or not client.writer else termsafe.filter_bytes(old))
         loop = asyncio.get_running_loop()
         self.last_input = loop.time()
         self._arm_idle()
@@ -396,7 +543,30 @@ class Session(asyncssh.SSHServerSession[bytes]):
             return
         if chan.get_write_buffer_size() > CLIENT_QUEUE:
             raise RuntimeError("client too slow")  # Line drops this client
-        chan.write(data)
+        chan.write(self._screen(data))
+
+    def _screen(self, data: bytes) -> bytes:
+        """What this client's terminal may get: raw for the writer (and --raw), else
+        filtered; a writer demoted to spy is filtered from then on."""
+        if self.raw or (self.client is not None and self.client.writer):
+            self.sent_raw = True
+            return data
+        start = time.perf_counter()
+        if not self.budget.allow(start):
+            if not self.skipped:
+                self._notice("[warden: output too fast to filter for a spy: skipping some]")
+            self.skipped += len(data)
+            return b""
+        if self.skipped:
+            self._notice(f"[warden: {self.skipped} bytes skipped; the session log has them]")
+            self.skipped = 0
+        prefix = b""
+        if self.screen is None:
+            self.screen = termsafe.TerminalFilter()
+            prefix = CAN if self.sent_raw else b""  # CAN ends what the raw stream left open
+        out = prefix + self.screen.feed(data)
+        self.budget.spend(time.perf_counter() - start)
+        return out
 
     def _notice(self, text: str) -> None:
         if self.chan is not None and not self.ended:

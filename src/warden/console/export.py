@@ -2,11 +2,13 @@
 
 - asciicast v2 (https://docs.asciinema.org/manual/asciicast/v2/): NDJSON, a header then
   `[seconds, code, data]` events: "o" output, "i" input, "r" resize ("COLSxROWS"), "m" markers
-  (attach, detach, takeover, dropped...). asciicast carries UTF-8 text only: bytes are decoded
-  incrementally (a character split across records stays whole) with U+FFFD for invalid ones;
-  `raw` is the lossless export.
+  (attach, detach, takeover, dropped...). Players show the title and markers as labels, so
+  these are escaped (warden.termsafe.line): an exec's argv in a marker is guest text.
+  asciicast carries UTF-8 text only: bytes are decoded incrementally (a character split
+  across records stays whole) with U+FFFD for invalid ones; `raw` is the lossless export.
 - text: what was printed, with terminal control sequences removed (ECMA-48 CSI, OSC, DCS and
-  other strings, two-byte escapes), carriage returns and backspaces applied to the line.
+  other strings, two-byte escapes, C1 controls), carriage returns and backspaces applied to
+  the line.
   rich's ANSI decoder was tried first: it keeps OSC payloads (window titles) and drops text
   before a CR, so this small stripper is warden's own.
 - raw: the bytes of one direction, concatenated, exactly as recorded.
@@ -22,19 +24,22 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from warden import termsafe
 from warden.console import sessionlog as sl
 from warden.honeypot.ttyview import TtyStreams
 
 DEFAULT_SIZE = (80, 24)
 
 # ESC [ params intermediates final | ESC ] ... (BEL | ESC \) | ESC P/X/^/_ ... ESC \ |
-# ESC intermediates final (charset selection and the like) | C1 CSI (0x9b) sequences.
+# ESC intermediates final (charset selection and the like) | C1 CSI (0x9b) sequences |
+# C1 OSC, DCS, SOS, PM, APC strings. Any other C1 control is dropped by strip_controls.
 _CONTROL = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
     r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
     r"|\x1b[ -/]*[0-~]"
     r"|\x9b[0-?]*[ -/]*[@-~]"
+    r"|[\x90\x98\x9d-\x9f][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
 )
 
 
@@ -50,13 +55,13 @@ def strip_controls(text: str) -> str:
                 col = 0
             elif ch == "\b":
                 col = max(0, col - 1)
-            elif ch == "\t" or ch >= " " and ch != "\x7f":
+            elif ch == "\t" or ch >= " " and not "\x7f" <= ch <= "\x9f":
                 if col < len(line):
                     line[col] = ch
                 else:
                     line.append(ch)
                 col += 1
-            # other C0 controls (BEL, ...) print nothing
+            # other C0 controls (BEL, ...), DEL and C1 controls print nothing
         out_lines.append("".join(line).rstrip())
     return "\n".join(out_lines)
 
@@ -78,7 +83,7 @@ MARKED = {"attach", "detach", "takeover", "dropped", "reattach", "recovered", "b
 def _marker(ev: dict[str, Any]) -> str:
     kind = str(ev.get("kind", "?"))
     rest = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k != "kind")
-    return f"{kind} {rest}".strip()
+    return termsafe.line(f"{kind} {rest}".strip())
 
 
 def asciicast(
@@ -95,7 +100,7 @@ def asciicast(
         "width": cols,
         "height": rows,
         "timestamp": start_us // 1_000_000,
-        "title": f"{meta.get('machine')} {meta.get('line')} boot {meta.get('boot')}",
+        "title": termsafe.line(f"{meta.get('machine')} {meta.get('line')} boot {meta.get('boot')}"),
         "env": {"TERM": "xterm-256color"},
     }
     yield json.dumps(header) + "\n"
@@ -121,7 +126,7 @@ def asciicast(
                 yield json.dumps([t, "m", _marker(ev)]) + "\n"
         elif r.type == sl.TTYLOG and (item := streams.feed(r.payload)) is not None:
             if item.switched_to:
-                yield json.dumps([t, "m", f"tty {item.switched_to}"]) + "\n"
+                yield json.dumps([t, "m", termsafe.line(f"tty {item.switched_to}")]) + "\n"
             if item.screen and (text := dec_out.decode(item.screen)):
                 yield json.dumps([t, "o", text]) + "\n"
             elif item.typed and with_input and (text := dec_in.decode(item.typed)):
@@ -129,7 +134,7 @@ def asciicast(
             elif item.resize:
                 yield json.dumps([t, "r", f"{item.resize[0]}x{item.resize[1]}"]) + "\n"
             elif item.marker:
-                yield json.dumps([t, "m", item.marker]) + "\n"
+                yield json.dumps([t, "m", termsafe.line(item.marker)]) + "\n"
     tail = dec_out.decode(b"", final=True)
     if tail:
         yield json.dumps([t, "o", tail]) + "\n"

@@ -9,6 +9,13 @@ A tty log (line `tty`, the honeypot kernel's records) plays what the guest's ter
 for an ssh session inside the guest, what its pty master read (output and echo); for the
 console, what programs wrote (warden.honeypot.ttyview). `tty` picks one session; when output
 moves to another session a marker line names it; `events` adds exec, open, close and resize.
+
+What the guest printed is hostile to the terminal that plays it: `play()` passes it through a
+warden.termsafe.TerminalFilter (OSC, DCS, APC, PM, SOS, queries and modes that make the
+terminal answer are removed; colours and cursor movement stay) unless the caller asks for the
+raw stream. warden's own marker lines are separate steps (`note`), written outside the filter
+and with every guest-chosen word in them escaped, in raw mode too: a marker can neither be
+swallowed by a guest's unfinished sequence in the filter nor carry one.
 """
 
 import os
@@ -16,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from warden import termsafe
 from warden.console import sessionlog as sl
 from warden.honeypot.ttyview import TtyStreams
 
@@ -25,6 +33,11 @@ class Step:
     delay: float  # seconds to wait before writing
     data: bytes
     at: float  # seconds from the start of the log (for a progress display)
+    note: bool = False  # warden's own marker line (escaped already), not the guest's output
+
+
+def _note(text: str) -> bytes:
+    return f"\r\n[warden log: {termsafe.line(text)}]\r\n".encode()
 
 
 def schedule(
@@ -44,55 +57,68 @@ def schedule(
         if first is None:
             first = r.time_us
         at = (r.time_us - first) / 1e6
+        parts: list[tuple[bytes, bool]] = []  # (bytes, is a note), in order
         if r.type == sl.OUTPUT:
-            data = r.data
+            parts.append((r.data, False))
         elif events and r.type == sl.EVENT and r.kind not in ("open", "resize"):
             ev = r.event
             detail = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k != "kind")
-            data = f"\r\n[warden log: {r.kind} {detail}]\r\n".encode()
+            parts.append((_note(f"{r.kind} {detail}"), True))
         elif r.type == sl.TTYLOG:
             item = streams.feed(r.payload)
             if item is None:
                 continue
-            data = b""
             if item.switched_to:
-                data += f"\r\n[warden log: {item.switched_to}]\r\n".encode()
-            data += item.screen or b""
+                parts.append((_note(item.switched_to), True))
+            if item.screen:
+                parts.append((item.screen, False))
             if events and item.marker:
-                data += f"\r\n[warden log: {item.marker}]\r\n".encode()
-            if not data:
+                parts.append((_note(item.marker), True))
+            if not parts:
                 continue
         else:
             continue
         if at < start:
-            yield Step(0.0, data, at)
-            continue
-        if prev is None:
             delay = 0.0
+        elif prev is None:
+            delay = 0.0
+            prev = at
         else:
             delay = max(0.0, at - prev)
             if max_idle is not None:
                 delay = min(delay, max_idle)
-        prev = at
-        yield Step(delay / speed, data, at)
+            prev = at
+        for data, note in parts:
+            yield Step(delay / speed, data, at, note)
+            delay = 0.0
 
 
 def play(
     steps: Iterable[Step],
     fd: int,
     sleep: Callable[[float], None] = time.sleep,
+    raw: bool = False,
 ) -> int:
-    """Write the steps to `fd` with their delays; returns the bytes written."""
+    """Write the steps to `fd` with their delays, the guest's bytes through a TerminalFilter
+    unless `raw`; returns the bytes written."""
+    screen = None if raw else termsafe.TerminalFilter()
     n = 0
     for s in steps:
         if s.delay > 0:
             sleep(s.delay)
-        view = memoryview(s.data)
-        while view:
-            k = os.write(fd, view)
-            view = view[k:]
-        n += len(s.data)
+        data = s.data if s.note or screen is None else screen.feed(s.data)
+        n += _write_all(fd, data)
+    if screen is not None:
+        n += _write_all(fd, screen.end())
     return n
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        k = os.write(fd, view)
+        view = view[k:]
+    return len(data)
 
 
 def parse_time(text: str) -> float:

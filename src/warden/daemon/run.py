@@ -43,10 +43,13 @@ def _lock(layout: Layout) -> int:
 
 
 def _print_event(ev: dict[str, Any], out: TextIO) -> None:
+    # Events carry guest text (USER_NOTIFY messages, panic reasons): escaped for the terminal.
+    from warden import termsafe
+
     who = ev.get("machine") or "warden"
     kind = ev.get("kind", "?")
-    rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("machine", "kind"))
-    print(f"{who}: {kind} {rest}".rstrip(), file=out, flush=True)
+    rest = termsafe.fields({k: v for k, v in ev.items() if k not in ("machine", "kind")})
+    print(f"{termsafe.line(who)}: {termsafe.line(kind)} {rest}".rstrip(), file=out, flush=True)
 
 
 # Signals that end the daemon. SIGHUP is a closed terminal window (or ssh session): `warden up`
