@@ -58,9 +58,12 @@ class RichProgress:
         self._task = task
 
     def step(self, message: str) -> None:
+        # Messages quote file names and tool output: rich must print them, not read markup.
+        from rich.markup import escape
+
         bar = self._bar
-        bar.console.print(f"{self.title}: {message}")  # type: ignore[attr-defined]
-        bar.update(self._task, description=message, completed=0, total=None)  # type: ignore[attr-defined]
+        bar.console.print(f"{self.title}: {message}", markup=False)  # type: ignore[attr-defined]
+        bar.update(self._task, description=escape(message), completed=0, total=None)  # type: ignore[attr-defined]
 
     def total(self, n: float) -> None:
         self._bar.update(self._task, total=n)  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from warden import termsafe
 from warden.api.server import Api
 from warden.daemon.core import Daemon, FleetFile
 from warden.errors import Conflict
@@ -44,8 +45,6 @@ def _lock(layout: Layout) -> int:
 
 def _print_event(ev: dict[str, Any], out: TextIO) -> None:
     # Events carry guest text (USER_NOTIFY messages, panic reasons): escaped for the terminal.
-    from warden import termsafe
-
     who = ev.get("machine") or "warden"
     kind = ev.get("kind", "?")
     rest = termsafe.fields({k: v for k, v in ev.items() if k not in ("machine", "kind")})
@@ -156,7 +155,8 @@ def run(
     layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool, prune: bool = False
 ) -> int:
     handler = _LogHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    # Log records quote guest strings (exception messages): escaped like every other output.
+    handler.setFormatter(termsafe.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=os.environ.get("WARDEN_LOG", "INFO"), handlers=[handler])
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(layout, fleet_path, stop_guests_on_exit, prune))
