@@ -391,3 +391,76 @@ def test_a_write_that_fails_leaves_a_timestamped_record_of_what_was_lost(home: L
     assert recs[-1].event["dropped_bytes"] == lost
     closing = [r.event for r in recs if r.kind == "dropped"][-1]
     assert (closing["bytes_out"], closing["bytes_in"]) == (lost - 10, 10)
+
+
+# ---- the kernel's stdout/stderr ------------------------------------------------------------
+def test_the_kernel_log_stops_at_its_cap_and_a_new_daemon_keeps_the_budget(
+    home: Layout,
+) -> None:
+    from warden.console.kernellog import KernelLogFile
+
+    cap = 64 << 10
+    w, usage = _writer(home, 4 * MiB)
+    path = home.machine("m1") / "logs" / "kernel-1.log"
+    f = KernelLogFile(w, "m1", path, cap, lambda: usage)
+    line = b"y" * 999 + b"\n"
+    for _ in range(100):  # 100 kB into 64 KiB
+        f.write(line)
+    f.close()
+    assert w.sync(30)
+    text = path.read_bytes()
+    assert len(text) <= cap
+    assert f.stored == len(text.split(b"\n[warden")[0]) > 60_000  # the kernel's bytes, as sent
+    assert f.dropped == 100 * len(line) - f.stored
+    tail = text.decode().splitlines()
+    assert "the kernel log reached its quota of 65536 bytes" in tail[-3]
+    assert f"{f.dropped} bytes of kernel output were not stored" in tail[-1]
+    assert usage.used == logstore.usage(path.parent)
+    # The next daemon: the file is its budget; nothing more of this boot is stored.
+    before = len(text)
+    f2 = KernelLogFile(w, "m1", path, cap, lambda: usage)
+    f2.write(b"more\n" * 1000)
+    f2.close()
+    _done(w)
+    grown = path.read_bytes()
+    assert grown.startswith(text) and len(grown) - before < 300
+    assert f2.stored == 0 and f2.dropped == 5000
+    assert b"5000 bytes of kernel output were not stored" in grown.splitlines()[-1]
+
+
+def test_the_kernel_relay_reads_its_fifo_and_reports_once(home: Layout) -> None:
+    import asyncio
+
+    from warden.console.kernellog import KernelLogFile, KernelRelay
+    from warden.daemon.files import MachineFiles
+    from warden.daemon.kernelout import fifo, open_kernel_ends
+
+    files = MachineFiles(home.machine("m1"), "m1")
+    files.create(())
+    reports: list[dict[str, Any]] = []
+
+    async def main() -> KernelLogFile:
+        ends = open_kernel_ends(files)  # what the kernel would hold
+        w, usage = _writer(home, 1 * MiB)
+        f = KernelLogFile(w, "m1", files.logs / "kernel-3.log", 16 << 10, lambda: usage)
+        relay = KernelRelay(fifo(files), f, reports.append)
+        relay.start()
+        for i in range(64):  # the kernel writes, never waiting: a full FIFO drops
+            with contextlib.suppress(BlockingIOError):
+                os.write(ends.write, f"kernel line {i} ".encode() * 60 + b"\n")
+            await asyncio.sleep(0.001)
+        ends.close()  # the kernel is gone
+        for _ in range(200):
+            if relay.eof:
+                break
+            await asyncio.sleep(0.01)
+        relay.close(drain=True)
+        _done(w)
+        await asyncio.sleep(0.05)  # the report comes through the loop
+        return f
+
+    f = asyncio.run(main())
+    text = (files.logs / "kernel-3.log").read_bytes()
+    assert text.startswith(b"kernel line 0 kernel line 0")
+    assert len(text) <= 16 << 10 and f.dropped > 0
+    assert len(reports) == 1 and reports[0]["cap"] == 16 << 10

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from warden.console import logstore
 
-RESERVE_MAX = 256 << 10
+# The reserve is counted in records, not keystrokes: a shell reads what is typed one byte per
+# read(2), and the tty log stores each read as a record of ~90 bytes (a line log's INPUT, ~60).
+# quota/8 (at most 4 MiB) keeps ~23,000 logged keystrokes and execs after an output flood of a
+# 64 MiB quota; quota/16 (at most 256 KiB) kept ~1,400.
+RESERVE_SHARE = 8
+RESERVE_MAX = 4 << 20
 DISK_FLOOR_MAX = 8 << 20
 DISK_FLOOR_SHARE = 64  # the floor is 1/64 of the filesystem, at most DISK_FLOOR_MAX
 
@@ -36,8 +41,14 @@ class Tier(IntEnum):
 
 
 def reserve_for(quota: int) -> int:
-    """Room kept above the output's limit (docs: quota/16, at most 256 KiB)."""
-    return min(quota // 16, RESERVE_MAX)
+    """Room kept above the output's limit (docs: quota/8, at most 4 MiB)."""
+    return min(quota // RESERVE_SHARE, RESERVE_MAX)
+
+
+def resume_margin(quota: int) -> int:
+    """Once a class is dropped, it resumes only with this much room beyond the record: records
+    of different sizes at the limit would otherwise start and stop it (and note it) each time."""
+    return reserve_for(quota) // 8
 
 
 def limit(quota: int, tier: Tier) -> int:

@@ -29,7 +29,14 @@ from typing import Any
 from warden.console import logstore
 from warden.console import manifest as mf
 from warden.console import sessionlog as sl
-from warden.console.logquota import RESERVE_MAX, DiskRoom, GuestUsage, Tier, reserve_for
+from warden.console.logquota import (
+    RESERVE_MAX,
+    DiskRoom,
+    GuestUsage,
+    Tier,
+    reserve_for,
+    resume_margin,
+)
 from warden.honeypot.ttylog import QuotaClassifier
 
 log = logging.getLogger("warden.sessionlog")
@@ -480,9 +487,13 @@ class LogWriter(_Worker):
         size = sl.RECORD_HEADER.size + n + sl.MAC_LEN
         if tier is not Tier.CLOSING:
             reason = ""
-            if size > f.usage.room(tier):
+            # While dropping, a record of a class that was dropped needs a margin to resume.
+            margin = 0
+            if f.drop_tier is not None and tier <= f.drop_tier:
+                margin = resume_margin(f.usage.quota)
+            if size + margin > f.usage.room(tier):
                 reason = "quota"
-            elif not f.disk.fits(tier, size):
+            elif not f.disk.fits(tier, size + margin):
                 reason = "disk"
             if reason:
                 self._count_drop(f, t, tier, out, inn, reason)
