@@ -464,3 +464,22 @@ def test_the_kernel_relay_reads_its_fifo_and_reports_once(home: Layout) -> None:
     assert text.startswith(b"kernel line 0 kernel line 0")
     assert len(text) <= 16 << 10 and f.dropped > 0
     assert len(reports) == 1 and reports[0]["cap"] == 16 << 10
+
+
+def test_a_guest_made_again_after_destroy_starts_a_new_manifest(home: Layout) -> None:
+    w, usage = _writer(home)
+    lg = SessionLog(w, "m1", "con0", 1, False, lambda: usage)
+    lg.output(b"first life\n")
+    lg.close()
+    assert w.flush(30)
+    logs = home.machine("m1") / "logs"
+    logs.rename(home.home / "archived-m1")  # what `warden destroy` does, the writer running
+    logs.mkdir()
+    usage2 = GuestUsage(logs, 1 << 30)
+    lg2 = SessionLog(w, "m1", "con0", 1, False, lambda: usage2)
+    lg2.output(b"second life\n")
+    lg2.close()
+    _done(w)
+    entries = [json.loads(x) for x in (logs / "manifest.jsonl").read_text().splitlines()]
+    assert [e["n"] for e in entries] == [1, 2]
+    assert _verify(home)[0] == 0

@@ -136,12 +136,14 @@ class ManifestWriter:
         self.key = key
         self.machine = machine
         self.n: int | None = None  # the last entry's number, once the file was read
+        self.ino = 0  # of the file read: `warden destroy` may have moved it away since
 
     def _load(self) -> None:
         try:
             data = self.path.read_bytes()
+            self.ino = self.path.stat().st_ino
         except FileNotFoundError:
-            self.n = 0
+            self.n, self.ino = 0, 0
             return
         m = parse(data, None)
         if m.good_end < len(data):
@@ -149,11 +151,17 @@ class ManifestWriter:
                 f.truncate(m.good_end)
         self.n = m.last_n
 
+    def _current(self) -> bool:
+        try:
+            return self.path.stat().st_ino == self.ino
+        except FileNotFoundError:
+            return self.ino == 0
+
     def note(
         self, kind: str, line: str, boot: int, part: int, t: int, sync: bool, **fields: Any
     ) -> int:
         """Append one entry; returns its size in bytes (the quota counts it)."""
-        if self.n is None:
+        if self.n is None or not self._current():
             self._load()
         assert self.n is not None
         entry = {
@@ -168,6 +176,7 @@ class ManifestWriter:
         }
         blob = encode(self.key, entry)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.ino = os.fstat(fd).st_ino
         try:
             n = os.write(fd, blob)
             if n < len(blob):  # a full disk: take the half line back, the entry is lost
