@@ -104,51 +104,47 @@ class KernelLogFile(ThreadLog):
         # A daemon before this one may have filled it already: its closing line says so.
         self.full = self.size >= self.cap - MARK_ROOM
 
-    def _room(self, n: int) -> int:
-        room = self.cap - MARK_ROOM - self.size
-        if self.usage is not None:
-            room = min(room, self.usage.room(Tier.OUTPUT))
+    def _room(self, n: int) -> tuple[int, str]:
+        """Bytes of the next `n` that may be stored, and why not more."""
+        room, why = self.cap - MARK_ROOM - self.size, "quota"
+        if self.usage is not None and self.usage.room(Tier.OUTPUT) < room:
+            room, why = self.usage.room(Tier.OUTPUT), "the guest's log quota is used up"
         if self.disk is not None and not self.disk.fits(Tier.OUTPUT, min(n, max(room, 0))):
-            return 0
-        return room
+            return 0, "the disk's free space is at its floor"
+        return max(room, 0), why
 
     def _append(self, data: bytes) -> None:
         if self.fd is None or self.full:
             self._drop(len(data), "")
             return
-        room = self._room(len(data))
-        keep = data[: max(room, 0)]
-        if keep and self._write(keep):
-            self.stored += len(keep)
-        else:
-            keep = b""
-        if len(keep) < len(data):
-            self._drop(len(data) - len(keep), "quota" if not self.error else self.error)
+        room, why = self._room(len(data))
+        written = self._write(data[:room]) if room else 0
+        self.stored += written
+        if written < len(data):
+            self._drop(len(data) - written, self.error or why)
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes) -> int:
         assert self.fd is not None
         try:
             n = os.write(self.fd, data)
         except OSError as e:
-            self.error = e.strerror or str(e)
-            return False
+            self.error = f"writing failed: {e.strerror or e}"
+            return 0
         self.size += n
         if self.usage is not None:
             self.usage.add(n)
         if self.disk is not None:
             self.disk.took(n)
-        return n == len(data)
+        if n < len(data):
+            self.error = "writing failed: a short write (the disk is full?)"
+        return n
 
     def _drop(self, n: int, why: str) -> None:
         self.dropped += n
         if self.full or self.fd is None:
             return
         self.full = True
-        what = (
-            f"writing failed ({why})"
-            if why not in ("", "quota")
-            else f"the kernel log reached its quota of {self.cap} bytes"
-        )
+        what = f"the kernel log reached its quota of {self.cap} bytes" if why == "quota" else why
         self._mark(f"{what}; what the kernel writes from now on this boot is counted, not stored")
         if self.on_full is not None:
             self.on_full()
