@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.logwriter import finish
 from warden.console import logstore
 from warden.console import sessionlog as sl
 from warden.console.logwriter import GuestUsage, LogWriter, SessionLog
@@ -122,12 +123,7 @@ def _writer(tmp_path: Path, quota: int = 1 << 30) -> tuple[LogWriter, GuestUsage
     return w, usage
 
 
-def _done(w: LogWriter) -> None:
-    assert w.flush(30)
-    w.stop()
-    w.join(10)
-    w.compressor.join(10)
-    assert w.thread is None and w.compressor.thread is None
+_done = finish
 
 
 def test_writer_lossless_order_and_compression(tmp_path: Path) -> None:
@@ -143,7 +139,7 @@ def test_writer_lossless_order_and_compression(tmp_path: Path) -> None:
     lg.close()
     _done(w)
     files = sorted(p.name for p in (tmp_path / "m1" / "logs").iterdir())
-    assert files == ["con0-3.wlog.gz"]
+    assert files == ["con0-3.wlog.gz", "manifest.jsonl"]
     path = tmp_path / "m1" / "logs" / "con0-3.wlog.gz"
     header, recs, st = sl.read_all(path, KEY)
     assert header.meta["machine"] == "m1" and header.meta["boot"] == 3
@@ -154,7 +150,8 @@ def test_writer_lossless_order_and_compression(tmp_path: Path) -> None:
     assert recs[-1].event["bytes_out"] == len(blob) and recs[-1].event["bytes_in"] == 200
     assert all(a.time_us <= b.time_us for a, b in zip(recs, recs[1:], strict=False))
     assert sl.verify(path, KEY, live=False).status == "complete"
-    assert usage.used == path.stat().st_size  # the quota counts compressed bytes
+    # the quota counts compressed bytes, and the manifest
+    assert usage.used == path.stat().st_size + (path.parent / "manifest.jsonl").stat().st_size
 
 
 def test_quota_drops_output_keeps_input_and_says_so(tmp_path: Path) -> None:
@@ -224,7 +221,7 @@ def test_stale_logs_are_closed_at_daemon_start(tmp_path: Path) -> None:
     w2, _ = _writer(tmp_path)
     w2.finalize_stale()
     _done(w2)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["ssl0-2.wlog.gz"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.jsonl", "ssl0-2.wlog.gz"]
     _, recs, _ = sl.read_all(path.with_name("ssl0-2.wlog.gz"), KEY)
     assert [r.kind for r in recs][-3:] == ["recovered", "boot-end", "end"]
     assert "no daemon ran" in recs[-1].event["reason"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from warden import termsafe
-from warden.console import export, logstore, replay
+from warden.console import export, logstore, logverify, replay
 from warden.console import search as searchmod
 from warden.console import sessionlog as sl
 from warden.errors import DaemonNotRunning, WardenError
@@ -109,43 +109,48 @@ def _ls(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     lay = layout()
     _flush_daemon(lay)
-    refs = logstore.find(lay, args.name, args.line, args.boot)
-    if not refs:
+    dirs = [d for d in logstore.machine_dirs(lay) if args.name is None or d[0] == args.name]
+    key = _key(lay) if dirs else b""
+    results = [
+        row
+        for machine, d, archived in dirs
+        for row in logverify.verify_dir(
+            machine, d, archived, key, logstore.LogRef.is_live, args.line, args.boot
+        )
+    ]
+    if not results:
         who = f" of {args.name}" if args.name else ""
         raise WardenError(f"no session logs{who} to verify in {lay.home}")
-    key = _key(lay)
-    results = []
-    for ref in refs:
-        v = sl.verify(ref.path, key, live=ref.is_live())
-        results.append((ref, v))
     if args.json:
         print(
             json.dumps(
                 [
                     {
-                        "path": str(ref.path),
-                        "machine": ref.machine,
-                        "line": ref.line,
-                        "boot": ref.boot,
-                        "part": ref.part,
-                        "status": v.status,
-                        "ok": v.ok,
-                        "records": v.records,
-                        "bad_record": v.bad_seq,
-                        "message": v.message,
+                        "path": str(c.path),
+                        "machine": c.machine,
+                        "line": c.line,
+                        "boot": c.boot,
+                        "part": c.part,
+                        "archived": c.archived,
+                        "status": c.verdict.status,
+                        "ok": c.verdict.ok,
+                        "records": c.verdict.records,
+                        "bad_record": c.verdict.bad_seq,
+                        "message": c.verdict.message,
                     }
-                    for ref, v in results
+                    for c in results
                 ],
                 indent=1,
             )
         )
     else:
-        for ref, v in results:
+        for c in results:
+            v = c.verdict
             word = "OK  " if v.ok else "FAIL"
-            print(f"{word} {ref.label}: {v.status}: {v.message}")
+            print(f"{word} {c.label}: {v.status}: {v.message}")
             if not v.ok:
-                print(f"     {ref.path}")
-    return 0 if all(v.ok for _, v in results) else 1
+                print(f"     {c.path}")
+    return 0 if all(c.verdict.ok for c in results) else 1
 
 
 # ---- export -----------------------------------------------------------------------------

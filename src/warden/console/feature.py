@@ -22,6 +22,7 @@ def install(daemon: "Daemon") -> None:
     logs = LogService(daemon)
     conc = Concentrator(daemon)
     daemon.c.logs = logs.factory
+    daemon.c.hooks.append(logs)  # kernel logs: relayed from each boot's FIFO
     daemon.services.append(logs)
     daemon.services.append(conc)
 

@@ -1,20 +1,33 @@
-"""The daemon's session-log service: hands each line a SessionLog and owns the writer thread."""
+"""The daemon's session-log service: hands each line a SessionLog, relays each kernel's stdout
+and stderr into its kernel log, and owns the writer thread.
+
+It is also a BootHook: a launched kernel gets a KernelRelay on its FIFO, an exited one's is
+drained and closed; a new daemon re-opens the relays of the guests that outlived the last one
+and stores what the others left in their FIFOs.
+"""
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from warden.console import logstore
+from warden.console.kernellog import KernelLogFile, KernelRelay, cap_for, kernel_log_path
 from warden.console.logwriter import GuestUsage, LogWriter, SessionLog
+from warden.daemon import kernelout
+from warden.daemon import machine as m
+from warden.daemon.context import BootExtras
 from warden.daemon.lines import LineLog, NullLog
 
 if TYPE_CHECKING:
     from warden.daemon.core import Daemon
+    from warden.daemon.supervisor import Supervisor
 
 log = logging.getLogger("warden.sessionlog")
 
 
 class LogService:
+    name = "logs"  # as a BootHook
+
     def __init__(self, daemon: "Daemon"):
         self.daemon = daemon
         self.layout = daemon.layout
@@ -22,6 +35,7 @@ class LogService:
         self.writer = LogWriter(self.key, self.layout.machines)
         self._usage: dict[str, GuestUsage] = {}
         self._lock = threading.Lock()
+        self.relays: dict[str, KernelRelay] = {}
 
     def factory(self, machine: str, line: str, boot: int, reattach: bool) -> LineLog:
         """The daemon's LogFactory (daemon/context.py)."""
@@ -35,7 +49,9 @@ class LogService:
         """Called by the writer thread when it opens a file of `machine`."""
         with self._lock:
             u = self._usage.get(machine)
-            busy = any(lg.machine == machine for lg in self.writer.open_logs)
+            busy = any(lg.machine == machine for lg in self.writer.open_logs) or any(
+                getattr(o, "machine", None) == machine for o in self.writer.open_other
+            )
             if u is None or not busy:
                 # Nothing of this guest is open: count from the disk again (its logs may have
                 # been archived by `warden destroy`, or the quota changed).
@@ -45,12 +61,72 @@ class LogService:
                 self._usage[machine] = u
             return u
 
+    # ---- kernel logs ------------------------------------------------------------------------
+    def _relay(self, sup: "Supervisor", boot: int) -> KernelRelay:
+        logs = self.daemon.c.fleet.logs
+        name = sup.name
+
+        def usage() -> GuestUsage | None:
+            # With session logs off the kernel log still has its cap; there is no guest total.
+            return self._usage_for(name) if logs.enabled else None
+
+        def report(info: dict[str, Any]) -> None:
+            self.daemon.c.event(name, "kernel-log-quota", boot=boot, **info)
+
+        f = KernelLogFile(
+            self.writer, name, kernel_log_path(sup.files.logs, boot), cap_for(logs.quota), usage
+        )
+        return KernelRelay(kernelout.fifo(sup.files), f, report)
+
+    def _open_relay(self, sup: "Supervisor") -> None:
+        old = self.relays.pop(sup.name, None)
+        if old is not None:
+            old.close(drain=False)
+        relay = self._relay(sup, sup.boot)
+        try:
+            relay.start()
+        except OSError as e:
+            log.error(
+                "%s: cannot read its kernel's output (%s): nothing of it is kept", sup.name, e
+            )
+            relay.close(drain=False)
+            return
+        self.relays[sup.name] = relay
+
+    def _drain(self, sup: "Supervisor") -> None:
+        """What a kernel that is gone left in its FIFO, into its boot's kernel log."""
+        if sup.boot > 0 and kernelout.fifo(sup.files).exists():
+            self._relay(sup, sup.boot).drain_once()
+
+    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
+        # A launch that fails: the launcher wrote why into the FIFO.
+        extras.cleanup.append(lambda: self._drain(sup))
+
+    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
+        self._open_relay(sup)
+
+    async def on_up(self, sup: "Supervisor") -> None:
+        pass
+
+    async def after_exit(self, sup: "Supervisor") -> None:
+        relay = self.relays.pop(sup.name, None)
+        if relay is not None:
+            relay.close(drain=True)
+
+    # ---- the service ------------------------------------------------------------------------
     async def start(self) -> None:
         self.writer.finalize_stale()
+        for sup in self.daemon.sups.values():
+            if sup.machine.state in m.LIVE and sup.machine.pid is not None:
+                self._open_relay(sup)  # re-attached: the kernel outlived the last daemon
+            else:
+                self._drain(sup)
 
     async def stop(self) -> None:
         # Lines still log until the guests are stopped or detached; the thread ends by itself
-        # once the last file is closed.
+        # once the last file is closed. Kernels that stay keep writing into their FIFOs.
+        for name in list(self.relays):
+            self.relays.pop(name).close(drain=False)
         self.writer.stop()
 
     def fleet_changed(self) -> None:

@@ -185,12 +185,28 @@ def select_one(layout: Layout, machine: str, line: str, boot: int | None) -> lis
     return sorted(parts, key=lambda r: r.part)
 
 
+# Also in a logs/ directory, and counted by the quota: the kernel's stdout/stderr per boot
+# (warden.console.kernellog) and the manifest (warden.console.manifest).
+KERNEL_LOG = re.compile(r"^kernel-(\d+)\.log$")
+MANIFEST = "manifest.jsonl"
+
+
+def counted(name: str) -> bool:
+    """A file of a logs/ directory that the guest's quota counts."""
+    return (
+        NAME.match(name) is not None
+        or name.endswith(".wlog.gz.tmp")
+        or KERNEL_LOG.match(name) is not None
+        or name == MANIFEST
+    )
+
+
 def usage(d: Path) -> int:
-    """Bytes on disk of the session logs in one logs/ directory (what the quota counts)."""
+    """Bytes on disk of a guest's logs in one logs/ directory (what the quota counts)."""
     total = 0
     with contextlib.suppress(FileNotFoundError):
         for p in d.iterdir():
-            if parse_name(p) is not None or p.name.endswith(".wlog.gz.tmp"):
+            if counted(p.name):
                 with contextlib.suppress(FileNotFoundError):
                     total += p.stat().st_size
     return total

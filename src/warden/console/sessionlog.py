@@ -12,7 +12,7 @@ import json
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -316,12 +316,20 @@ def read_all(path: Path, key: bytes | None) -> tuple[Header, list[Record], ReadS
 
 @dataclass(frozen=True)
 class Verdict:
-    """What `warden logs verify` says about one file (statuses: docs/formats/session-log.md)."""
+    """What `warden logs verify` says about one file (statuses: docs/formats/session-log.md).
+
+    The fields after `bad_seq` say where the file's valid chain ends, for the manifest check
+    (warden.console.logverify)."""
 
     status: str
     records: int
     message: str
     bad_seq: int | None = None
+    last_seq: int = 0
+    last_mac: str = ""  # hex
+    mac0: str = ""  # hex
+    last_kind: str = ""
+    noted: bool = False  # the header says the manifest notes this file
 
     @property
     def ok(self) -> bool:
@@ -348,6 +356,18 @@ def verify(path: Path, key: bytes, live: bool) -> Verdict:
         return Verdict("tampered", 0, str(e), 0)
     except (OSError, EOFError, zlib.error) as e:
         return Verdict("tampered", 0, f"{path}: cannot read: {e}", 0)
+    v = _verdict(st, live)
+    return replace(
+        v,
+        last_seq=st.last_seq,
+        last_mac=st.last_mac.hex(),
+        mac0=r.header.mac0.hex(),
+        last_kind=st.last_kind,
+        noted=bool(r.header.meta.get("manifest")),
+    )
+
+
+def _verdict(st: ReadState, live: bool) -> Verdict:
     if st.problem:
         return Verdict("tampered", st.records, st.problem, st.bad_seq)
     if st.ended:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from warden.daemon import kernelout
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras, Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
@@ -275,7 +276,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         kernel_fds: list[KernelLineFds] = []
         extras = BootExtras()
-        log_fd: int | None = None
+        kout: kernelout.KernelOutFds | None = None
         launched = False
         try:
             k = kernel.resolve(self.ctx.layout, spec.kernel)
@@ -298,11 +299,9 @@ class Supervisor:
             self._bind_sockets()
             for line in spec.lines:
                 kernel_fds.append(open_kernel_ends(self.files, line))
-            log_fd = os.open(
-                self.files.kernel_log(self.boot),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o640,
-            )
+            # stdout/stderr: a FIFO the log service copies into logs/kernel-BOOT.log under a
+            # budget (daemon/kernelout.py); the kernel keeps its spare read end.
+            kout = kernelout.open_kernel_ends(self.files)
             v = extras.view
             plan = cmdline.BootPlan(
                 memory=spec.memory,
@@ -316,19 +315,19 @@ class Supervisor:
                 kernel_args=spec.kernel_args,
                 extra=tuple(extras.kernel_args),
             )
-            keep = [fd for f in kernel_fds for fd in f.all()] + extras.fds
+            keep = [fd for f in kernel_fds for fd in f.all()] + extras.fds + [kout.keep]
             env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": str(shim), **extras.env}
             launch = LaunchPlan(
                 argv=cmdline.argv(v(k.path), plan),
                 env=env,
                 keep_fds=keep,
-                log_fd=log_fd,
+                log_fd=kout.write,
                 cgroup_procs=[str(p) for p in self.cgroup.procs_files()],
                 cwd=str(self.files.ctl),  # see _bind_sockets; a jail maps it (jail.enter)
                 rlimits=extras.rlimits,
                 jail=extras.jail,
             )
-            pid = await self._run_launcher(launch, keep + [log_fd])
+            pid = await self._run_launcher(launch, keep + [kout.write])
             launched = True
             self.pid_start = process_start_time(pid)
             self.started_at = time.time()
@@ -358,8 +357,8 @@ class Supervisor:
             for f in kernel_fds:
                 f.close()
             extras.close_fds()
-            if log_fd is not None:
-                os.close(log_fd)
+            if kout is not None:
+                kout.close()
 
     async def _run_launcher(self, plan: LaunchPlan, fds: list[int]) -> int:
         """Start warden.host.launch (forked by the zygote when it runs, else a fresh Python),

@@ -374,6 +374,40 @@ def ttys(records: Iterable[Record]) -> dict[int, Open]:
     return {r.tty: r for r in records if isinstance(r, Open)}
 
 
+class QuotaClassifier:
+    """Which tty-log records count as output against a session-log quota.
+
+    docs/formats/session-log.md, "Quota": DATA a screen shows (WRITE on a tty that is not a
+    pty master, READ on a pty master) is output, like a line's OUTPUT; keystrokes (WRITE on a
+    master, READ elsewhere), EXEC, OPEN, CLOSE, RESIZE and DROP are what the guest was seen to
+    type and run. A record that cannot be read, or of a type this reader does not know, is
+    output: nothing unreadable may use the room kept for the rest. Feed every record of a boot
+    in order (OPEN records tell the masters apart); tty ids are never reused during a boot.
+    """
+
+    def __init__(self) -> None:
+        self.masters: set[int] = set()
+
+    def is_output(self, raw: bytes) -> bool:
+        if len(raw) < RECORD_HEADER.size:
+            return True
+        typ, flags, tty, _seq, _time, length, crc = RECORD_HEADER.unpack_from(raw)
+        if crc32(raw[:CRC_OFFSET]) != crc or length != len(raw) - RECORD_HEADER.size:
+            return True
+        if typ == RecordType.DATA:
+            return bool(flags & 1) != (tty in self.masters)
+        if typ == RecordType.OPEN:
+            if length < OPEN_PAYLOAD.size:
+                return True
+            driver, subtype = OPEN_PAYLOAD.unpack_from(raw, RECORD_HEADER.size)[2:4]
+            if driver == Driver.PTY and subtype == PTY_MASTER:
+                self.masters.add(tty)
+            else:
+                self.masters.discard(tty)
+            return False
+        return typ not in (RecordType.CLOSE, RecordType.EXEC, RecordType.RESIZE, RecordType.DROP)
+
+
 class TtyLogPipe:
     """The host end of a guest's tty log: a pipe, read in asyncio.
 

@@ -1,0 +1,12 @@
+"""Helpers for tests that drive the session-log writer thread without a daemon."""
+
+from warden.console.logwriter import LogWriter
+
+
+def finish(w: LogWriter) -> None:
+    """Write and compress everything queued, then let both threads end (they must)."""
+    assert w.flush(60)
+    w.stop()
+    w.join(30)
+    w.compressor.join(30)
+    assert w.thread is None and w.compressor.thread is None
