@@ -22,12 +22,14 @@ import time
 import tracemalloc
 from collections.abc import Callable, Coroutine
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
 from tests.support import ttylog_vectors as tv
+from warden import tasks
 from warden.daemon import machine as m
 from warden.daemon.context import Context
 from warden.daemon.supervisor import Supervisor
@@ -39,6 +41,8 @@ from warden.honeypot.profile import parse_profile
 from warden.host import cgroup
 from warden.images.store import ImageStore
 from warden.memory import observe
+from warden.memory.balancer import OBSERVE_DEADLINE, Balancer
+from warden.memory.policy import Config
 from warden.memory.procfs import parse_meminfo
 from warden.paths import Layout
 from warden.spec import fleet as fleetmod
@@ -388,6 +392,58 @@ def test_garbage_meminfo_is_clamped_to_what_the_guest_can_have() -> None:
     )
     hm = parse_meminfo(huge)
     assert hm.total == 60000 * 1024
+
+
+MEMDATA = Path(__file__).parent / "data" / "memory"
+
+
+def test_a_slow_or_garbage_mconsole_does_not_hold_up_the_balancers_tick(home: Layout) -> None:
+    """Three guests: one answers well; one answers every request with garbage after 0.9 s;
+    one answers well but takes 0.9 s each time and must first be reconciled (several reads).
+    The tick reads the good one and puts the other two aside (probed apart), within about a
+    reading's timeout: it does not add their delays up."""
+    meminfo, vmstat = (MEMDATA / "meminfo.txt").read_text(), (MEMDATA / "vmstat.txt").read_text()
+
+    def answers(delay: float, good: bool) -> Callable[[str, float | None], Any]:
+        async def request(command: str, timeout: float | None = None) -> str:
+            await asyncio.sleep(delay)
+            if not good:
+                return "\ngarbage"
+            return "\n" + (meminfo if "meminfo" in command else vmstat)
+
+        return request
+
+    hierarchy = cgroup.detect()
+    sups = {
+        name: SimpleNamespace(
+            name=name,
+            machine=SimpleNamespace(state=m.State.RUNNING),
+            spec=SimpleNamespace(memory=64 << 20, memory_min=0, memory_weight=100),
+            request=answers(delay, good),
+            cgroup=cgroup.Cgroup(hierarchy, home.instance, name),
+        )
+        for name, delay, good in (("good", 0.0, True), ("garbage", 0.9, False), ("slow", 0.9, True))
+    }
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        b = Balancer(SimpleNamespace(sups=sups, layout=home))  # type: ignore[arg-type]
+        b.cfg = Config(budget=1 << 40)
+        b.ledger.budget = 1 << 40
+        for name in sups:
+            b.ledger.up(name, 64 << 20)
+            b.settle[name] = time.monotonic() + 1e9  # no baseline, no action: reads only
+        b.ledger.entries["slow"].lo = 0  # uncertain: reconciled (read until stable) first
+        t0 = time.monotonic()
+        await b.tick(True)
+        got.update(took=time.monotonic() - t0, read=set(b.mem), silent=set(b.silent))
+        for task in b.silent.values():
+            await tasks.cancel(task)
+
+    run_debug(main)
+    print(f"\ntick with a slow and a garbage guest: {got}")
+    assert got["read"] == {"good"} and got["silent"] == {"garbage", "slow"}
+    assert got["took"] < OBSERVE_DEADLINE + 0.5
 
 
 # ---- tty log ---------------------------------------------------------------------------------
