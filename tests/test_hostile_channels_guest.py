@@ -5,6 +5,7 @@ stay small: the flood is counted in a few events, not stored datagram by datagra
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
 import time
@@ -35,6 +36,12 @@ def rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+def cpu(pid: int) -> float:
+    """Seconds of CPU the process has used (utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def db_state(db: Path) -> tuple[int, int]:
@@ -107,6 +114,7 @@ def test_a_guest_flooding_its_notify_socket_stops_nobody_else(daemon: DaemonProc
     before_ls = [timed_ls(daemon) for _ in range(3)]
     rows0, bytes0 = db_state(daemon.layout.db)
     rss0 = rss(pid)
+    cpu0 = cpu(pid)
 
     daemon.console("flood", FLOODER, timeout=0.5)
     t0 = time.monotonic()
@@ -122,13 +130,14 @@ def test_a_guest_flooding_its_notify_socket_stops_nobody_else(daemon: DaemonProc
     flood_seconds = time.monotonic() - t0
     rows1, bytes1 = db_state(daemon.layout.db)
     rss1 = rss(pid)
+    used = cpu(pid) - cpu0  # the flood's, and the quiet guest's consoles and `warden ls`
     dropped, stored, floods = counted(daemon.layout.db)
     print(
         f"\nflood of {flood_seconds:.0f} s: {dropped + stored} notifications "
         f"({(dropped + stored) / flood_seconds:.0f}/s), {stored} stored, {dropped} counted in "
         f"{len(floods)} notify-flood events; rows added {rows1 - rows0}, warden.db "
         f"{bytes0} -> {bytes1} bytes; daemon RSS {rss0 >> 10} -> {rss1 >> 10} KiB "
-        f"(peak {peak >> 10} KiB)\n"
+        f"(peak {peak >> 10} KiB), daemon CPU {used:.1f} s\n"
         f"quiet guest's console echo before: p50 {pct(before_echo, 50) * 1000:.1f} ms, "
         f"p99 {pct(before_echo, 99) * 1000:.1f} ms; during: p50 "
         f"{pct(during_echo, 50) * 1000:.1f} ms, p99 {pct(during_echo, 99) * 1000:.1f} ms, "

@@ -31,6 +31,7 @@ SCHEMA_VERSION = 1
 EVENT_QUEUE = 4096  # events waiting for the writer; ~1 MB at most
 EVENT_BATCH = 512  # events per transaction
 FLUSH_TIMEOUT = 10.0
+READ_FLUSH_TIMEOUT = 1.0
 
 log = logging.getLogger("warden.store")
 EventRow = tuple[float, str | None, str, str]
@@ -241,7 +242,9 @@ class Store:
     def events(
         self, machine: str | None = None, since: int = 0, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        self.flush()
+        # Briefly: this runs on the daemon's loop (an admin's `warden events`); a writer that
+        # is behind for longer only makes the newest events show at the next read.
+        self.flush(READ_FLUSH_TIMEOUT)
         if machine is None:
             rows = self.db.execute(
                 "SELECT id, ts, machine, kind, detail FROM events WHERE id > ? ORDER BY id LIMIT ?",
