@@ -480,12 +480,16 @@ class Supervisor:
                     self.ctx.guest_event(
                         self.name, "guest-notify", type=item.type.name, text=item.text
                     )
+            elif item.type is mconsole.NotifyType.PANIC:
+                # Never refused by the rate (the guest's first panic counts), once a boot.
+                if self._panicked_boot == self.boot:
+                    budget.tally.add(now, "repeated-panic", len(item.data))
+                else:
+                    self._panicked(item.text)
             elif not budget.control.admit(now, len(item.data)):
-                pass  # counted in the tally: a kernel comes up or panics once in a while
+                pass  # counted in the tally: a kernel comes up once in a while, not often
             elif item.type is mconsole.NotifyType.SOCKET:
                 self._kernel_up()
-            elif item.type is mconsole.NotifyType.PANIC:
-                self._panicked(item.text)
             else:
                 self.ctx.guest_event(self.name, "guest-notify", type=item.type.name, text=item.text)
         if budget.tally.pending and self._notify_report is None:
@@ -537,8 +541,6 @@ class Supervisor:
                 spawn(hook.on_up(self), f"on-up:{hook.name}:{self.name}")
 
     def _panicked(self, message: str) -> None:
-        if self._panicked_boot == self.boot:
-            return  # one panic a boot: the kernel is dead either way
         self._panicked_boot = self.boot
         self.post(m.Panic(message))
         # The kernel is dead either way; with the shim it exits by itself at once,

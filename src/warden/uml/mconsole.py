@@ -330,6 +330,8 @@ class AsyncClient:
             if self.accept is None or self.accept(pid, uid):
                 return data
             self.foreign += 1
+            if self.foreign % DRAIN_MAX == 0:
+                await asyncio.sleep(0)  # a stream of them does not keep the loop here
 
     async def request(self, command: str, timeout: float | None = None) -> str:
         async with self._lock:
