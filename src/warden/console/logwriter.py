@@ -48,6 +48,7 @@ IDLE_CHECK = 0.5
 
 __all__ = ["RESERVE_MAX", "GuestUsage", "LogWriter", "SessionLog", "reserve_for"]
 
+
 @dataclass(eq=False)
 class _File:
     """A log file being written: owned by the writer thread."""

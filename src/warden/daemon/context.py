@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from warden import guestinput
 from warden.daemon.lines import LineLog, NullLog
 from warden.host.cgroup import Hierarchy
 from warden.images.store import ImageStore
@@ -107,7 +109,36 @@ class Context:
     hooks: list[BootHook] = field(default_factory=list)
     zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
     logs: LogFactory = null_logs
+    _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
+    _gate_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
 
     def event(self, machine: str | None, kind: str, **detail: Any) -> None:
+        """An event the daemon itself decided on: always stored (off the loop: store.py)."""
         self.store.event(machine, kind, **detail)
         self.bus.publish({"machine": machine, "kind": kind, **detail})
+
+    def guest_event(self, machine: str, kind: str, **detail: Any) -> None:
+        """An event a guest can cause at will (what it sends on its channels): stored within the
+        guest's event budget (guestinput.EVENTS_PER_MINUTE); beyond it counted by kind and
+        reported in one `events-suppressed` event a minute."""
+        gate = self._gates.get(machine)
+        if gate is None:
+            gate = self._gates[machine] = guestinput.event_gate()
+        now = time.monotonic()
+        if gate.admit(now, kind):
+            self.event(machine, kind, **detail)
+            return
+        if machine not in self._gate_timers:
+            deadline = gate.deadline()
+            assert deadline is not None
+            with contextlib.suppress(RuntimeError):  # no loop: reported with the next event
+                self._gate_timers[machine] = asyncio.get_running_loop().call_later(
+                    max(0.0, deadline - now), self._report_suppressed, machine
+                )
+
+    def _report_suppressed(self, machine: str) -> None:
+        self._gate_timers.pop(machine, None)
+        gate = self._gates.get(machine)
+        report = gate.due(time.monotonic(), force=True) if gate is not None else None
+        if report is not None:
+            self.event(machine, "events-suppressed", **report)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from warden import guestinput
 from warden.daemon import kernelout
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras, Context
@@ -71,6 +72,10 @@ class Supervisor:
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
         self._notify: mconsole.NotifyListener | None = None
+        self._notify_budget = guestinput.notify_budget()
+        self._notify_paused: asyncio.TimerHandle | None = None
+        self._notify_report: asyncio.TimerHandle | None = None
+        self._panicked_boot: int | None = None
         self._changed = asyncio.Condition()
         self._rebooting = False
         self.up_hooks: list[Callable[[], None]] = []
@@ -422,7 +427,7 @@ class Supervisor:
         # Bound by a relative name: UML replies to it from its working directory, ctl/, which
         # a jailed kernel can still reach when its root cannot (architecture.md, "Jails").
         self.mconsole = mconsole.AsyncClient(
-            self.files.mconsole, self.files.reply, relative_reply=True
+            self.files.mconsole, self.files.reply, relative_reply=True, accept=self._from_kernel
         )
         os.chmod(self.files.reply, 0o666)  # a jailed kernel (another uid) must reach it
         asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
@@ -433,32 +438,113 @@ class Supervisor:
                 asyncio.get_running_loop().remove_reader(self._notify.sock.fileno())
             self._notify.close()
             self._notify = None
+        for handle in (self._notify_paused, self._notify_report):
+            if handle is not None:
+                handle.cancel()
+        self._notify_paused = self._notify_report = None
+        self._report_notify_flood(force=True)
         if self.mconsole is not None:
             self.mconsole.close()
             self.mconsole = None
 
+    def _from_kernel(self, pid: int, uid: int) -> bool:
+        """Whether a datagram on our sockets comes from this guest's kernel: its process once
+        the pid is known, before that (a launch in progress) a process of the guest's uid (or
+        root). Whoever else can reach the sockets is ignored."""
+        if self.machine.pid is not None:
+            return pid == self.machine.pid
+        return uid in (0, os.geteuid(), self.uid)
+
+    # ---- the notify socket: a flood source (docs/security.md, "Guest channels") ------------
     def _notified(self) -> None:
-        assert self._notify is not None
-        try:
-            notes = self._notify.read_ready()
-        except mconsole.ProtocolError as e:
-            self.ctx.event(self.name, "notify-garbage", error=str(e))
+        listener = self._notify
+        if listener is None:
             return
-        for note in notes:
-            if note.type is mconsole.NotifyType.SOCKET:
-                self.post(m.KernelUp())
-                if self.machine.state is m.State.RUNNING:
-                    for hook in self.ctx.hooks:
-                        spawn(hook.on_up(self), f"on-up:{hook.name}:{self.name}")
-            elif note.type is mconsole.NotifyType.PANIC:
-                self.post(m.Panic(note.text))
-                # The kernel is dead either way; with the shim it exits by itself at once,
-                # without it (a static kernel) it may spin: do not wait long for it.
-                asyncio.get_running_loop().call_later(
-                    PANIC_GRACE, self._kill_after_panic, self.boot
-                )
+        budget = self._notify_budget
+        now = time.monotonic()
+        limit = min(guestinput.NOTIFY_BATCH, budget.read.available(now))
+        if limit <= 0:
+            self._pause_notify(budget.read.wait(now, guestinput.NOTIFY_BATCH))
+            return
+        items = listener.read_ready(limit, self._from_kernel)
+        budget.read.take(now, len(items))
+        if budget.read.available(now) < guestinput.NOTIFY_BATCH:
+            # wake up again for a whole batch, not for every datagram the budget frees
+            self._pause_notify(budget.read.wait(now, guestinput.NOTIFY_BATCH))
+        for item in items:
+            if isinstance(item, mconsole.Refused):
+                budget.tally.add(now, item.reason, item.size, item.problem)
+            elif item.type is mconsole.NotifyType.USER_NOTIFY:
+                if budget.user.admit(now, len(item.data)):
+                    self.ctx.guest_event(
+                        self.name, "guest-notify", type=item.type.name, text=item.text
+                    )
+            elif item.type is mconsole.NotifyType.PANIC:
+                # Never refused by the rate (the guest's first panic counts), once a boot.
+                if self._panicked_boot == self.boot:
+                    budget.tally.add(now, "repeated-panic", len(item.data))
+                else:
+                    self._panicked(item.text)
+            elif not budget.control.admit(now, len(item.data)):
+                pass  # counted in the tally: a kernel comes up once in a while, not often
+            elif item.type is mconsole.NotifyType.SOCKET:
+                self._kernel_up()
             else:
-                self.ctx.event(self.name, "guest-notify", type=note.type.name, text=note.text)
+                self.ctx.guest_event(self.name, "guest-notify", type=item.type.name, text=item.text)
+        if budget.tally.pending and self._notify_report is None:
+            deadline = budget.tally.deadline()
+            assert deadline is not None
+            self._notify_report = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - now), self._report_notify_flood
+            )
+
+    def _pause_notify(self, seconds: float) -> None:
+        """Over the read budget: stop reading for a moment. The guest's kernel then waits in its
+        own sendto (the socket queue is full): the flood slows the guest that sends it."""
+        listener = self._notify
+        if listener is None or self._notify_paused is not None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.sock.fileno())
+
+        def resume() -> None:
+            self._notify_paused = None
+            if self._notify is listener:
+                loop.add_reader(listener.sock.fileno(), self._notified)
+
+        self._notify_paused = loop.call_later(max(seconds, 0.01), resume)
+
+    def _report_notify_flood(self, force: bool = False) -> None:
+        self._notify_report = None
+        now = time.monotonic()
+        tally = self._notify_budget.tally
+        report = tally.flush(now) if force else tally.due(now)
+        if report is not None:
+            # one a window by construction: not through the guest's event gate, so that
+            # the counts always reach the database
+            self.ctx.event(self.name, tally.kind, **report)
+        if tally.pending and self._notify is not None:
+            deadline = tally.deadline()
+            assert deadline is not None
+            self._notify_report = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - now), self._report_notify_flood
+            )
+
+    def _kernel_up(self) -> None:
+        was = self.machine.state
+        self.post(m.KernelUp())
+        # Hooks run when the kernel comes up (STARTING -> RUNNING) or comes back after a
+        # reboot; a SOCKET notification in any other state starts nothing.
+        if self.machine.state is m.State.RUNNING and was in (m.State.STARTING, m.State.RUNNING):
+            for hook in self.ctx.hooks:
+                spawn(hook.on_up(self), f"on-up:{hook.name}:{self.name}")
+
+    def _panicked(self, message: str) -> None:
+        self._panicked_boot = self.boot
+        self.post(m.Panic(message))
+        # The kernel is dead either way; with the shim it exits by itself at once,
+        # without it (a static kernel) it may spin: do not wait long for it.
+        asyncio.get_running_loop().call_later(PANIC_GRACE, self._kill_after_panic, self.boot)
 
     def _kill_after_panic(self, boot: int) -> None:
         # Only the boot that panicked: a start right after the panic is a new boot.

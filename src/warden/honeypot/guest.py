@@ -38,6 +38,7 @@ log = logging.getLogger("warden.honeypot")
 
 POLL_INTERVAL = 10.0
 READ_BATCH = 64  # messages per wake-up, so one busy guest cannot hold the loop
+READ_BYTES = 256 << 10  # nor bytes: 64 full messages would be 4 MiB of records to decode
 ACK_WAIT = 24 * 3600.0  # a rule set is acked at the guest's next /proc access: maybe late
 
 
@@ -87,8 +88,8 @@ class PotGuest:
         """Into the tty log (if any) and, if `daemon_event`, the daemon's events."""
         if self.log is not None:
             self.log.event(kind, **fields)
-        if daemon_event:
-            self.sup.ctx.event(self.name, kind, boot=self.state.boot, **fields)
+        if daemon_event:  # what the kernel sends: within the guest's event budget
+            self.sup.ctx.guest_event(self.name, kind, boot=self.state.boot, **fields)
 
     # ---- the tty log -----------------------------------------------------------------------
     def start_tty(self, sock: socket.socket, log_: Any, ingest: TtyLogIngest) -> None:
@@ -105,9 +106,9 @@ class PotGuest:
 
     def drain(self, limit: int | None = None) -> None:
         """Take what the socket holds now (at most `limit` messages)."""
-        n = 0
+        n = size = 0
         while self.tty_sock is not None and self.tty_status == "reading":
-            if limit is not None and n >= limit:
+            if limit is not None and (n >= limit or size >= READ_BYTES):
                 return
             try:
                 msg = self.tty_sock.recv(MESSAGE_MAX)
@@ -121,6 +122,7 @@ class PotGuest:
                 return
             self._take(msg)
             n += 1
+            size += len(msg)
 
     def _hung_up(self) -> bool:
         assert self.tty_sock is not None
@@ -269,6 +271,8 @@ class PotGuest:
         await self._cancel_tasks()
         if self.tty_status == "reading":
             self.drain()
+        for n in self.ingest.flush():
+            self._on_note(n)
         self._stop_reading()
         if self.tty_status == "reading":
             self.tty_status = "ended"
@@ -298,6 +302,8 @@ class PotGuest:
         await self._cancel_tasks()
         if self.tty_status == "reading":
             self.drain()
+        for n in self.ingest.flush():
+            self._on_note(n)
         self._stop_reading()
         if self.tty_sock is not None:
             self.tty_sock.close()

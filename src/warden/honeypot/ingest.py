@@ -15,6 +15,12 @@ bytes, verbatim, and decoded) and the notes to report (the stream header, losses
 a loss comes before the record that reveals it). It never raises on
 what the kernel sends: a damaged message is reported and skipped, and the next message starts
 clean, because messages are independent.
+
+A guest that controls its kernel can send damage, gaps and drops as fast as it likes
+(docs/security.md, "Guest channels"). The counters count every one; the notes do not list
+them one by one: after NOTE_BURST notes of one loss kind in a row (no clean record between
+them), the rest are summed into one note per NOTE_SUM, and the sum so far is reported before
+the next clean record (`coalesced`: how many notes a note stands for).
 """
 
 from dataclasses import dataclass, field
@@ -37,6 +43,10 @@ from warden.honeypot.ttylog import (
 
 RecordHead = tuple[int, int, int, int, int, int, int]
 MESSAGE_MAX = 65536 + 4096  # the kernel's buffer (64 KiB) is its largest write; margin
+NOTE_BURST = 16  # loss notes of one kind reported one by one before they are summed
+NOTE_SUM = 4096  # then one note per this many
+COALESCED = ("ttylog-damaged", "ttylog-gap", "ttylog-dropped")
+_SUMMED = ("skipped_bytes", "lost_records", "lost_bytes")
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,56 @@ class TtyLogIngest:
     header_seen: bool = False
     record_max: int = RECORD_MAX
     counters: Counters = field(default_factory=Counters)
+    _runs: dict[str, int] = field(default_factory=dict)  # loss notes of a kind in a row
+    _held: dict[str, Note] = field(default_factory=dict)  # their sum, not reported yet
 
     def feed(self, message: bytes) -> list[Stored | Note]:
+        return self._coalesce(self._feed(message))
+
+    def flush(self) -> list[Note]:
+        """The notes summed but not reported yet (the log ends)."""
+        out = list(self._held.values())
+        self._held.clear()
+        self._runs.clear()
+        return out
+
+    def _coalesce(self, items: list[Stored | Note]) -> list[Stored | Note]:
+        out: list[Stored | Note] = []
+        kinds = {i.kind for i in items if isinstance(i, Note)}
+        for item in items:
+            if not isinstance(item, Note) or item.kind not in COALESCED:
+                out.append(item)
+                continue
+            run = self._runs[item.kind] = self._runs.get(item.kind, 0) + 1
+            if run <= NOTE_BURST:
+                out.append(item)
+                continue
+            held = self._hold(item)
+            if held.fields["coalesced"] >= NOTE_SUM:
+                out.append(self._held.pop(item.kind))
+        if any(isinstance(i, Stored) for i in items):
+            ended = [k for k in self._runs if k not in kinds]
+            for kind in ended:
+                del self._runs[kind]
+                if kind in self._held:
+                    out.insert(0, self._held.pop(kind))
+        return out
+
+    def _hold(self, note: Note) -> Note:
+        held = self._held.get(note.kind)
+        if held is None:
+            fields = {k: v for k, v in note.fields.items() if k in _SUMMED}
+            fields["coalesced"] = 1
+            fields["first"] = note.fields
+            held = self._held[note.kind] = Note(note.kind, fields)
+            return held
+        held.fields["coalesced"] += 1
+        for k in _SUMMED:
+            if k in note.fields:
+                held.fields[k] = held.fields.get(k, 0) + note.fields[k]
+        return held
+
+    def _feed(self, message: bytes) -> list[Stored | Note]:
         items: list[Stored | Note] = []
         c = self.counters
         c.messages += 1

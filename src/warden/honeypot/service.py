@@ -17,6 +17,7 @@ kernel given by path that has its parameters):
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from warden.daemon.context import BootExtras
 from warden.errors import NotFound, WardenError
 from warden.honeypot import channels as ch
 from warden.honeypot.checks import NO_DISGUISE, check_machine, profile_ref, wants_honeypot
-from warden.honeypot.disguise_server import RECV_MAX, DisguiseServer
+from warden.honeypot.disguise_server import NOBODY, RECV_MAX, DisguiseServer, FilterBounds
 from warden.honeypot.guest import PotGuest, kernel_alive
 from warden.honeypot.ingest import TtyLogIngest
 from warden.honeypot.profile import DisguiseError, Profile, load_profile
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from warden.daemon.supervisor import Supervisor
 
 log = logging.getLogger("warden.honeypot")
+STALE_MAX = 4096  # stale disguise messages dropped at re-attach
 
 
 def last_stored_seq(layout: Layout, machine: str, boot: int) -> int | None:
@@ -123,9 +125,21 @@ class HoneypotService:
             state.disguise = ch.ChannelState(dsg.kernel_fd, dsg.spare_fd, dsg.inode)
             extras.fds += dsg.kernel_fds()
             extras.kernel_args.append(f"disguise_fd={dsg.kernel_fd}")
-            pot.disguise = DisguiseServer(profile, dsg.host, sup.name)
+            pot.disguise = self._server(sup, profile, dsg.host)
             await pot.disguise.start()  # the rule set waits for the kernel in the socket
         self._booting[sup.name] = pot
+
+    def _server(self, sup: "Supervisor", profile: Profile, sock: socket.socket) -> DisguiseServer:
+        """A disguise server whose filter programs run as the guest's uid in its cgroups, and
+        whose flood reports (one a window) become the guest's events."""
+        uid = sup.uid if sup.uid is not None else NOBODY
+        procs = tuple(str(p) for p in sup.cgroup.procs_files()) if sup.cgroup.exists() else ()
+        name = sup.name
+
+        def report(kind: str, fields: dict[str, Any]) -> None:
+            self.ctx.event(name, kind, **fields)
+
+        return DisguiseServer(profile, sock, name, FilterBounds(uid, uid, procs), report)
 
     def _abandon(self, pot: PotGuest, made: list[ch.Channel]) -> Callable[[], None]:
         """For a launch that failed: close our ends (the supervisor closes the kernel's)."""
@@ -256,15 +270,17 @@ class HoneypotService:
         # What the kernel sent while no daemon ran: filter requests its readers stopped waiting
         # for long ago (they got the fallback) and acks. Answering them would run filters for
         # nobody.
+        # At most what the socket buffer can hold: a kernel that keeps sending cannot keep
+        # this loop (the daemon's) here.
         stale = 0
-        while True:
+        while stale < STALE_MAX:
             try:
                 if not sock.recv(RECV_MAX):
                     break
                 stale += 1
             except BlockingIOError:
                 break
-        server = DisguiseServer(profile, sock, sup.name)
+        server = self._server(sup, profile, sock)
         server.generation = pot.state.generation
         pot.disguise = server
         await server.start()

@@ -60,6 +60,9 @@ SET_TIMEOUT = 15.0
 COLD_WATCH = 1  # a quiet guest is read every watch tick too...
 COLD_RATE = 300.0  # ...but quiet guests together at most this many times a second
 HOT_MOVE = 2 * MIB  # MemAvailable moving this much between reads makes a guest hot
+# One guest's reading in a tick: a guest that answers slowly or endlessly (a hostile kernel
+# can) is skipped after this and probed aside, so it holds up no other guest's tick.
+OBSERVE_DEADLINE = 2.0
 
 
 class Balancer:
@@ -268,7 +271,7 @@ class Balancer:
         self.assessed.pop(name, None)
         self.settle[name] = time.monotonic() + SETTLE
         try:
-            self.marks[name] = await observe.watermarks(sup.request)
+            self.marks[name] = await observe.watermarks(sup.request, size=size)
         except WardenError:
             self.marks.pop(name, None)  # the policy falls back on the kernel's rule of thumb
         self._record("ev", g=name, what="reboot" if rebooted else "up", max=size // 1024)
@@ -349,7 +352,7 @@ class Balancer:
             quiet = sum(1 for n in running if now >= self.hot_until.get(n, 0.0))
             cold = max(COLD_WATCH * self.cfg.watch, quiet / COLD_RATE)
             read = {n: s for n, s in running.items() if self._due(n, now, cold)}
-        fresh = await asyncio.gather(*(self._observe(n, s, full) for n, s in read.items()))
+        fresh = await asyncio.gather(*(self._observe_within(n, s, full) for n, s in read.items()))
         # Only what was read now, against the ledger as it stands: a guest whose unplug was
         # in flight during the reads (skipped) may have ended since, and its last reading
         # with the new plugged size would show `used` down by the step, then back up at the
@@ -388,6 +391,15 @@ class Balancer:
         self._save()
         return plan
 
+    async def _observe_within(self, name: str, sup: "Supervisor", full: bool) -> bool:
+        try:
+            return await asyncio.wait_for(self._observe(name, sup, full), OBSERVE_DEADLINE)
+        except TimeoutError:
+            self.mem.pop(name, None)
+            self.silent[name] = None
+            self._record("ev", g=name, what="silent")
+            return False
+
     async def _observe(self, name: str, sup: "Supervisor", full: bool) -> bool:
         """Read one guest; True when this tick has a fresh reading of it."""
         e = self.ledger.entries.get(name)
@@ -405,7 +417,7 @@ class Balancer:
         if not e.certain:
             await self.act.reconcile(name, sup.request)
         try:
-            mem = await observe.meminfo(sup.request)
+            mem = await observe.meminfo(sup.request, size=e.max)
             if full:
                 self.vm[name] = await observe.vmstat(sup.request)
         except (WardenError, OSError):
@@ -438,7 +450,7 @@ class Balancer:
     async def _probe(self, name: str, sup: "Supervisor") -> None:
         while name in self.silent and sup.machine.state is m.State.RUNNING:
             try:
-                await observe.meminfo(sup.request)
+                await observe.meminfo(sup.request, size=sup.spec.memory)
             except (WardenError, OSError):
                 await asyncio.sleep(self.cfg.interval)
                 continue
@@ -628,7 +640,7 @@ class Balancer:
         if name in self.silent:
             raise Conflict(f"{name} does not answer its mconsole now; try again later")
         try:
-            mem = await observe.meminfo(sup.request)
+            mem = await observe.meminfo(sup.request, size=e.max)
         except (WardenError, OSError) as err:
             raise Conflict(f"{name}: cannot read its memory now: {err}") from None
         g = GuestInput(

@@ -8,11 +8,18 @@ and the host's MemAvailable.
 mconsole replies carry no request id; a reply that arrives after its request timed out can be
 taken for the answer to the next request. Every reply is therefore checked to be the file
 asked for (procfs raises ProcfsError otherwise) and read once more if it is not.
+
+What a guest's kernel answers is hostile input: each reading (both tries together) ends within
+its `timeout`, however slowly or endlessly the guest answers, and with the guest's `size`
+given, every number is clamped to what the guest can have (procfs).
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+from warden.errors import MconsoleError
 from warden.host.cgroup import Cgroup
 from warden.memory.procfs import (
     Meminfo,
@@ -28,31 +35,40 @@ from warden.uml.mconsole import proc_text
 Request = Callable[[str, float | None], Awaitable[str]]
 
 READ_TIMEOUT = 1.0
+T = TypeVar("T")
 
 
 async def _read(request: Request, file: str, timeout: float) -> str:
     return proc_text(await request(f"proc {file}", timeout))
 
 
-async def meminfo(request: Request, timeout: float = READ_TIMEOUT) -> Meminfo:
+async def _twice(request: Request, file: str, timeout: float, parse: Callable[[str], T]) -> T:
+    """Read and parse `file`; once more if the reply was not that file; all within `timeout`
+    (MconsoleError when it passes, as for a single request)."""
     try:
-        return parse_meminfo(await _read(request, "meminfo", timeout))
-    except ProcfsError:
-        return parse_meminfo(await _read(request, "meminfo", timeout))
+        async with asyncio.timeout(timeout):
+            try:
+                return parse(await _read(request, file, timeout))
+            except ProcfsError:
+                return parse(await _read(request, file, timeout))
+    except TimeoutError:
+        raise MconsoleError(f"no complete `proc {file}` within {timeout} s") from None
+
+
+async def meminfo(
+    request: Request, timeout: float = READ_TIMEOUT, size: int | None = None
+) -> Meminfo:
+    return await _twice(request, "meminfo", timeout, lambda t: parse_meminfo(t, size))
 
 
 async def vmstat(request: Request, timeout: float = READ_TIMEOUT) -> Vmstat:
-    try:
-        return parse_vmstat(await _read(request, "vmstat", timeout))
-    except ProcfsError:
-        return parse_vmstat(await _read(request, "vmstat", timeout))
+    return await _twice(request, "vmstat", timeout, parse_vmstat)
 
 
-async def watermarks(request: Request, timeout: float = READ_TIMEOUT) -> Watermarks:
-    try:
-        return parse_zoneinfo(await _read(request, "zoneinfo", timeout))
-    except ProcfsError:
-        return parse_zoneinfo(await _read(request, "zoneinfo", timeout))
+async def watermarks(
+    request: Request, timeout: float = READ_TIMEOUT, size: int | None = None
+) -> Watermarks:
+    return await _twice(request, "zoneinfo", timeout, lambda t: parse_zoneinfo(t, size))
 
 
 def host_meminfo(path: Path = Path("/proc/meminfo")) -> Meminfo:

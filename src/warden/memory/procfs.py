@@ -3,14 +3,24 @@
 Pure: text in, values out, so every parser is tested with captured files. Sizes come out in
 bytes. A reply that is not the file asked for (a stale mconsole datagram, a truncated reply)
 raises ProcfsError instead of yielding zeros that would make a guest look empty.
+
+The text comes from the guest's kernel, which a guest that loaded a module controls: it is
+hostile input (docs/security.md, "Guest channels"). Lines longer than LINE_MAX are skipped,
+and every number is clamped to what the guest can have: sizes to [0, its memory] (the
+`size` the caller knows, else ABSURD), parts of its memory to [0, MemTotal], counters to
+[0, COUNTER_MAX]. `Meminfo.clamped` names the fields that had to be clamped.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from warden.errors import WardenError
 
 KIB = 1024
 PAGE = 4096
+LINE_MAX = 256  # longer than any line of meminfo, vmstat or zoneinfo: such lines are skipped
+ABSURD = 1 << 50  # 1 PiB: no guest has more memory; the bound when its size is not known
+COUNTER_MAX = 1 << 62  # event counters (vmstat) that claim more are clamped
 
 
 class ProcfsError(WardenError):
@@ -57,6 +67,7 @@ class Meminfo:
     percpu: int = 0
     swap_total: int = 0
     swap_free: int = 0
+    clamped: tuple[str, ...] = ()  # fields whose value the guest gave was out of bounds
 
     @property
     def file_cache(self) -> int:
@@ -80,16 +91,31 @@ class Meminfo:
         return self.total - counted
 
 
+def _lines(text: str) -> Iterator[str]:
+    for line in text.splitlines():
+        if len(line) <= LINE_MAX:
+            yield line
+
+
 def _kv_lines(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in _lines(text):
         key, sep, value = line.partition(":")
         if sep:
             out[key.strip()] = value.strip()
     return out
 
 
-def parse_meminfo(text: str) -> Meminfo:
+def _clamp(value: int, top: int) -> int:
+    return min(max(value, 0), top)
+
+
+# Not parts of the guest's memory: swap is a disk of its own.
+_SWAP = ("swap_total", "swap_free")
+
+
+def parse_meminfo(text: str, size: int | None = None) -> Meminfo:
+    """`size`: the most memory the guest can have (bytes); totals above it are clamped."""
     raw = _kv_lines(text)
     missing = [k for k in REQUIRED_MEMINFO if k not in raw]
     if missing:
@@ -105,7 +131,20 @@ def parse_meminfo(text: str) -> Meminfo:
             raise ProcfsError(f"/proc/meminfo: {key} is {raw[key]!r}, not a number") from None
         unit = parts[1] if len(parts) > 1 else ""
         values[attr] = number * KIB if unit == "kB" else number
-    return Meminfo(**values)
+    clamped: list[str] = []
+
+    def bound(attr: str, top: int) -> None:
+        if attr in values and values[attr] != _clamp(values[attr], top):
+            values[attr] = _clamp(values[attr], top)
+            clamped.append(attr)
+
+    bound("total", ABSURD if size is None else min(size, ABSURD))
+    for attr in MEMINFO_FIELDS.values():
+        if attr == "total":
+            continue
+        bound(attr, ABSURD if attr in _SWAP else values["total"])
+    bound("swap_free", values.get("swap_total", 0))
+    return Meminfo(**values, clamped=tuple(clamped))
 
 
 # /proc/vmstat counters the balancer watches (mm/vmstat.c, Linux 6.1): all monotonic.
@@ -152,14 +191,14 @@ class Vmstat:
 def parse_vmstat(text: str) -> Vmstat:
     values: dict[str, int] = {}
     seen = 0
-    for line in text.splitlines():
+    for line in _lines(text):
         parts = line.split()
         if len(parts) != 2:
             continue
         seen += 1
         if parts[0] in VMSTAT_FIELDS:
             try:
-                values[parts[0]] = int(parts[1])
+                values[parts[0]] = _clamp(int(parts[1]), COUNTER_MAX)
             except ValueError:
                 raise ProcfsError(f"/proc/vmstat: {parts[0]} is {parts[1]!r}") from None
     if seen < 20 or "pgmajfault" not in values or "oom_kill" not in values:
@@ -176,15 +215,17 @@ class Watermarks:
     high: int
 
 
-def parse_zoneinfo(text: str) -> Watermarks:
-    """The min/low/high lines of each zone (`pages free ... min N low N high N`)."""
+def parse_zoneinfo(text: str, size: int | None = None) -> Watermarks:
+    """The min/low/high lines of each zone (`pages free ... min N low N high N`), each sum
+    clamped to the guest's `size`."""
     marks = {"min": 0, "low": 0, "high": 0}
     found = 0
-    for line in text.splitlines():
+    top = ABSURD if size is None else min(size, ABSURD)
+    for line in _lines(text):
         parts = line.split()
         if len(parts) == 2 and parts[0] in marks:
             try:
-                marks[parts[0]] += int(parts[1]) * PAGE
+                marks[parts[0]] = _clamp(marks[parts[0]] + int(parts[1]) * PAGE, top)
             except ValueError:
                 raise ProcfsError(f"/proc/zoneinfo: {line.strip()!r}") from None
             found += 1

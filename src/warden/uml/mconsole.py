@@ -7,6 +7,11 @@ with byte vectors; the two clients only move datagrams.
 Replies carry no request id, so each client sends one request at a time (the async client
 holds a lock across a request and all datagrams of its reply) and drops stale datagrams left
 by a request that timed out.
+
+Everything a guest kernel sends is hostile input (docs/security.md, "Guest channels"): a reply
+is cut off at MAX_REPLY bytes however long its `more` flag says it goes on, stale datagrams
+are drained at most DRAIN_MAX at a time, and the daemon's sockets ask for the sender's
+credentials (SO_PASSCRED) so that datagrams from anyone but the guest's kernel are ignored.
 """
 
 import asyncio
@@ -16,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -34,6 +40,16 @@ REPLY_HEADER = struct.Struct("=III")
 NOTIFY_HEADER = struct.Struct("=IIII")
 
 DEFAULT_TIMEOUT = 5.0
+# A reply's wire bytes (headers included) beyond which it is refused: the largest file warden
+# reads (`proc zoneinfo`) is a few KiB; 1 MiB leaves room for an admin's `proc kallsyms`.
+MAX_REPLY = 1 << 20
+DRAIN_MAX = 256  # stale datagrams dropped before a request; a flood cannot hold the loop
+RECV_MAX = REPLY_HEADER.size + MAX_DATA + 1  # one more byte: a longer datagram is truncated
+# struct ucred { pid_t pid; uid_t uid; gid_t gid; } (SCM_CREDENTIALS, unix(7))
+UCRED = struct.Struct("=iII")
+
+# Whether a datagram is the kernel's: called with the sender's (pid, uid).
+Accept = Callable[[int, int], bool]
 
 
 class NotifyType(IntEnum):
@@ -103,14 +119,25 @@ def decode_notify(datagram: bytes) -> Notify:
 
 
 class ReplyAssembler:
-    """Collects the datagrams of one reply; `done` once a datagram without `more` arrives."""
+    """Collects the datagrams of one reply; `done` once a datagram without `more` arrives.
 
-    def __init__(self) -> None:
+    At most `limit` wire bytes: a reply whose `more` flag never clears is refused with
+    ProtocolError instead of growing until the timeout."""
+
+    def __init__(self, limit: int = MAX_REPLY) -> None:
         self.err = False
         self.parts: list[str] = []
         self.done = False
+        self.limit = limit
+        self.size = 0
 
-    def feed(self, part: ReplyPart) -> None:
+    def feed(self, part: ReplyPart, size: int = 0) -> None:
+        self.size += max(size, REPLY_HEADER.size + len(part.text) + 1)
+        if self.size > self.limit:
+            raise ProtocolError(
+                f"mconsole reply exceeds the limit of {self.limit} bytes "
+                f"({len(self.parts) + 1} datagrams so far, each saying more follows)"
+            )
         if not self.parts:
             self.err = part.err
         self.parts.append(part.text)
@@ -125,6 +152,23 @@ def _check(command: str, target: Path, assembler: ReplyAssembler) -> str:
     if assembler.err:
         raise MconsoleError(f"{target}: {command!r} failed: {assembler.text.strip()}")
     return assembler.text
+
+
+def _ask_credentials(sock: socket.socket) -> None:
+    """Every datagram received on `sock` carries its sender's pid and uid (unix(7))."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+
+def recv_from(sock: socket.socket, size: int) -> tuple[bytes, int, int, bool]:
+    """One datagram: (data, sender pid, sender uid, truncated). The socket must ask for
+    credentials; without them (not Linux's unix sockets) pid and uid are -1."""
+    data, anc, flags, _ = sock.recvmsg(size, socket.CMSG_SPACE(UCRED.size))
+    pid = uid = -1
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            if len(raw) >= UCRED.size:
+                pid, uid, _gid = UCRED.unpack_from(raw)
+    return data, pid, uid, bool(flags & socket.MSG_TRUNC)
 
 
 def _bind(path: Path, relative: bool = False) -> socket.socket:
@@ -186,8 +230,8 @@ class Client:
     def _drain(self) -> None:
         self._sock.setblocking(False)
         try:
-            while True:
-                self._sock.recv(4096)
+            for _ in range(DRAIN_MAX):
+                self._sock.recv(RECV_MAX)
         except BlockingIOError:
             pass
         finally:
@@ -207,15 +251,19 @@ class Client:
                 raise MconsoleError(f"{self.target}: no reply to {command!r} within the timeout")
             self._sock.settimeout(left)
             try:
-                datagram = self._sock.recv(4096)
+                datagram = self._sock.recv(RECV_MAX)
             except TimeoutError:
                 continue
-            assembler.feed(decode_reply(datagram))
+            assembler.feed(decode_reply(datagram), len(datagram))
         return _check(command, self.target, assembler)
 
 
 class AsyncClient:
-    """asyncio client; safe to share between tasks (requests are serialized)."""
+    """asyncio client; safe to share between tasks (requests are serialized).
+
+    `accept(pid, uid)`, if given, says whether a datagram is the guest kernel's: others are
+    counted in `foreign` and ignored (the reply socket must be reachable by the jailed kernel,
+    so other processes may reach it too)."""
 
     def __init__(
         self,
@@ -223,16 +271,20 @@ class AsyncClient:
         reply_path: Path,
         timeout: float = DEFAULT_TIMEOUT,
         relative_reply: bool = False,
+        accept: Accept | None = None,
     ):
         self.target = target
         self.reply_path = reply_path
         self.timeout = timeout
+        self.accept = accept
+        self.foreign = 0
         self._sock = _bind(reply_path, relative_reply)
         self._sock.setblocking(False)
+        _ask_credentials(self._sock)
         self._lock = asyncio.Lock()
 
     def close(self) -> None:
-        # A request may be waiting in loop.sock_recv on this socket. Its reader must go now,
+        # A request may be waiting for this socket to be readable. Its reader must go now,
         # while the fd number is still ours: once the request times out, asyncio would remove
         # the reader of whatever socket has reused that number by then (an API connection,
         # which then hangs unread).
@@ -244,13 +296,44 @@ class AsyncClient:
 
     def _drain(self) -> None:
         try:
-            while True:
-                self._sock.recv(4096)
+            for _ in range(DRAIN_MAX):
+                self._sock.recv(RECV_MAX)
         except BlockingIOError:
             pass
 
-    async def request(self, command: str, timeout: float | None = None) -> str:
+    async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self._sock.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            # Only while the socket is ours: after close() the number may belong to another
+            # socket by now, whose reader must stay (close() removed ours).
+            if self._sock.fileno() == fd:
+                loop.remove_reader(fd)
+
+    async def _datagram(self) -> bytes:
+        """The next datagram from the kernel (others are counted and dropped)."""
+        while True:
+            try:
+                data, pid, uid, _ = recv_from(self._sock, RECV_MAX)
+            except BlockingIOError:
+                await self._readable()
+                continue
+            if self.accept is None or self.accept(pid, uid):
+                return data
+            self.foreign += 1
+            if self.foreign % DRAIN_MAX == 0:
+                await asyncio.sleep(0)  # a stream of them does not keep the loop here
+
+    async def request(self, command: str, timeout: float | None = None) -> str:
         async with self._lock:
             self._drain()
             try:
@@ -266,12 +349,14 @@ class AsyncClient:
             try:
                 async with asyncio.timeout(self.timeout if timeout is None else timeout):
                     while not assembler.done:
-                        datagram = await loop.sock_recv(self._sock, 4096)
-                        assembler.feed(decode_reply(datagram))
+                        datagram = await self._datagram()
+                        assembler.feed(decode_reply(datagram), len(datagram))
             except TimeoutError:
                 raise MconsoleError(
                     f"{self.target}: no reply to {command!r} within the timeout"
                 ) from None
+            except ProtocolError as e:
+                raise ProtocolError(f"{self.target}: {command!r}: {e}") from None
             return _check(command, self.target, assembler)
 
     async def proc(self, file: str) -> str:
@@ -285,6 +370,16 @@ def proc_text(reply: str) -> str:
     return reply[1:] if reply.startswith("\n") else reply
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A notify datagram that is not the guest kernel's notification: `reason` is `garbage`
+    (not the format: `problem` says why) or `foreign` (sent by another process)."""
+
+    reason: str
+    size: int
+    problem: str
+
+
 class NotifyListener:
     """The socket a guest's `mconsole=notify:PATH` sends to; one per guest."""
 
@@ -293,18 +388,30 @@ class NotifyListener:
         self.sock = _bind(path)
         os.chmod(path, 0o666)  # the jailed guest runs as its own uid and must be able to send
         self.sock.setblocking(False)
+        _ask_credentials(self.sock)
 
     def close(self) -> None:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    def read_ready(self) -> list[Notify]:
-        """Every datagram waiting now; malformed ones are reported as ProtocolError."""
-        out: list[Notify] = []
-        while True:
+    def read_ready(self, limit: int, accept: Accept | None = None) -> list[Notify | Refused]:
+        """At most `limit` datagrams waiting now, each decoded or refused (never raises on
+        what a guest sends)."""
+        out: list[Notify | Refused] = []
+        for _ in range(limit):
             try:
-                datagram = self.sock.recv(4096)
+                data, pid, uid, truncated = recv_from(self.sock, NOTIFY_HEADER.size + MAX_DATA + 1)
             except BlockingIOError:
-                return out
-            out.append(decode_notify(datagram))
+                break
+            if accept is not None and not accept(pid, uid):
+                out.append(Refused("foreign", len(data), f"sent by pid {pid} uid {uid}"))
+                continue
+            if truncated:
+                out.append(Refused("garbage", len(data), "datagram longer than a notification"))
+                continue
+            try:
+                out.append(decode_notify(data))
+            except ProtocolError as e:
+                out.append(Refused("garbage", len(data), str(e)))
+        return out
