@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from warden import guestinput
+from warden import guestinput, proc
 from warden.daemon import kernelout
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras, Context
@@ -40,16 +40,6 @@ log = logging.getLogger("warden.supervisor")
 LAUNCH_TIMEOUT = 30.0
 PANIC_GRACE = 3.0
 REBOOT_MARK = b"reboot: Restarting system"
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks after boot): tells a pid's reuse apart."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    rest = text.rsplit(")", 1)[1].split()
-    return int(rest[19])
 
 
 class Supervisor:
@@ -334,7 +324,7 @@ class Supervisor:
             )
             pid = await self._run_launcher(launch, keep + [kout.write])
             launched = True
-            self.pid_start = process_start_time(pid)
+            self.pid_start = proc.start_time(pid)
             self.started_at = time.time()
             self._watch_exit(pid)
             for name, relay in self.lines.items():
@@ -616,7 +606,7 @@ class Supervisor:
         alive = (
             pid is not None
             and self.pid_start is not None
-            and process_start_time(pid) == self.pid_start
+            and proc.start_time(pid) == self.pid_start
             and pid in self.cgroup.pids()
         )
         if not alive:

@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from warden.disk.errors import OutputExists
+from warden.statefile import fsync_dir
+
+__all__ = ["fsync_dir"]  # the one definition is warden.statefile's
 
 CHUNK = 64 << 20  # bytes per copy call: small enough for a live progress bar
 # errno values that mean "the disk is full", whoever reports it
@@ -122,15 +125,6 @@ def publish(temp: Path, final: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a new name in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def disk_usage(path: Path) -> int:

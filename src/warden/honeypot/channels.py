@@ -13,10 +13,10 @@ file at boot, and checks that it got the same socket (its inode). Nothing here c
 daemon's namespaces or credentials; the kernel process is the daemon's child's child and runs
 unprivileged, and root may take its fds.
 
-State file: machines/NAME/honeypot.json, written whole and atomically, removed when the boot
-ends. It names the boot, the kernel's pid and start time, and per channel the kernel's fd,
-the spare's fd and the socket's inode; for the disguise channel also the profile and the
-rule-set generation last sent.
+State file: machines/NAME/honeypot.json, written whole and atomically (warden.statefile),
+removed when the boot ends. It names the boot, the kernel's pid and start time, and per
+channel the kernel's fd, the spare's fd and the socket's inode; for the disguise channel also
+the profile and the rule-set generation last sent.
 """
 
 import contextlib
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from warden import statefile
 from warden.errors import WardenError
 
 STATE_FILE = "honeypot.json"
@@ -152,9 +153,7 @@ class PotState:
 
 def write_state(machine_dir: Path, state: PotState) -> None:
     path = machine_dir / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.tmp{os.getpid()}")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    statefile.write(path, state.to_json().encode(), mode=0o644)
 
 
 def read_state(machine_dir: Path) -> PotState | None:

@@ -18,10 +18,9 @@ import os
 import select
 import socket
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from warden import tasks
+from warden import proc, tasks
 from warden.console import sessionlog as sl
 from warden.daemon import machine as m
 from warden.errors import WardenError
@@ -40,16 +39,6 @@ POLL_INTERVAL = 10.0
 READ_BATCH = 64  # messages per wake-up, so one busy guest cannot hold the loop
 READ_BYTES = 256 << 10  # nor bytes: 64 full messages would be 4 MiB of records to decode
 ACK_WAIT = 24 * 3600.0  # a rule set is acked at the guest's next /proc access: maybe late
-
-
-def kernel_alive(pid: int, start: int | None) -> bool:
-    """The kernel process still runs (not a zombie, not a reused pid)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    rest = text.rsplit(")", 1)[1].split()
-    return rest[0] not in ("Z", "X") and (start is None or int(rest[19]) == start)
 
 
 class PotGuest:
@@ -148,7 +137,7 @@ class PotGuest:
 
     def _eof(self, problem: str) -> None:
         self._stop_reading()
-        alive = not self.done and kernel_alive(self.state.pid, self.state.pid_start)
+        alive = not self.done and proc.running(self.state.pid, self.state.pid_start)
         self.tty_status = "closed" if alive else "ended"
         if not alive:
             return

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from warden import tasks
+from warden import proc, tasks
 from warden.console import logstore
 from warden.console import sessionlog as sl
 from warden.daemon import machine as m
@@ -30,7 +30,7 @@ from warden.errors import NotFound, WardenError
 from warden.honeypot import channels as ch
 from warden.honeypot.checks import NO_DISGUISE, check_machine, profile_ref, wants_honeypot
 from warden.honeypot.disguise_server import NOBODY, RECV_MAX, DisguiseServer, FilterBounds
-from warden.honeypot.guest import PotGuest, kernel_alive
+from warden.honeypot.guest import PotGuest
 from warden.honeypot.ingest import TtyLogIngest
 from warden.honeypot.profile import DisguiseError, Profile, load_profile
 from warden.honeypot.ttylog import RECORD_HEADER
@@ -210,7 +210,7 @@ class HoneypotService:
             live
             and state.pid == sup.machine.pid
             and state.boot == sup.boot
-            and kernel_alive(state.pid, state.pid_start)
+            and proc.running(state.pid, state.pid_start)
         )
         if not same:
             # The guest ended while no daemon ran: what its kernel sent after the last stored

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from warden import proc
 from warden.host import uids
 
 if TYPE_CHECKING:
@@ -23,14 +24,6 @@ CAP_SETS = (("CapInh", "inheritable"), ("CapPrm", "permitted"), ("CapEff", "effe
             ("CapBnd", "bounding"), ("CapAmb", "ambient"))  # fmt: skip
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 MAX_ENTRIES = 10000
-
-
-def _status(pid: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        out[key] = value.strip()
-    return out
 
 
 def known_files(sup: "Supervisor") -> dict[tuple[int, int], str]:
@@ -55,7 +48,7 @@ def known_files(sup: "Supervisor") -> dict[tuple[int, int], str]:
 
 
 def process(pid: int, known: dict[tuple[int, int], str] | None = None) -> dict[str, Any]:
-    st = _status(pid)
+    st = proc.status(pid)
     caps = {name: int(st.get(key, "0"), 16) for key, name in CAP_SETS}
     fds = []
     fd_dir = f"/proc/{pid}/fd"

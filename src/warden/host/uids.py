@@ -18,6 +18,7 @@ import pwd
 from collections.abc import Iterator
 from pathlib import Path
 
+from warden import statefile
 from warden.errors import WardenError
 from warden.paths import Layout
 
@@ -101,9 +102,7 @@ def allocate(layout: Layout, machine: str, base: int, count: int, current: int |
             if not ours and (uid in busy or _in_passwd(uid)):
                 holders.append(f"{uid} by a host process or user")
                 continue
-            tmp = directory / f".{uid}.{os.getpid()}"
-            tmp.write_text(json.dumps(me) + "\n")
-            os.replace(tmp, path)
+            statefile.write_json(path, me, mode=0o644)
             _forget_others(directory, me, uid)
             return uid
     taken = "; ".join(holders[:3]) + ("; ..." if len(holders) > 3 else "")

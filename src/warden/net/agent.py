@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from warden.net.procs import start_time
+from warden.proc import start_time
 
 MAX_MESSAGE = 8 << 20
 TUNSETIFF = 0x400454CA

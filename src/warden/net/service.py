@@ -28,11 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from warden import proc
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.errors import Conflict, NotFound, SpecError, WardenError
 from warden.host import cgroup
-from warden.net import capture, dnsmasq, names, plan, procs, rules
+from warden.net import capture, dnsmasq, names, plan, rules
 from warden.net import state as statemod
 from warden.net.client import AgentClient
 from warden.net.errors import NetError
@@ -52,6 +53,12 @@ RESTART_DELAY = 1.0
 
 def _where(netns: str) -> str:
     return f"network namespace {netns!r}" if netns else "the host's own network namespace"
+
+
+def _alive(p: dict[str, Any]) -> bool:
+    """A process we started (a state.procs entry) still runs: its pid, started when we saw it
+    start (an entry without a start time cannot be told from a reused pid: not ours)."""
+    return p.get("start") is not None and proc.running(int(p["pid"]), p["start"])
 
 
 def _wait_fd(fd: int, timeout: float) -> bool:
@@ -452,7 +459,7 @@ class NetService:
 
     def _proc_alive(self, key: str) -> bool:
         p = self.state.procs.get(key)
-        return p is not None and procs.alive(int(p["pid"]), p.get("start"))
+        return p is not None and _alive(p)
 
     def _adopt(self, key: str, res: dict[str, Any], fds: list[int]) -> None:
         """A process the helper just started: keep its pid and watch its pidfd (fds[0])."""
@@ -471,7 +478,7 @@ class NetService:
             fd = os.pidfd_open(int(p["pid"]))
         except ProcessLookupError:
             return
-        if procs.start_time(int(p["pid"])) != p.get("start"):
+        if proc.start_time(int(p["pid"])) != p.get("start"):
             os.close(fd)
             return
         self._watch(key, fd)
@@ -508,14 +515,14 @@ class NetService:
         """SIGTERM, then SIGKILL after STOP_GRACE, a process we started (by pidfd)."""
         self._unwatch(key)
         p = self.state.procs.pop(key, None)
-        if p is None or not procs.alive(int(p["pid"]), p.get("start")):
+        if p is None or not _alive(p):
             return
         try:
             fd = os.pidfd_open(int(p["pid"]))
         except ProcessLookupError:
             return
         try:
-            if procs.start_time(int(p["pid"])) != p.get("start"):
+            if proc.start_time(int(p["pid"])) != p.get("start"):
                 return
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signal.SIGTERM)
@@ -531,7 +538,7 @@ class NetService:
         for key in [k for k in self.state.procs if k.startswith(prefix)]:
             self._unwatch(key)
             p = self.state.procs.pop(key)
-            if procs.alive(int(p["pid"]), p.get("start")):
+            if _alive(p):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(p["pid"]), signal.SIGTERM)
 

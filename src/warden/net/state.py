@@ -2,8 +2,8 @@
 
 A new daemon needs it to find its networks, helper processes and the guests it wired before:
 guests outlive the daemon, and so do their taps, rules, dnsmasq and captures. The file is
-rewritten whole (write to a temporary file, fsync, rename), so a crash leaves the old or the
-new version, never a mix. `version` changes when the meaning of a field changes.
+rewritten whole (warden.statefile), so a crash leaves the old or the new version, never a
+mix. `version` changes when the meaning of a field changes.
 
     version     1
     netns       {"name": str, "created": bool}: the namespace in use ("" = the host's own);
@@ -18,11 +18,11 @@ new version, never a mix. `version` changes when the meaning of a field changes.
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warden import statefile
 from warden.net.plan import ForwardPlan, GuestPlan, NicPlan
 
 VERSION = 1
@@ -69,9 +69,5 @@ def load(path: Path) -> State:
 
 def save(path: Path, state: State) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump({"version": VERSION, **asdict(state)}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    doc = {"version": VERSION, **asdict(state)}
+    statefile.write_json(path, doc, mode=0o644, indent=1, sort_keys=True)

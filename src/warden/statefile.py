@@ -1,0 +1,49 @@
+"""State files the daemon rewrites whole: one guarantee for all of them.
+
+`write` replaces a file atomically and durably: the new contents go to a temporary file in the
+same directory, which is fsync'd and renamed over the old one, and the directory is fsync'd
+so that the rename itself survives a crash. After a crash (of warden or of the machine) the
+file holds the old or the new contents, never a mix, an empty file or nothing.
+
+Used for net/state.json, memory/state.json, machines/NAME/honeypot.json and the uid claims.
+"""
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` (the file gets `mode`)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, doc: Any, mode: int = 0o600, **dumps: Any) -> None:
+    """Replace `path` with `doc` as JSON (`dumps`: json.dumps arguments), ending in a newline."""
+    write(path, (json.dumps(doc, **dumps) + "\n").encode(), mode)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
