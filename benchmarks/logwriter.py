@@ -22,7 +22,7 @@ from pathlib import Path
 from _common import median, result  # first: it puts the repository on sys.path
 
 # isort: split
-from warden.console.logwriter import GuestUsage, LogWriter, SessionLog
+from warden.sessionlog.writer import GuestUsage, SessionLog, SessionLogWriter
 
 RUNS = int(os.environ.get("LOGWRITER_RUNS", "5"))
 TOTAL = 32 << 20
@@ -39,7 +39,7 @@ def ours(chunk: bytes) -> float:
     d = Path(tempfile.mkdtemp(prefix="logbench-", dir="/tmp"))
     try:
         (d / "m1" / "logs").mkdir(parents=True)
-        w = LogWriter(KEY, d)
+        w = SessionLogWriter(KEY, d)
         usage = GuestUsage(d / "m1" / "logs", 1 << 40)
         lg = SessionLog(w, "m1", "con0", 1, False, lambda: usage)
         assert w.sync(30)

@@ -18,7 +18,7 @@ from _common import result
 
 # isort: split
 from warden import termsafe
-from warden.console import export
+from warden.sessionlog import export
 
 SIZE = 4 << 20
 CHUNK = 4096

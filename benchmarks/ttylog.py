@@ -37,11 +37,11 @@ from _common import median, result  # first: it puts the repository on sys.path
 # isort: split
 from tests.support.honeypot import honeypot_kernel
 from tests.support.rawboot import RawGuest
-from warden.honeypot import ttylog
 from warden.images import minimal
 from warden.images.store import ImageStore
 from warden.paths import layout
 from warden.progress import NullProgress
+from warden.sessionlog import ttylog
 from warden.uml import mconsole
 
 RUNS = int(os.environ.get("TTYLOG_RUNS", "8"))

@@ -4,8 +4,8 @@ by hand as docs/formats/ttylog.md lays them out, whole, lost, repeated and damag
 import struct
 
 from tests.support import ttylog_vectors as v
-from warden.honeypot import ttylog
 from warden.honeypot.ingest import Note, Stored, TtyLogIngest
+from warden.sessionlog import ttylog
 
 
 def split(items: list[Stored | Note]) -> tuple[list[Stored], list[Note]]:

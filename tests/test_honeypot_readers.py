@@ -12,12 +12,12 @@ import pytest
 
 from tests.support import ttylog_vectors as v
 from tests.support.daemon import WARDEN
-from warden.console import logstore
-from warden.console import sessionlog as sl
-from warden.console.logwriter import GuestUsage, LogWriter, SessionLog
-from warden.honeypot.ttylog import TtyLogError
-from warden.honeypot.ttyview import TtyStreams, TtyView, decode_payload
 from warden.paths import Layout
+from warden.sessionlog import codec as sl
+from warden.sessionlog import store as logstore
+from warden.sessionlog.ttylog import TtyLogError
+from warden.sessionlog.ttyview import TtyStreams, TtyView, decode_payload
+from warden.sessionlog.writer import GuestUsage, SessionLog, SessionLogWriter
 
 
 def console_session(first_seq: int) -> list[bytes]:
@@ -35,7 +35,7 @@ def console_session(first_seq: int) -> list[bytes]:
 def tty_log(home: Layout) -> Iterator[Layout]:
     """machines/pot/logs/tty-1.wlog.gz holding an ssh session, then console traffic."""
     key = logstore.load_key(home, create=True)
-    writer = LogWriter(key, home.machines)
+    writer = SessionLogWriter(key, home.machines)
     usage = GuestUsage(home.machine("pot") / "logs", 64 << 20)
     log = SessionLog(writer, "pot", "tty", 1, False, lambda: usage)
     log.event("ttylog-header", version=1, host_pid=4242)

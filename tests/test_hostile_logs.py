@@ -16,19 +16,19 @@ from typing import Any
 from tests.support import ttylog_vectors as v
 from tests.support.daemon import WARDEN
 from tests.support.logwriter import finish
-from warden.console import logstore
-from warden.console import sessionlog as sl
-from warden.console.logwriter import GuestUsage, LogWriter, SessionLog, reserve_for
-from warden.honeypot.ttyview import decode_payload
 from warden.paths import Layout
+from warden.sessionlog import codec as sl
+from warden.sessionlog import store as logstore
+from warden.sessionlog.ttyview import decode_payload
+from warden.sessionlog.writer import GuestUsage, SessionLog, SessionLogWriter, reserve_for
 
 MiB = 1 << 20
 
 
-def _writer(home: Layout, quota: int = 1 << 30) -> tuple[LogWriter, GuestUsage]:
+def _writer(home: Layout, quota: int = 1 << 30) -> tuple[SessionLogWriter, GuestUsage]:
     key = logstore.load_key(home, create=True)
     (home.machine("m1") / "logs").mkdir(parents=True, exist_ok=True)
-    return LogWriter(key, home.machines), GuestUsage(home.machine("m1") / "logs", quota)
+    return SessionLogWriter(key, home.machines), GuestUsage(home.machine("m1") / "logs", quota)
 
 
 _done = finish
@@ -120,7 +120,7 @@ def test_forged_guest_input_cannot_use_the_room_kept_for_the_daemons_events(
 
 
 def test_tty_records_count_as_output_or_input_by_what_they_hold() -> None:
-    from warden.honeypot.ttylog import QuotaClassifier
+    from warden.sessionlog.ttylog import QuotaClassifier
 
     c = QuotaClassifier()
     session = v.ssh_session()

@@ -25,10 +25,10 @@ import pytest
 from warden import termsafe
 from warden.api.client import ApiClient
 from warden.cli import console, main
-from warden.console import logstore
-from warden.console import sessionlog as sl
 from warden.errors import WardenError
 from warden.paths import Layout
+from warden.sessionlog import codec as sl
+from warden.sessionlog import store as logstore
 
 # One hostile string: ESC CSI queries, OSC 52 (clipboard), a title report query, BEL, C1 CSI
 # (as a character), a bare 8-bit C1 byte's replacement, CR (overwrites the line), a newline

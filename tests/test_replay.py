@@ -18,8 +18,8 @@ from tests.conftest import FLEET_HEAD, machine_toml
 from tests.support.daemon import DaemonProc
 from tests.test_guest_lifecycle import run_on, wait_state
 from warden import termsafe
-from warden.console import export, replay
-from warden.console import sessionlog as sl
+from warden.sessionlog import codec as sl
+from warden.sessionlog import export, replay
 
 
 def rec(rtype: int, t: float, payload: bytes, seq: int = 0) -> sl.Record:

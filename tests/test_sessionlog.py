@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.logwriter import finish
-from warden.console import logstore
-from warden.console import sessionlog as sl
-from warden.console.logwriter import GuestUsage, LogWriter, SessionLog
+from warden.sessionlog import codec as sl
+from warden.sessionlog import store as logstore
+from warden.sessionlog.writer import GuestUsage, SessionLog, SessionLogWriter
 
 KEY = bytes(range(32))
 
@@ -117,8 +117,8 @@ def test_reader_bounds() -> None:
         sl.decode_header(v2)
 
 
-def _writer(tmp_path: Path, quota: int = 1 << 30) -> tuple[LogWriter, GuestUsage]:
-    w = LogWriter(KEY, tmp_path)
+def _writer(tmp_path: Path, quota: int = 1 << 30) -> tuple[SessionLogWriter, GuestUsage]:
+    w = SessionLogWriter(KEY, tmp_path)
     usage = GuestUsage(tmp_path / "m1" / "logs", quota)
     return w, usage
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from warden.honeypot import ttylog
-from warden.honeypot.ttylog import (
+from warden.sessionlog import ttylog
+from warden.sessionlog.ttylog import (
     Close,
     Data,
     Direction,

@@ -11,9 +11,9 @@ import pytest
 
 from tests.support.honeypot import LogCapture, honeypot_kernel
 from tests.support.rawboot import RawGuest
-from warden.honeypot import ttylog
-from warden.honeypot.ttylog import Close, Data, Direction, Drop, Exec, Open, Resize
 from warden.paths import Layout
+from warden.sessionlog import ttylog
+from warden.sessionlog.ttylog import Close, Data, Direction, Drop, Exec, Open, Resize
 from warden.uml import mconsole
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]

@@ -14,10 +14,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from warden.honeypot.ttylog import Record, TtyLogDecoder
 from warden.images.store import ImageStore
 from warden.paths import Layout, layout
 from warden.progress import PlainProgress
+from warden.sessionlog.ttylog import Record, TtyLogDecoder
 
 VIRT_IMAGE_VERSION = "1"
 

@@ -1,9 +1,9 @@
 """Helpers for tests that drive the session-log writer thread without a daemon."""
 
-from warden.console.logwriter import LogWriter
+from warden.sessionlog.writer import SessionLogWriter
 
 
-def finish(w: LogWriter) -> None:
+def finish(w: SessionLogWriter) -> None:
     """Write and compress everything queued, then let both threads end (they must)."""
     assert w.flush(60)
     w.stop()

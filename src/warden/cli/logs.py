@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from warden import termsafe
-from warden.console import export, logstore, logverify, replay
-from warden.console import search as searchmod
-from warden.console import sessionlog as sl
 from warden.errors import DaemonNotRunning, WardenError
-from warden.honeypot import ttyview
 from warden.paths import Layout, layout
+from warden.sessionlog import codec as sl
+from warden.sessionlog import export, replay, ttyview
+from warden.sessionlog import search as searchmod
+from warden.sessionlog import store as logstore
+from warden.sessionlog import verify as logverify
 
 
 def _flush_daemon(lay: Layout) -> None:

@@ -1,4 +1,4 @@
-"""Terminal sessions: the session-log format, replay and export, the SSH concentrator."""
+"""The console feature: the SSH concentrator and the log service (session logs, kernel logs)."""
 
 import warnings
 

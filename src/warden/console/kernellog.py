@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from warden.console.logquota import DiskRoom, GuestUsage, Tier
-from warden.console.logwriter import LogWriter, ThreadLog
+from warden.sessionlog.quota import DiskRoom, GuestUsage, Tier
+from warden.sessionlog.writer import SessionLogWriter, ThreadLog
 
 log = logging.getLogger("warden.sessionlog")
 
@@ -45,7 +45,7 @@ class KernelLogFile(ThreadLog):
 
     def __init__(
         self,
-        writer: LogWriter,
+        writer: SessionLogWriter,
         machine: str,
         path: Path,
         cap: int,
@@ -79,7 +79,7 @@ class KernelLogFile(ThreadLog):
             self.writer.submit(self, "close", 0, None)
 
     # ---- thread side
-    def in_thread(self, writer: LogWriter, op: str, t: int, arg: Any) -> None:
+    def in_thread(self, writer: SessionLogWriter, op: str, t: int, arg: Any) -> None:
         if op == "open":
             self._open(writer)
         elif op == "plain":
@@ -89,7 +89,7 @@ class KernelLogFile(ThreadLog):
         elif op == "close":
             self._close(writer)
 
-    def _open(self, writer: LogWriter) -> None:
+    def _open(self, writer: SessionLogWriter) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -159,7 +159,7 @@ class KernelLogFile(ThreadLog):
             if self.usage is not None:
                 self.usage.add(n)
 
-    def _close(self, writer: LogWriter) -> None:
+    def _close(self, writer: SessionLogWriter) -> None:
         if self.fd is None:
             return
         if self.dropped:

@@ -10,13 +10,13 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from warden.console import logstore
 from warden.console.kernellog import KernelLogFile, KernelRelay, cap_for, kernel_log_path
-from warden.console.logwriter import GuestUsage, LogWriter, SessionLog
 from warden.daemon import kernelout
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.daemon.lines import LineLog, NullLog
+from warden.sessionlog import store as logstore
+from warden.sessionlog.writer import GuestUsage, SessionLog, SessionLogWriter
 
 if TYPE_CHECKING:
     from warden.daemon.core import Daemon
@@ -32,7 +32,7 @@ class LogService:
         self.daemon = daemon
         self.layout = daemon.layout
         self.key = logstore.load_key(self.layout, create=True)
-        self.writer = LogWriter(self.key, self.layout.machines)
+        self.writer = SessionLogWriter(self.key, self.layout.machines)
         self._usage: dict[str, GuestUsage] = {}
         self._lock = threading.Lock()
         self.relays: dict[str, KernelRelay] = {}

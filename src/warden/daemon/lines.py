@@ -10,7 +10,7 @@ keystrokes go nowhere. A slow client never slows the guest: each client gets out
 own bounded queue, and a client that falls too far behind is dropped.
 
 Every byte in either direction and every attach/detach/takeover goes to the line's session log
-(`LineLog`, implemented in warden.console.sessionlog) before it is relayed.
+(`LineLog`, implemented in warden.sessionlog.codec) before it is relayed.
 """
 
 import asyncio
@@ -37,7 +37,7 @@ CLIENT_QUEUE = 4 << 20  # bytes queued toward one client before it is dropped
 
 
 class LineLog(Protocol):
-    """Where a line's traffic is recorded (warden.console.sessionlog.SessionLog)."""
+    """Where a line's traffic is recorded (warden.sessionlog.codec.SessionLog)."""
 
     def output(self, data: bytes) -> None: ...
     def input(self, data: bytes, user: str) -> None: ...

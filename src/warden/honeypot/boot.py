@@ -14,7 +14,7 @@ from pathlib import Path
 
 from warden.honeypot.disguise_server import DisguiseServer
 from warden.honeypot.profile import DisguiseError, Profile, load_profile
-from warden.honeypot.ttylog import Record, TtyLogPipe
+from warden.sessionlog.ttylog import Record, TtyLogPipe
 
 HONEYPOT_KERNEL = "honeypot"
 

@@ -21,14 +21,14 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from warden import proc, tasks
-from warden.console import sessionlog as sl
 from warden.daemon import machine as m
 from warden.errors import WardenError
 from warden.honeypot.channels import PotState, write_state
 from warden.honeypot.disguise_server import DisguiseServer
 from warden.honeypot.ingest import MESSAGE_MAX, Note, Stored, TtyLogIngest
 from warden.honeypot.profile import Profile
-from warden.honeypot.ttylog import KernelStats, parse_stats
+from warden.sessionlog import codec as sl
+from warden.sessionlog.ttylog import KernelStats, parse_stats
 
 if TYPE_CHECKING:
     from warden.daemon.supervisor import Supervisor

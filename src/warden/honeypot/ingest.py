@@ -26,8 +26,8 @@ the next clean record (`coalesced`: how many notes a note stands for).
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from warden.honeypot import ttylog
-from warden.honeypot.ttylog import (
+from warden.sessionlog import ttylog
+from warden.sessionlog.ttylog import (
     CRC_OFFSET,
     MAGIC,
     RECORD_HEADER,

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from warden import proc, tasks
-from warden.console import logstore
-from warden.console import sessionlog as sl
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.errors import NotFound, WardenError
@@ -33,8 +31,10 @@ from warden.honeypot.disguise_server import NOBODY, RECV_MAX, DisguiseServer, Fi
 from warden.honeypot.guest import PotGuest
 from warden.honeypot.ingest import TtyLogIngest
 from warden.honeypot.profile import DisguiseError, Profile, load_profile
-from warden.honeypot.ttylog import RECORD_HEADER
 from warden.paths import Layout
+from warden.sessionlog import codec as sl
+from warden.sessionlog import store as logstore
+from warden.sessionlog.ttylog import RECORD_HEADER
 from warden.spec.fleet import Fleet
 
 if TYPE_CHECKING:

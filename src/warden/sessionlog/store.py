@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from warden.console import sessionlog as sl
 from warden.errors import NotFound, WardenError
 from warden.paths import Layout
+from warden.sessionlog import codec as sl
 
 KEY_FILE = "session-log.key"
 KEY_LEN = 32
@@ -186,7 +186,7 @@ def select_one(layout: Layout, machine: str, line: str, boot: int | None) -> lis
 
 
 # Also in a logs/ directory, and counted by the quota: the kernel's stdout/stderr per boot
-# (warden.console.kernellog) and the manifest (warden.console.manifest).
+# (warden.console.kernellog) and the manifest (warden.sessionlog.manifest).
 KERNEL_LOG = re.compile(r"^kernel-(\d+)\.log$")
 MANIFEST = "manifest.jsonl"
 

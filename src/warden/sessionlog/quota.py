@@ -19,7 +19,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
 
-from warden.console import logstore
+from warden.sessionlog import store as logstore
 
 # The reserve is counted in records, not keystrokes: a shell reads what is typed one byte per
 # read(2), and the tty log stores each read as a record of ~90 bytes (a line log's INPUT, ~60).

@@ -1,8 +1,8 @@
 """The session-log codec: file header, records, the HMAC chain, and a verifying reader.
 
 The format is docs/formats/session-log.md; every constant here quotes it. This module does
-no I/O policy (the writer thread is warden.console.logwriter, the files and keys are
-warden.console.logstore): it encodes bytes and reads them back from any binary file object.
+no I/O policy (the writer thread is warden.sessionlog.writer, the files and keys are
+warden.sessionlog.store): it encodes bytes and reads them back from any binary file object.
 """
 
 import gzip
@@ -319,7 +319,7 @@ class Verdict:
     """What `warden logs verify` says about one file (statuses: docs/formats/session-log.md).
 
     The fields after `bad_seq` say where the file's valid chain ends, for the manifest check
-    (warden.console.logverify)."""
+    (warden.sessionlog.verify)."""
 
     status: str
     records: int

@@ -4,7 +4,7 @@ Each file's output and input are searched as two continuous streams, so a string
 several records (a typed word is one record per keystroke) is still found; a hit reports the
 time and sequence number of the record where it starts, and for input, who typed it.
 
-In a tty log (line `tty`, warden.honeypot.ttyview) "typed" is what terminals' users typed,
+In a tty log (line `tty`, warden.sessionlog.ttyview) "typed" is what terminals' users typed,
 "printed" what the terminals showed, and "executed" the argv of every program the guest ran
 (one line per exec).
 """
@@ -13,9 +13,9 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from warden.console import logstore
-from warden.console import sessionlog as sl
-from warden.honeypot.ttyview import TtyStreams
+from warden.sessionlog import codec as sl
+from warden.sessionlog import store as logstore
+from warden.sessionlog.ttyview import TtyStreams
 
 
 @dataclass(frozen=True)

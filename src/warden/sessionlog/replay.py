@@ -7,7 +7,7 @@ is written at once (the screen must be rebuilt before playing from there), pause
 
 A tty log (line `tty`, the honeypot kernel's records) plays what the guest's terminals showed:
 for an ssh session inside the guest, what its pty master read (output and echo); for the
-console, what programs wrote (warden.honeypot.ttyview). `tty` picks one session; when output
+console, what programs wrote (warden.sessionlog.ttyview). `tty` picks one session; when output
 moves to another session a marker line names it; `events` adds exec, open, close and resize.
 
 What the guest printed is hostile to the terminal that plays it: `play()` passes it through a
@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from warden import termsafe
-from warden.console import sessionlog as sl
-from warden.honeypot.ttyview import TtyStreams
+from warden.sessionlog import codec as sl
+from warden.sessionlog.ttyview import TtyStreams
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ Sans-io: bytes in, decoded records and plain values out.
 from dataclasses import dataclass, field
 from typing import Any
 
-from warden.honeypot import ttylog
-from warden.honeypot.ttylog import (
+from warden.sessionlog import ttylog
+from warden.sessionlog.ttylog import (
     CRC_OFFSET,
     RECORD_HEADER,
     Close,

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from warden.console import logstore
-from warden.console import manifest as mf
-from warden.console import sessionlog as sl
+from warden.sessionlog import codec as sl
+from warden.sessionlog import manifest as mf
+from warden.sessionlog import store as logstore
 
 
 @dataclass(frozen=True)

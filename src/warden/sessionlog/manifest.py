@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warden.console import logstore
+from warden.sessionlog import store as logstore
 
 FILE = logstore.MANIFEST
 LINE_MAX = 4096  # no entry is longer; a longer line is damage

@@ -13,7 +13,7 @@
   before a CR, so this small stripper is warden's own.
 - raw: the bytes of one direction, concatenated, exactly as recorded.
 
-A tty log (line `tty`, warden.honeypot.ttyview) exports what its terminals showed as output
+A tty log (line `tty`, warden.sessionlog.ttyview) exports what its terminals showed as output
 and what was typed as input; `tty` picks one session (a pty pair or the console); in
 asciicast, execs, opens, closes and drops are markers and window sizes are resizes.
 """
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from warden import termsafe
-from warden.console import sessionlog as sl
-from warden.honeypot.ttyview import TtyStreams
+from warden.sessionlog import codec as sl
+from warden.sessionlog.ttyview import TtyStreams
 
 DEFAULT_SIZE = (80, 24)
 
