@@ -86,7 +86,7 @@ def test_a_password_flood_queues_on_its_own_executor_and_is_bounded() -> None:
         from warden.console.concentrator import CRYPT_QUEUE, Concentrator
 
     f = fleet.parse('[[owner]]\nname = "carol"\npassword_hash = "$6$saltsalt$' + "a" * 86 + '"\n')
-    conc = Concentrator(SimpleNamespace(c=SimpleNamespace(fleet=f)))  # type: ignore[arg-type]
+    conc = Concentrator(SimpleNamespace(fleet=f))  # type: ignore[arg-type]
     threads: list[str] = []
     release = threading.Event()
 
@@ -123,7 +123,7 @@ def test_a_password_flood_queues_on_its_own_executor_and_is_bounded() -> None:
 def test_a_spys_filter_has_a_cpu_budget_per_second() -> None:
     with warnings.catch_warnings():  # asyncssh names DSA types; cryptography deprecates DSA
         warnings.simplefilter("ignore")
-        from warden.console.concentrator import CpuBudget
+        from warden.console.session import CpuBudget
 
     b = CpuBudget(0.2)
     assert b.allow(10.0)

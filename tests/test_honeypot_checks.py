@@ -208,7 +208,7 @@ def test_a_failed_launch_closes_every_host_end_it_had_made() -> None:
     logging.getLogger("warden").addHandler(handler)
 
     async def scenario() -> tuple[ch.Channel, ch.Channel, DisguiseServer]:
-        svc = HoneypotService(daemon=None)  # type: ignore[arg-type]  # _abandon needs none
+        svc = HoneypotService(core=None)  # type: ignore[arg-type]  # _abandon needs none
         tty, dsg = ch.ttylog_channel(), ch.disguise_channel()
         server = DisguiseServer(NO_DISGUISE, dsg.host, "pot")
         await server.start()

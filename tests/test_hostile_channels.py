@@ -221,7 +221,7 @@ def test_control_notifies_act_once_per_boot_and_at_a_bounded_rate(home: Layout) 
 
     async def main() -> None:
         sup = make_sup(home)
-        sup.ctx.hooks.append(Hook())
+        sup.ctx.features.append(Hook())  # type: ignore[arg-type]
         sup.machine.state = m.State.RUNNING
         sup.machine.pid = os.getpid()
         sup._bind_sockets()

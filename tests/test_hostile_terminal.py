@@ -24,6 +24,7 @@ import pytest
 
 from warden import termsafe
 from warden.api.client import ApiClient
+from warden.api.lineclient import LineSocket
 from warden.cli import console, main
 from warden.errors import WardenError
 from warden.paths import Layout
@@ -392,7 +393,7 @@ def test_error_messages_quoting_a_guest_are_escaped(
 
 
 def test_warden_up_prints_events_escaped() -> None:
-    from warden.daemon.run import _print_event
+    from warden.app.run import _print_event
 
     out = io.StringIO()
     _print_event(hostile({"machine": "web1", "kind": "guest-notify", "text": "x"}), out)  # type: ignore[arg-type]
@@ -472,7 +473,7 @@ class FakeMessage:
 
 
 class FakeWs:
-    """The console's websocket as `_pump_out` reads it: an async iterable of messages."""
+    """The console's websocket as LineSocket reads it: an async iterable of messages."""
 
     def __init__(self, messages: list[FakeMessage]):
         self.messages = messages
@@ -489,7 +490,11 @@ def pump(messages: list[FakeMessage], filtered: bool, quiet: bool = False) -> tu
     reader.start()
     try:
         reason = asyncio.run(
-            console._pump_out(FakeWs(messages), console.Screen(w, filtered), quiet)
+            console._pump_out(
+                LineSocket(None, FakeWs(messages)),  # type: ignore[arg-type]
+                console.Screen(w, filtered),
+                quiet,
+            )
         )
     finally:
         os.close(w)

@@ -14,7 +14,6 @@ script and a writer demoted to spy get the filtered stream; `--raw` turns the fi
 
 import asyncio
 import contextlib
-import json
 import os
 import select
 import signal
@@ -22,12 +21,10 @@ import sys
 import termios
 import tty
 from collections.abc import AsyncGenerator
-from typing import Any
-
-import aiohttp
 
 from warden import termsafe
-from warden.errors import Conflict, DaemonNotRunning, WardenError
+from warden.api.lineclient import Closed, LineSocket, Output
+from warden.errors import Conflict
 from warden.paths import Layout
 from warden.tasks import spawn
 
@@ -35,23 +32,6 @@ ESCAPE = 0x1D  # Ctrl-]
 CAN = b"\x18"  # cancels any escape sequence a terminal is in the middle of
 DEMOTED = "you are a spy now"  # in the notice warden.daemon.lines sends on a takeover
 READ_CHUNK = 65536
-
-
-async def _connect(layout: Layout, name: str, line: str, query: dict[str, str]) -> Any:
-    connector = aiohttp.UnixConnector(path=str(layout.socket))
-    session = aiohttp.ClientSession(connector=connector)
-    url = f"http://warden/v1/machines/{name}/lines/{line}/attach"
-    try:
-        ws = await session.ws_connect(url, params=query, max_msg_size=8 << 20, heartbeat=30)
-    except aiohttp.ClientConnectorError:
-        await session.close()
-        raise DaemonNotRunning(
-            f"no warden daemon answers on {layout.socket}; start one with `warden daemon`"
-        ) from None
-    except aiohttp.WSServerHandshakeError as e:
-        await session.close()
-        raise WardenError(f"console {name}:{line}: {e.message}") from None
-    return session, ws
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -81,23 +61,19 @@ class Screen:
             _write_all(self.fd, self.filter.end())
 
 
-async def _pump_out(ws: Any, screen: Screen, quiet: bool) -> str:
+async def _pump_out(sock: LineSocket, screen: Screen, quiet: bool) -> str:
     """Copy the guest's output to the screen; returns why the stream ended."""
     try:
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                screen.write(msg.data)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                ctl = json.loads(msg.data)
-                if "closed" in ctl:
-                    return str(ctl["closed"])
-                notice = str(ctl.get("notice", ""))
-                if DEMOTED in notice:
-                    screen.start_filtering()
-                if notice and not quiet:
-                    os.write(2, f"\r\n{termsafe.line(notice)}\r\n".encode())
+        async for frame in sock.frames():
+            if isinstance(frame, Output):
+                screen.write(frame.data)
+            elif isinstance(frame, Closed):
+                return frame.reason
             else:
-                break
+                if DEMOTED in frame.text:
+                    screen.start_filtering()
+                if frame.text and not quiet:
+                    os.write(2, f"\r\n{termsafe.line(frame.text)}\r\n".encode())
         return "connection closed"
     finally:
         screen.end()
@@ -106,7 +82,7 @@ async def _pump_out(ws: Any, screen: Screen, quiet: bool) -> str:
 async def interactive(
     layout: Layout, name: str, line: str, query: dict[str, str], raw: bool
 ) -> int:
-    session, ws = await _connect(layout, name, line, query)
+    sock = await LineSocket.open(layout, name, line, query)
     # The writer's own session stays raw: its programs need their terminal's answers.
     screen = Screen(1, filtered=not raw and query["mode"] == "spy")
     loop = asyncio.get_running_loop()
@@ -120,21 +96,21 @@ async def interactive(
         if not data or ESCAPE in data:
             head = data.split(bytes([ESCAPE]), 1)[0] if data else b""
             if head:
-                spawn(ws.send_bytes(head), "console")
+                spawn(sock.send(head), "console")
             done.set()
             return
-        spawn(ws.send_bytes(data), "console")
+        spawn(sock.send(data), "console")
 
     def on_winch() -> None:
         cols, rows = os.get_terminal_size(fd)
-        spawn(ws.send_json({"resize": [cols, rows]}), "console")
+        spawn(sock.resize(cols, rows), "console")
 
     os.write(2, f"[warden: attached to {name} {line}; Ctrl-] detaches]\r\n".encode())
     tty.setraw(fd)
     loop.add_reader(fd, on_input)
     loop.add_signal_handler(signal.SIGWINCH, on_winch)
     on_winch()
-    out = spawn(_pump_out(ws, screen, False), "console")
+    out = spawn(_pump_out(sock, screen, False), "console")
     waiter = spawn(done.wait(), "console")
     try:
         finished, _ = await asyncio.wait({out, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -144,10 +120,7 @@ async def interactive(
         loop.remove_reader(fd)
         loop.remove_signal_handler(signal.SIGWINCH)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        with contextlib.suppress(Exception):
-            await ws.send_json({"detach": True})
-        await ws.close()
-        await session.close()
+        await sock.close()
         for t in (out, waiter):
             t.cancel()
     os.write(2, f"\r\n[warden: {termsafe.line(reason[0])}]\r\n".encode())
@@ -187,30 +160,27 @@ async def read_input(fd: int) -> AsyncGenerator[bytes, None]:
         os.set_blocking(fd, True)  # the transport made it non-blocking; stdin is shared
 
 
-async def _send_input(ws: Any, fd: int) -> None:
+async def _send_input(sock: LineSocket, fd: int) -> None:
     async with contextlib.aclosing(read_input(fd)) as chunks:
         async for data in chunks:
-            await ws.send_bytes(data)
+            await sock.send(data)
 
 
 async def scripted(
     layout: Layout, name: str, line: str, query: dict[str, str], timeout: float, raw: bool
 ) -> int:
-    session, ws = await _connect(layout, name, line, query)
+    sock = await LineSocket.open(layout, name, line, query)
     # No one answers the guest's terminal queries here (and a terminal on stdout would type
     # its answers into the shell that ran us): filtered unless --raw.
-    out = spawn(_pump_out(ws, Screen(1, filtered=not raw), True), "console")
-    feed = spawn(_send_input(ws, sys.stdin.fileno()), "console-input")
+    out = spawn(_pump_out(sock, Screen(1, filtered=not raw), True), "console")
+    feed = spawn(_send_input(sock, sys.stdin.fileno()), "console-input")
     try:
         await asyncio.wait({out, feed}, return_when=asyncio.FIRST_COMPLETED)
         if feed.done() and not out.done():  # stdin ended: the guest has `timeout` to answer
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(out), timeout)
     finally:
-        with contextlib.suppress(Exception):
-            await ws.send_json({"detach": True})
-        await ws.close()
-        await session.close()
+        await sock.close()
         out.cancel()
         feed.cancel()
         with contextlib.suppress(BaseException):

@@ -19,7 +19,7 @@ def _client() -> ApiClient:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from warden.daemon.run import run
+    from warden.app.run import run
     from warden.spec import fleet
 
     path = Path(args.fleet)
@@ -28,7 +28,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from warden.daemon.run import run
+    from warden.app.run import run
 
     return run(layout(), None, stop_guests_on_exit=args.stop_guests)
 

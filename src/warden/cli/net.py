@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 from warden import termsafe
-from warden.api.client import ApiClient, _UnixConnection
-from warden.errors import NotFound, WardenError
+from warden.api.client import ApiClient
+from warden.errors import WardenError
 from warden.net.capture import RecordBoundary
 from warden.paths import layout
 from warden.units import format_size
@@ -90,20 +90,8 @@ def _capture(args: argparse.Namespace) -> int:
         query["count"] = args.count
     if args.duration:
         query["duration"] = args.duration
-    lay = layout()
-    conn = _UnixConnection(lay.socket, timeout=None)  # type: ignore[arg-type]
-    conn.request("GET", f"/v1/net/{args.name}/capture?{urlencode(query)}")
-    resp = conn.getresponse()
-    if resp.status != 200:
-        body = resp.read()
-        try:
-            msg = json.loads(body).get("error", body.decode(errors="replace"))
-        except ValueError:
-            msg = body.decode(errors="replace")
-        if resp.status == 404:
-            raise NotFound(msg)
-        raise WardenError(msg)
-    tap = termsafe.line(resp.getheader("X-Warden-Tap", "?"))
+    resp = _client().stream(f"/net/{args.name}/capture?{urlencode(query)}")
+    tap = termsafe.line(resp.header("X-Warden-Tap", "?"))
     out: BinaryIO
     path = Path(args.out) if args.out else None
     out = open(path, "wb") if path else sys.stdout.buffer  # noqa: SIM115
@@ -121,7 +109,7 @@ def _capture(args: argparse.Namespace) -> int:
     packets_note = ""
     try:
         while True:
-            chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+            chunk = resp.read(65536)
             if not chunk:
                 break
             out.write(chunk)
@@ -130,7 +118,7 @@ def _capture(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         packets_note = " (interrupted)"
     finally:
-        conn.close()
+        resp.close()
         if path:
             out.truncate(boundary.complete)
             out.close()

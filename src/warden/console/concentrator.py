@@ -28,32 +28,23 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from passlib.context import CryptContext  # type: ignore[import-untyped]
 
-from warden import termsafe
 from warden.console import access, authlimit
-from warden.daemon import machine as m
-from warden.daemon.lines import CLIENT_QUEUE, Client, Line
-from warden.errors import Conflict
+from warden.console.session import Session
+from warden.daemon.seam import Core
 from warden.spec.fleet import Fleet
 from warden.tasks import spawn
-
-if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
 
 log = logging.getLogger("warden.concentrator")
 
 HOST_KEY = "ssh_host_ed25519_key"
 LOGIN_TIMEOUT = 30
 KEEPALIVE = 60
-INPUT_HIGH = 256 << 10  # pause reading a client while this much input waits for the guest
-INPUT_POLL = 0.02
 # Only the crypt(3) schemes the fleet schema accepts ($1$, $5$, $6$). passlib (the maintained
 # libpass fork) verifies them in pure Python or via libcrypt, with no shelling out.
 HASHES = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt"])
@@ -61,29 +52,6 @@ HASHES = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt"])
 DUMMY_HASH = "$6$wardenwardenwar$" + "x" * 86
 CRYPT_WORKERS = 1  # crypt() threads; the builtin sha512_crypt holds the GIL anyway
 CRYPT_QUEUE = 8  # password checks running or waiting; more are refused at once
-CAN = b"\x18"  # cancels any escape sequence a terminal is in the middle of
-# CPU a spy's output filter may use per second on the daemon's loop. Ordinary output filters
-# at ~50 MB/s, but output made of nothing but escape sequences only at ~1.5 MB/s
-# (benchmarks/terminal_filter.py): past this budget a spy's output is skipped, and said so,
-# rather than a guest's flood slowing the loop that serves every other guest.
-FILTER_CPU = 0.2
-
-
-class CpuBudget:
-    """At most `per_second` seconds spent per one-second window (sans-io: times are given)."""
-
-    def __init__(self, per_second: float):
-        self.per_second = per_second
-        self.window = 0.0
-        self.spent = 0.0
-
-    def allow(self, now: float) -> bool:
-        if now - self.window >= 1.0:
-            self.window, self.spent = now, 0.0
-        return self.spent < self.per_second
-
-    def spend(self, seconds: float) -> None:
-        self.spent += seconds
 
 
 # A login credential: ("key", the key's public data) or ("password", the stored hash).
@@ -120,10 +88,10 @@ def host_key(keys_dir: Path) -> asyncssh.SSHKey:
 class Concentrator:
     """A daemon service (start/stop/fleet_changed)."""
 
-    def __init__(self, daemon: "Daemon"):
+    def __init__(self, core: Core):
         # asyncssh logs every connection at INFO; logins land in the daemon's events instead.
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
-        self.daemon = daemon
+        self.core = core
         self.acceptor: asyncssh.SSHAcceptor | None = None
         self.listen = ""
         self.conns: set[asyncssh.SSHServerConnection] = set()
@@ -136,7 +104,7 @@ class Concentrator:
 
     @property
     def fleet(self) -> Fleet:
-        return self.daemon.c.fleet
+        return self.core.fleet
 
     @property
     def port(self) -> int:
@@ -149,7 +117,7 @@ class Concentrator:
             return
         host, port = conf.host_port
         key = await asyncio.get_running_loop().run_in_executor(
-            None, host_key, self.daemon.layout.keys
+            None, host_key, self.core.layout.keys
         )
         try:
             self.acceptor = await asyncssh.create_server(
@@ -168,10 +136,10 @@ class Concentrator:
                 reuse_address=True,
             )
         except OSError as e:
-            self.daemon.c.event(None, "concentrator-failed", listen=conf.listen, error=str(e))
+            self.core.event(None, "concentrator-failed", listen=conf.listen, error=str(e))
             log.error("concentrator: cannot listen on %s: %s", conf.listen, e)
             return
-        self.daemon.c.event(None, "concentrator-listening", listen=conf.listen, port=self.port)
+        self.core.event(None, "concentrator-listening", listen=conf.listen, port=self.port)
 
     async def stop(self) -> None:
         if self.acceptor is not None:
@@ -317,7 +285,7 @@ class Server(asyncssh.SSHServer):
         log.info("concentrator: password refused for %r from %s", username, self.source)
         now = _now()
         if self.conc.limiter.failed(self.key, now):
-            self.conc.daemon.c.event(
+            self.conc.core.event(
                 None,
                 "ssh-source-blocked",
                 source=self.key,
@@ -349,7 +317,7 @@ class Server(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self.credential = self._offered
-        self.conc.daemon.c.event(None, "ssh-login", user=self.user, source=self.source)
+        self.conc.core.event(None, "ssh-login", user=self.user, source=self.source)
         if self.credential is None or not self.conc.credential_ok(self.user, self.credential):
             # The fleet changed while this login was being checked.
             self.revoke(f"the credential {self.user} logged in with was removed")
@@ -363,7 +331,7 @@ class Server(asyncssh.SSHServer):
         if self.conn is not None:
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"warden: {why}")
 
-    def session_requested(self) -> "Session":
+    def session_requested(self) -> Session:
         return Session(self.conc, self, self.user, self.source)
 
     def connection_requested(
@@ -393,268 +361,3 @@ class Server(asyncssh.SSHServer):
 
     def tap_requested(self, unit: int | None) -> bool:
         return self.tun_requested(unit)
-
-
-class Session(asyncssh.SSHServerSession[bytes]):
-    """One SSH session channel: a listing, help, a refusal, or one attach to one line."""
-
-    def __init__(self, conc: Concentrator, server: Server, user: str, source: str):
-        self.conc = conc
-        self.server = server
-        self.user = user
-        self.source = source
-        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
-        self.request: access.Request = access.Refuse("warden: no command")
-        self.pty = False
-        self.size: tuple[int, int] | None = None
-        self.attached: str | None = None
-        self.line: Line | None = None
-        self.client: Client | None = None
-        self.escape = access.EscapeFilter()
-        self.raw = False  # --raw: a spy gets the guest's bytes unfiltered
-        self.screen: termsafe.TerminalFilter | None = None  # made when first needed
-        self.sent_raw = False  # raw bytes went out (as the writer) before any filtering
-        self.budget = CpuBudget(FILTER_CPU)
-        self.skipped = 0  # output bytes not shown since the budget ran out
-        self.last_input = 0.0
-        self._idle: asyncio.TimerHandle | None = None
-        self._resume: asyncio.TimerHandle | None = None
-        self.ended = False
-
-    # ---- requests before the session starts
-    def connection_made(self, chan: "asyncssh.SSHServerChannel[bytes]") -> None:
-        self.chan = chan
-        self.conc.sessions.add(self)
-
-    def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
-    ) -> bool:
-        self.pty = True
-        if term_size[0] and term_size[1]:
-            self.size = (term_size[0], term_size[1])
-        return True
-
-    def shell_requested(self) -> bool:
-        self.request = access.parse_command(None)
-        return True
-
-    def exec_requested(self, command: str) -> bool:
-        self.request = access.parse_command(command)
-        return True
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        what = "SFTP" if subsystem == "sftp" else f"the {subsystem!r} subsystem"
-        self.request = access.Refuse(f"warden: {what} is not offered (console concentrator only)")
-        return True  # accepted, so that the client prints the reason we send
-
-    def session_started(self) -> None:
-        req = self.request
-        if isinstance(req, access.Refuse):
-            self.end(req.message, req.status, notice=False)
-        elif isinstance(req, access.Help):
-            self._out(access.HELP)
-            self.end("", 0)
-        elif isinstance(req, access.ListGuests):
-            self._out(self._listing())
-            self.end("", 0)
-        else:
-            self._attach(req)
-
-    def _listing(self) -> str:
-        guests = access.reachable(self.conc.fleet, self.user)
-        if not guests:
-            return f"{self.user}: no guests\n"
-        admin = any(o.admin for o in self.conc.fleet.owners if o.name == self.user)
-        rows = [("GUEST", "STATE", "LINES") + (("OWNER",) if admin else ())]
-        for g in guests:
-            sup = self.conc.daemon.sups.get(g.name)
-            state = str(sup.machine.state) if sup is not None else "absent"
-            rows.append((g.name, state, " ".join(g.lines)) + ((g.owner,) if admin else ()))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        text = "".join(
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n"
-            for r in rows
-        )
-        return text + "attach with: ssh -t ... NAME[:LINE] [--spy|--force]; `help` for more\n"
-
-    # ---- attach
-    def _attach(self, req: access.Attach) -> None:
-        found = access.resolve(self.conc.fleet, self.user, req)
-        sup = self.conc.daemon.sups.get(req.machine)
-        if isinstance(found, access.Refuse) or sup is None:
-            msg = (
-                found.message
-                if isinstance(found, access.Refuse)
-                else (f"warden: no guest named {req.machine!r} that you can reach")
-            )
-            self.end(msg, 1, notice=False)
-            return
-        line = sup.lines.get(req.line)
-        if line is None:
-            self.end(f"warden: {req.machine} has no line {req.line!r} yet", 1, notice=False)
-            return
-        client = Client(
-            user=self.user,
-            source=f"ssh:{self.source}",
-            send=self._send,
-            notify=self._notice,
-            close=self._dropped,
-        )
-        try:
-            line.attach(client, want_write=not req.spy, force=req.force)
-        except Conflict as e:
-            self.end(f"warden: {e}", 1, notice=False)
-            return
-        self.line, self.client, self.attached = line, client, req.machine
-        self.raw = req.raw
-        if self.size is not None:
-            line.resize(client, *self.size)
-        mode = "a spy (read-only)" if req.spy else "the writer"
-        self._notice(f"[warden: attached to {req.machine} {req.line} as {mode}; Ctrl-] . detaches]")
-        if sup.machine.state is not m.State.RUNNING:
-            self._notice(
-                f"[warden: {req.machine} is not running ({sup.machine.state}); its output "
-                "appears here when it runs]"
-            )
-        if req.scrollback:
-            # Old output, filtered even for the writer (unless --raw): its terminal would
-            # answer stale queries into the guest as if typed.
-            old = line.recent(req.scrollback)
-            self._send(old if req.raw or not client.writer else termsafe.filter_bytes(old))
-        loop = asyncio.get_running_loop()
-        self.last_input = loop.time()
-        self._arm_idle()
-
-    def _arm_idle(self) -> None:
-        timeout = self.conc.fleet.concentrator.idle_timeout
-        if timeout <= 0 or self.ended:
-            return
-        loop = asyncio.get_running_loop()
-        remaining = self.last_input + timeout - loop.time()
-        if remaining <= 0:
-            self.end(f"[warden: no input for {timeout} s: detached]", 0)
-            return
-        self._idle = loop.call_later(remaining, self._arm_idle)
-
-    # ---- Line -> client
-    def _send(self, data: bytes) -> None:
-        chan = self.chan
-        if chan is None or self.ended:
-            return
-        if chan.get_write_buffer_size() > CLIENT_QUEUE:
-            raise RuntimeError("client too slow")  # Line drops this client
-        chan.write(self._screen(data))
-
-    def _screen(self, data: bytes) -> bytes:
-        """What this client's terminal may get: raw for the writer (and --raw), else
-        filtered; a writer demoted to spy is filtered from then on."""
-        if self.raw or (self.client is not None and self.client.writer):
-            self.sent_raw = True
-            return data
-        start = time.perf_counter()
-        if not self.budget.allow(start):
-            if not self.skipped:
-                self._notice("[warden: output too fast to filter for a spy: skipping some]")
-            self.skipped += len(data)
-            return b""
-        if self.skipped:
-            self._notice(f"[warden: {self.skipped} bytes skipped; the session log has them]")
-            self.skipped = 0
-        prefix = b""
-        if self.screen is None:
-            self.screen = termsafe.TerminalFilter()
-            prefix = CAN if self.sent_raw else b""  # CAN ends what the raw stream left open
-        out = prefix + self.screen.feed(data)
-        self.budget.spend(time.perf_counter() - start)
-        return out
-
-    def _notice(self, text: str) -> None:
-        if self.chan is not None and not self.ended:
-            self._err(text + "\n")
-
-    def _dropped(self, reason: str) -> None:
-        self.client = None  # the Line already detached it
-        self.end(f"[warden: {reason}]", 1)
-
-    def _out(self, text: str) -> None:
-        if self.chan is not None:
-            data = text.replace("\n", "\r\n") if self.pty else text
-            self.chan.write(data.encode())
-
-    def _err(self, text: str) -> None:
-        if self.chan is not None:
-            data = text.replace("\n", "\r\n") if self.pty else text
-            self.chan.write_stderr(data.encode())
-
-    # ---- client -> Line
-    def data_received(self, data: bytes, datatype: int | None) -> None:
-        if self.line is None or self.client is None:
-            return
-        self.last_input = asyncio.get_running_loop().time()
-        for action, chunk in self.escape.feed(data):
-            if action == "data":
-                self.line.write(self.client, chunk)
-            elif action == "help":
-                self._err("\n" + access.HELP)
-            elif action == "detach":
-                self.end("[warden: detached]", 0)
-                return
-        if self.line.pending_input > INPUT_HIGH and self.chan is not None:
-            # The guest reads slower than the client sends (a big paste): stop reading the
-            # channel, so SSH flow control holds the client back instead of dropping input.
-            self.chan.pause_reading()
-            self._resume = asyncio.get_running_loop().call_later(INPUT_POLL, self._maybe_resume)
-
-    def _maybe_resume(self) -> None:
-        self._resume = None
-        if self.ended or self.chan is None:
-            return
-        if self.line is not None and self.line.pending_input > INPUT_HIGH // 2:
-            self._resume = asyncio.get_running_loop().call_later(INPUT_POLL, self._maybe_resume)
-            return
-        self.chan.resume_reading()
-
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        self.size = (width, height)
-        if self.line is not None and self.client is not None:
-            self.line.resize(self.client, width, height)
-
-    def break_received(self, msec: int) -> bool:
-        return False
-
-    def eof_received(self) -> bool:
-        self.end("", 0, reason="the client closed its input")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._detach("connection closed" if exc is None else f"connection lost: {exc}")
-        self.ended = True
-        self.conc.sessions.discard(self)
-        self._cancel_timers()
-
-    # ---- ending
-    def _detach(self, reason: str) -> None:
-        if self.line is not None and self.client is not None:
-            self.line.detach(self.client, reason)
-        self.client = None
-        self.line = None
-
-    def _cancel_timers(self) -> None:
-        for t in (self._idle, self._resume):
-            if t is not None:
-                t.cancel()
-        self._idle = self._resume = None
-
-    def end(self, message: str, status: int, notice: bool = True, reason: str = "") -> None:
-        if self.ended:
-            return
-        text = message.strip().removeprefix("[").removesuffix("]").removeprefix("warden: ")
-        self._detach(reason or text or "detached")
-        self._cancel_timers()
-        self.ended = True
-        if self.chan is not None:
-            if message:
-                self._err(("\n" if notice and self.pty else "") + message + "\n")
-            with contextlib.suppress(Exception):
-                self.chan.exit(status)
-        self.conc.sessions.discard(self)

@@ -1,37 +1,69 @@
-"""Session logs and the SSH concentrator, plugged into the daemon (Daemon._install_features).
+"""The console feature: session logs for every terminal line, kernel logs, the SSH concentrator.
 
-- every terminal line gets a SessionLog (docs/formats/session-log.md) through ctx.logs;
-- the log service closes logs a previous daemon left open, and owns the writer threads;
+- every terminal line gets a SessionLog (docs/formats/session-log.md): the composition root
+  makes `line_log` the core's log factory (seam.Core.logs), which the honeypot's tty log uses
+  too;
+- the log service closes logs a previous daemon left open, relays each kernel's output into
+  its kernel log, and owns the writer thread;
 - the concentrator listens on the fleet file's [concentrator] listen address;
-- API: POST /v1/logs/flush (for readers that want live files up to date), GET /v1/sessions.
+- for the API: `flush` (readers that want live files up to date), `sessions`.
+
+Its `start` closes every log nobody re-opened (finalize_stale): it must come after the features
+that re-open logs of re-attached guests (the honeypot's tty logs) in the composition root.
 """
 
 import asyncio
-from typing import TYPE_CHECKING
-
-from aiohttp import web
+from typing import Any
 
 from warden.console.concentrator import Concentrator
 from warden.console.logservice import LogService
+from warden.daemon.lines import LineLog
+from warden.daemon.seam import BootExtras, Core, Feature, Guest
 
-if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
 
+class ConsoleFeature(Feature):
+    name = "console"
 
-def install(daemon: "Daemon") -> None:
-    logs = LogService(daemon)
-    conc = Concentrator(daemon)
-    daemon.c.logs = logs.factory
-    daemon.c.hooks.append(logs)  # kernel logs: relayed from each boot's FIFO
-    daemon.services.append(logs)
-    daemon.services.append(conc)
+    def __init__(self, core: Core):
+        self.logs = LogService(core)
+        self.concentrator = Concentrator(core)
 
-    async def flush(request: web.Request) -> web.Response:
+    def line_log(self, machine: str, line: str, boot: int, reattach: bool) -> LineLog:
+        return self.logs.factory(machine, line, boot, reattach)
+
+    # ---- life cycle
+    async def start(self) -> None:
+        await self.logs.start()
+        await self.concentrator.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.concentrator.stop()
+        finally:
+            await self.logs.stop()
+
+    def fleet_changed(self) -> None:
+        self.logs.fleet_changed()
+        self.concentrator.fleet_changed()
+
+    # ---- boots: the kernel log's relay
+    async def before_boot(self, guest: Guest, extras: BootExtras) -> None:
+        await self.logs.before_boot(guest, extras)
+
+    async def after_launch(self, guest: Guest, pid: int) -> None:
+        await self.logs.after_launch(guest, pid)
+
+    async def after_exit(self, guest: Guest) -> None:
+        await self.logs.after_exit(guest)
+
+    # ---- what the API serves
+    async def flush(self, timeout: float = 30.0) -> bool:
+        """Wait (off the loop) until every queued record is written and closed files compressed."""
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, logs.writer.flush, 30.0)
-        return web.json_response({"flushed": ok})
+        return await loop.run_in_executor(None, self.logs.writer.flush, timeout)
 
-    async def sessions(request: web.Request) -> web.Response:
+    def sessions(self) -> dict[str, Any]:
+        conc = self.concentrator
         out = [
             {
                 "user": s.user,
@@ -43,7 +75,4 @@ def install(daemon: "Daemon") -> None:
             for s in conc.sessions
             if s.attached is not None
         ]
-        return web.json_response({"listen": conc.listen, "port": conc.port, "sessions": out})
-
-    daemon.add_route("POST", "logs/flush", flush)
-    daemon.add_route("GET", "sessions", sessions)
+        return {"listen": conc.listen, "port": conc.port, "sessions": out}

@@ -1,24 +1,26 @@
-"""What every supervisor shares with the daemon: paths, state, host facts and plug-ins.
+"""What every supervisor shares with the daemon: paths, state, host facts and the features.
 
-Features that add something to a boot (a NIC's tap fd, the honeypot kernel's tty-log fd, a
-jail) do it through BootHook objects registered here, so the supervisor stays generic.
+Context implements seam.Core, the narrow view features get; the rest of it (the database, the
+zygote, the event bus, the supervisors themselves) is the core's own.
 """
 
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from warden import guestinput
 from warden.daemon.lines import LineLog, NullLog
+from warden.daemon.seam import BootExtras, Feature, Guest, LogFactory
+from warden.errors import NotFound, SpecError
+from warden.host import cgroup
 from warden.host.cgroup import Hierarchy
 from warden.images.store import ImageStore
 from warden.paths import Layout
+from warden.spec import fleet as fleetmod
 from warden.spec.fleet import Fleet
 from warden.store import Store
 
@@ -27,50 +29,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("warden.daemon")
 
+EMPTY_FLEET = fleetmod.Fleet(source="<none>")
 
-@dataclass
-class BootExtras:
-    """What hooks add to one boot. fds are passed to the kernel and closed after launch."""
-
-    fds: list[int] = field(default_factory=list)
-    kernel_args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    network: dict[str, str] = field(default_factory=dict)  # seed network.env
-    jail: dict[str, Any] | None = None  # warden.host.jail plan, set by the jail hook
-    # Host path -> the path the kernel sees it at (a jail bind-mounts files elsewhere).
-    paths: dict[str, str] = field(default_factory=dict)
-    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
-
-    def view(self, path: Path) -> Path:
-        """Where the kernel sees host file `path` (itself, unless a hook remapped it)."""
-        return Path(self.paths.get(str(path), str(path)))
-
-    def close_fds(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
-
-
-class BootHook(Protocol):
-    name: str
-
-    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
-        """Add fds/args/env for this boot; raise WardenError to refuse the start."""
-
-    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
-        """The kernel process exists (not yet up)."""
-
-    async def on_up(self, sup: "Supervisor") -> None:
-        """The kernel answers its mconsole."""
-
-    async def after_exit(self, sup: "Supervisor") -> None:
-        """The kernel and every process of the guest are gone."""
-
-
-class LogFactory(Protocol):
-    def __call__(self, machine: str, line: str, boot: int, reattach: bool) -> LineLog: ...
+# BootExtras is declared by the seam; memory and the jail still import it from here until they
+# move onto the seam's own names (docs/decisions/2026-12-07-structure.md).
+__all__ = ["BootExtras", "Context", "EventBus", "GuestTable", "null_logs"]
 
 
 def null_logs(machine: str, line: str, boot: int, reattach: bool) -> LineLog:
@@ -98,6 +61,28 @@ class EventBus:
                 q.put_nowait(event)
 
 
+class GuestTable:
+    """The daemon's supervisors as seam.Guests: read-only, by name."""
+
+    def __init__(self, sups: "dict[str, Supervisor]"):
+        self._sups = sups
+
+    def get(self, name: str) -> Guest | None:
+        return self._sups.get(name)
+
+    def require(self, name: str) -> Guest:
+        sup = self._sups.get(name)
+        if sup is None:
+            raise NotFound(f"no machine named {name!r} (warden ls lists them)")
+        return sup
+
+    def __iter__(self) -> Iterator[Guest]:
+        return iter(list(self._sups.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._sups
+
+
 @dataclass
 class Context:
     layout: Layout
@@ -106,11 +91,32 @@ class Context:
     images: ImageStore
     fleet: Fleet
     bus: EventBus = field(default_factory=EventBus)
-    hooks: list[BootHook] = field(default_factory=list)
+    # The features, in the composition root's order: every boot hook is called on each.
+    features: list[Feature] = field(default_factory=list)
     zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
     logs: LogFactory = null_logs
+    machines: "dict[str, Supervisor]" = field(default_factory=dict)
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
     _gate_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, layout: Layout) -> "Context":
+        """The state of `layout`'s home: its database, the fleet it last applied, the host's
+        cgroups. Starts nothing."""
+        layout.ensure()
+        store = Store(layout.db)
+        saved = store.load_fleet()
+        fleet = EMPTY_FLEET
+        if saved is not None:
+            try:
+                fleet = fleetmod.parse(saved[1], saved[0])
+            except SpecError as e:
+                log.error("the stored fleet no longer validates: %s", e)
+        return cls(layout, store, cgroup.detect(), ImageStore(layout), fleet)
+
+    @property
+    def guests(self) -> GuestTable:
+        return GuestTable(self.machines)
 
     def event(self, machine: str | None, kind: str, **detail: Any) -> None:
         """An event the daemon itself decided on: always stored (off the loop: store.py)."""

@@ -1,8 +1,14 @@
 """The daemon: one per WARDEN_HOME; owns every guest's supervisor and the fleet file.
 
-Start-up order matters for guests that outlived the previous daemon: the database says which
-guests were live; each is verified (pid + process start time + cgroup membership) and its
-lines, mconsole and exit watch are re-attached before anything new is started.
+It is built by the composition root (warden.app.compose) with its Context and its features,
+in their order. Start-up order matters for guests that outlived the previous daemon: the
+database says which guests were live; each is verified (pid + process start time + cgroup
+membership) and its lines, mconsole and exit watch are re-attached before any feature starts
+and anything new is started.
+
+Nothing here blocks the event loop for long: a fleet is checked by awaiting every feature's
+check (those that must do blocking I/O do it off the loop), and applies are serialised by a
+lock, so that an apply never interleaves with another.
 """
 
 import asyncio
@@ -11,25 +17,23 @@ import logging
 import os
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from warden.daemon import machine as m
-from warden.daemon.context import BootHook, Context
+from warden.daemon.context import Context
+from warden.daemon.seam import Feature
 from warden.daemon.supervisor import Supervisor
-from warden.errors import Conflict, NotFound, SpecError, WardenError
-from warden.host import cgroup, ns
+from warden.errors import Conflict, NotFound, WardenError
+from warden.host import ns
 from warden.host.zygote import Zygote
-from warden.images.store import ImageStore
-from warden.paths import Layout
 from warden.spec import fleet as fleetmod
-from warden.store import Store
 from warden.tasks import spawn
 
 log = logging.getLogger("warden.daemon")
 
 NOFILE_WANTED = 1 << 16
-EMPTY_FLEET = fleetmod.Fleet(source="<none>")
 
 
 @dataclass(frozen=True)
@@ -52,109 +56,62 @@ def raise_fd_limit() -> int:
 
 
 class Daemon:
-    def __init__(self, layout: Layout, hooks: list[BootHook] | None = None):
-        self.layout = layout
-        self.extra_hooks = hooks or []
-        self.sups: dict[str, Supervisor] = {}
+    def __init__(self, ctx: Context, features: Sequence[Feature]):
+        self.ctx = ctx
+        self.layout = ctx.layout
+        self.features = tuple(features)
+        ctx.features = list(self.features)
+        self.sups: dict[str, Supervisor] = ctx.machines
         self.started = time.time()
-        self.ctx: Context | None = None
         self.reattached = 0
         self.fd_limit = 0
-        self.services: list[Any] = []  # started/stopped with the daemon (concentrator, ...)
-        self.started_services: list[Any] = []  # a refused `up` stops none it did not start
-        # API routes added by features: (method, path under /v1, aiohttp handler)
-        self.routes: list[tuple[str, str, Any]] = []
-        # Called with the Supervisor before a start changes anything; raise WardenError to
-        # refuse it (memory admission). Restarts by the restart policy meet BootHooks only.
-        self.start_checks: list[Any] = []
-
-    def add_route(self, method: str, path: str, handler: Any) -> None:
-        """For features' install(): expose `handler` at /v1/`path` on the daemon's API."""
-        self.routes.append((method, path, handler))
+        self.started_features: list[Feature] = []  # a refused `up` stops none it did not start
+        self._applying = asyncio.Lock()
 
     @property
     def c(self) -> Context:
-        assert self.ctx is not None, "daemon not started"
+        """The context, by the name memory/balancer.py reads it (its view of the daemon, until
+        it moves onto the seam: docs/decisions/2026-12-07-structure.md)."""
         return self.ctx
 
     # ---- life cycle -------------------------------------------------------------------------
-    def open(self) -> None:
-        """Read the state, hook in the features and re-attach the guests that outlived the
-        previous daemon. Starts no process and changes nothing outside the daemon."""
-        self.layout.ensure()
+    async def open(self) -> None:
+        """Re-attach the guests that outlived the previous daemon and let the features read
+        what they saved. Starts no process and changes nothing outside the daemon."""
         ns.set_child_subreaper()
         self.fd_limit = raise_fd_limit()
-        hierarchy = cgroup.detect()
-        store = Store(self.layout.db)
-        saved = store.load_fleet()
-        fleet = EMPTY_FLEET
-        if saved is not None:
-            try:
-                fleet = fleetmod.parse(saved[1], saved[0])
-            except SpecError as e:
-                log.error("the stored fleet no longer validates: %s", e)
-        self.ctx = Context(
-            layout=self.layout,
-            store=store,
-            hierarchy=hierarchy,
-            images=ImageStore(self.layout),
-            fleet=fleet,
-            hooks=list(self.extra_hooks),
-        )
-        self._install_features()
-        for spec in fleet.machines:
+        for spec in self.ctx.fleet.machines:
             self._add(spec)
         reattached = 0
-        for sup in self.sups.values():
-            if sup.machine.state in m.LIVE and sup.reattach():
+        for sup in list(self.sups.values()):
+            if sup.machine.state in m.LIVE and await sup.reattach():
                 reattached += 1
-        for svc in self.services:
-            if hasattr(svc, "load"):
-                svc.load()  # what the checks below compare against
+        for feature in self.features:
+            feature.load()  # what the checks below compare against
         self.reattached = reattached
 
     async def start(self, up: FleetFile | None = None) -> dict[str, Any] | None:
-        """Start the services and the guests. `warden daemon` (up=None) restores what each
+        """Start the features and the guests. `warden daemon` (up=None) restores what each
         guest was last asked to be; `warden up` applies its file and starts every machine of it
         (as `docker compose up` does). A file that would be refused is refused before anything
         starts (a network, the zygote, a guest): the caller then shuts down with nothing to
         undo."""
-        if self.ctx is None:
-            self.open()
         if up is not None:
-            self.check(up.text, up.source, up.prune, verb="up")
-        self.c.zygote = Zygote()
-        self.c.zygote.start()
-        self.c.event(None, "daemon-started", pid=os.getpid(), reattached=self.reattached)
-        for svc in self.services:
-            self.started_services.append(svc)  # one that fails half-way is stopped too
-            await svc.start()
+            await self.check(up.text, up.source, up.prune, verb="up")
+        self.ctx.zygote = Zygote()
+        self.ctx.zygote.start()
+        self.ctx.event(None, "daemon-started", pid=os.getpid(), reattached=self.reattached)
+        for feature in self.features:
+            self.started_features.append(feature)  # one that fails half-way is stopped too
+            await feature.start()
         if up is not None:
-            return self.apply(up.text, up.source, up.prune, start_all=True)
+            return await self.apply(up.text, up.source, up.prune, start_all=True)
         self._autostart()
         return None
 
-    def _install_features(self) -> None:
-        """Hook in the features built as separate modules (session logs, jails, network...)."""
-        for name in (
-            "warden.console.feature",
-            "warden.disk.feature",
-            "warden.host.jail_feature",
-            "warden.net.feature",
-            "warden.memory.feature",
-            "warden.honeypot.feature",
-        ):
-            try:
-                module = __import__(name, fromlist=["install"])
-            except ModuleNotFoundError as e:
-                if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
-                    continue  # that feature is not part of this build
-                raise
-            module.install(self)
-
     def _add(self, spec: fleetmod.Machine) -> Supervisor:
-        sup = Supervisor(self.c, spec)
-        row = self.c.store.machine(spec.name)
+        sup = Supervisor(self.ctx, spec)
+        row = self.ctx.store.machine(spec.name)
         if row is not None:
             sup.restore(row)
         self.sups[spec.name] = sup
@@ -163,7 +120,7 @@ class Daemon:
     def _autostart(self, start_all: bool = False) -> None:
         """Start the guests that want to run: those last asked to run, those never started
         whose spec says autostart, and with `start_all` every autostart machine."""
-        for sup in self.sups.values():
+        for sup in list(self.sups.values()):
             if sup.machine.state in m.LIVE:
                 continue
             row_wants = sup.machine.desired == "running"
@@ -172,22 +129,23 @@ class Daemon:
                 try:
                     self.start_machine(sup.name)
                 except WardenError as e:
-                    self.c.event(sup.name, "autostart-failed", error=str(e))
+                    self.ctx.event(sup.name, "autostart-failed", error=str(e))
 
     async def shutdown(self, stop_guests: bool, timeout: float = 40.0) -> None:
         if stop_guests:
-            # Guests first: their exit hooks still have the services (networks) they use.
+            # Guests first: their exit hooks still have the features (networks) they use.
             await self.stop_all(timeout)
-        for svc in reversed(self.started_services):
-            with contextlib.suppress(Exception):
-                await svc.stop()
+        for feature in reversed(self.started_features):
+            try:
+                await feature.stop()
+            except Exception:
+                log.exception("stopping feature %s", feature.name)
         for sup in self.sups.values():
             sup.detach()
-        if self.ctx is not None and self.c.zygote is not None:
-            self.c.zygote.stop()
-        if self.ctx is not None:
-            self.c.event(None, "daemon-stopped", guests_left_running=not stop_guests)
-            self.c.store.close()
+        if self.ctx.zygote is not None:
+            self.ctx.zygote.stop()
+        self.ctx.event(None, "daemon-stopped", guests_left_running=not stop_guests)
+        self.ctx.store.close()
 
     async def stop_all(self, timeout: float = 40.0) -> None:
         live = [s for s in self.sups.values() if s.machine.state in m.LIVE]
@@ -204,47 +162,61 @@ class Daemon:
         await sup.wait_state((m.State.STOPPED, m.State.CRASHED, m.State.ABSENT), timeout)
 
     # ---- fleet ------------------------------------------------------------------------------
-    def check(
+    async def check(
         self, text: str, source: str, prune: bool = False, verb: str = "apply"
     ) -> tuple[fleetmod.Fleet, list[str]]:
         """Everything that could refuse the fleet file, changing nothing: the new fleet and the
         machines it drops. `verb` is the command the refusal tells the user to rerun."""
         new = fleetmod.parse(text, source)
+        gone = self._check_machines(new, prune, verb)
+        for feature in self.features:
+            # Host-side checks (a port already bound, a tool missing): refuse before any change.
+            await feature.check_fleet(new)
+        return new, gone
+
+    def _check_machines(self, new: fleetmod.Fleet, prune: bool, verb: str) -> list[str]:
+        """The machines `new` drops; Conflict if one still exists and `prune` was not given."""
         old_names = set(self.sups)
         new_names = {mm.name for mm in new.machines}
         gone = sorted(old_names - new_names)
         blocking = [n for n in gone if self.sups[n].machine.state is not m.State.ABSENT]
         if blocking and not prune:
             raise Conflict(
-                f"{source}: machines {', '.join(blocking)} are not in the fleet file any more but "
-                "still exist; destroy them first (warden destroy NAME) or let the file replace "
-                f"them: warden {verb} --prune {source}"
+                f"{new.source}: machines {', '.join(blocking)} are not in the fleet file any "
+                "more but still exist; destroy them first (warden destroy NAME) or let the file "
+                f"replace them: warden {verb} --prune {new.source}"
             )
         for n in new_names - old_names:
             # Validate images up front so a bad path fails the apply, not a later start.
             spec = new.machine(n)
             assert spec is not None
-            row = self.c.store.machine(n)
+            row = self.ctx.store.machine(n)
             if row is None:
-                self.c.images.resolve(spec.image)
-        for svc in self.services:
-            # Host-side checks (a port already bound, a tool missing): refuse before any change.
-            if hasattr(svc, "check_fleet"):
-                svc.check_fleet(new)
-        return new, gone
+                self.ctx.images.resolve(spec.image)
+        return gone
 
-    def apply(
+    async def apply(
         self, text: str, source: str, prune: bool = False, start_all: bool = False
     ) -> dict[str, Any]:
-        new, gone = self.check(text, source, prune, verb="up" if start_all else "apply")
+        verb = "up" if start_all else "apply"
+        async with self._applying:
+            new, _ = await self.check(text, source, prune, verb)
+            # Again, with no await from here to the last change: a machine created or
+            # started while the features checked is judged as it is now.
+            gone = self._check_machines(new, prune, verb)
+            return self._apply(new, text, gone, start_all)
+
+    def _apply(
+        self, new: fleetmod.Fleet, text: str, gone: list[str], start_all: bool
+    ) -> dict[str, Any]:
         report: dict[str, Any] = {"added": [], "changed": [], "removed": [], "started": []}
         for n in gone:
             sup = self.sups[n]
             if sup.machine.state in m.LIVE:
                 sup.post(m.Kill())
             report["removed"].append(n)
-        self.c.fleet = new
-        self.c.store.save_fleet(source, text)
+        self.ctx.fleet = new
+        self.ctx.store.save_fleet(new.source, text)
         for spec in new.machines:
             if spec.name in self.sups:
                 if self.sups[spec.name].spec != spec:
@@ -255,12 +227,11 @@ class Daemon:
                 report["added"].append(spec.name)
         if gone:
             spawn(self._forget(gone), "prune")
-        self.c.event(
-            None, "fleet-applied", source=source, **{k: ",".join(v) for k, v in report.items()}
+        self.ctx.event(
+            None, "fleet-applied", source=new.source, **{k: ",".join(v) for k, v in report.items()}
         )
-        for svc in self.services:
-            if hasattr(svc, "fleet_changed"):
-                svc.fleet_changed()
+        for feature in self.features:
+            feature.fleet_changed()
         before = {n for n, s in self.sups.items() if s.machine.state in m.LIVE}
         self._autostart(start_all)
         report["started"] = sorted(
@@ -286,8 +257,8 @@ class Daemon:
 
     def start_machine(self, name: str) -> None:
         sup = self.sup(name)
-        for check in self.start_checks:
-            check(sup)
+        for feature in self.features:
+            feature.check_start(sup)
         if sup.machine.state is m.State.ABSENT:
             sup.create()
         sup.post(m.Start())
@@ -330,6 +301,18 @@ class Daemon:
     def resume_machine(self, name: str) -> None:
         self.sup(name).post(m.Resume())
 
+    async def mconsole(
+        self, name: str, command: str, user: str, timeout: float = 10.0
+    ) -> str:
+        """An operator's mconsole command (recorded with who sent it)."""
+        sup = self.sup(name)
+        reply = await sup.request(command, timeout=timeout)
+        self.ctx.event(sup.name, "mconsole", command=command, user=user)
+        return reply
+
+    def infos(self) -> list[dict[str, Any]]:
+        return [s.info() for s in self.sups.values()]
+
     def status(self) -> dict[str, Any]:
         states: dict[str, int] = {}
         for s in self.sups.values():
@@ -338,8 +321,8 @@ class Daemon:
             "pid": os.getpid(),
             "home": str(self.layout.home),
             "uptime": time.time() - self.started,
-            "cgroups": self.c.hierarchy.describe(),
-            "fleet": self.c.fleet.source,
+            "cgroups": self.ctx.hierarchy.describe(),
+            "fleet": self.ctx.fleet.source,
             "machines": len(self.sups),
             "states": states,
             "fd_limit": self.fd_limit,

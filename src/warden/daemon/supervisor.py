@@ -14,16 +14,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from warden import guestinput, proc
 from warden.daemon import kernelout
 from warden.daemon import machine as m
-from warden.daemon.context import BootExtras, Context
+from warden.daemon.context import Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
 from warden.daemon.lines import Line
+from warden.daemon.seam import BootExtras
 from warden.disk import backing
 from warden.disk import create as disk_create
 from warden.errors import Conflict, WardenError
@@ -68,7 +68,18 @@ class Supervisor:
         self._panicked_boot: int | None = None
         self._changed = asyncio.Condition()
         self._rebooting = False
-        self.up_hooks: list[Callable[[], None]] = []
+
+    # ---- what features see of it (seam.Guest) ----------------------------------------------
+    @property
+    def state(self) -> m.State:
+        return self.machine.state
+
+    @property
+    def pid(self) -> int | None:
+        return self.machine.pid
+
+    def base_for_boot(self) -> Path:
+        return self._base_for_boot()
 
     # ---- spec and persistence -------------------------------------------------------------
     def _sync_lines(self) -> None:
@@ -286,8 +297,8 @@ class Supervisor:
                     f"(pids {self.cgroup.pids()}); kill them with `warden kill {self.name}`"
                 )
             self.cgroup.create()
-            for hook in self.ctx.hooks:
-                await hook.before_boot(self, extras)
+            for feature in self.ctx.features:
+                await feature.before_boot(self, extras)
             await loop.run_in_executor(None, seedmod.write, self.files.seed, self._seed(extras))
             self.boot += 1
             self.base = str(base)
@@ -332,15 +343,15 @@ class Supervisor:
                     relay.on_output = [self._watch_reboot]
                     relay.open_boot(self.ctx.logs(self.name, name, self.boot, False))
             self.post(m.Launched(pid))
-            for hook in self.ctx.hooks:
-                await hook.after_launch(self, pid)
+            for feature in self.ctx.features:
+                await feature.after_launch(self, pid)
         except Exception as e:
             if not isinstance(e, WardenError | OSError):
                 log.exception("%s: launch", self.name)
             if not launched:
                 self._close_sockets()
                 self._kill_group()
-                self.cgroup.wait_empty(5)
+                await self.cgroup.emptied(5)
                 self.cgroup.remove()
                 for fn in extras.cleanup:
                     with contextlib.suppress(Exception):
@@ -526,8 +537,8 @@ class Supervisor:
         # Hooks run when the kernel comes up (STARTING -> RUNNING) or comes back after a
         # reboot; a SOCKET notification in any other state starts nothing.
         if self.machine.state is m.State.RUNNING and was in (m.State.STARTING, m.State.RUNNING):
-            for hook in self.ctx.hooks:
-                spawn(hook.on_up(self), f"on-up:{hook.name}:{self.name}")
+            for feature in self.ctx.features:
+                spawn(feature.on_up(self), f"on-up:{feature.name}:{self.name}")
 
     def _panicked(self, message: str) -> None:
         self._panicked_boot = self.boot
@@ -582,11 +593,11 @@ class Supervisor:
             if line.open:
                 line.close_boot(self._exit_reason(status, signo))
         self._close_sockets()
-        for hook in self.ctx.hooks:
+        for feature in self.ctx.features:
             try:
-                await hook.after_exit(self)
+                await feature.after_exit(self)
             except Exception:
-                log.exception("%s: hook %s after exit", self.name, hook.name)
+                log.exception("%s: feature %s after exit", self.name, feature.name)
         rebooting, self._rebooting = self._rebooting, False
         self.pid_start = None
         self.post(m.Exited(status, signo, rebooting=rebooting))
@@ -600,7 +611,7 @@ class Supervisor:
         return "kernel ended"
 
     # ---- the daemon restarts ---------------------------------------------------------------
-    def reattach(self) -> bool:
+    async def reattach(self) -> bool:
         """Called by a new daemon for a guest the database says was live. True if it runs."""
         pid = self.machine.pid
         alive = (
@@ -615,7 +626,7 @@ class Supervisor:
                 self.machine.pid = None
                 if self.cgroup.exists() and self.cgroup.populated():
                     self.cgroup.kill()
-                self.cgroup.wait_empty(5)
+                await self.cgroup.emptied(5)
                 self.cgroup.remove()
                 self.post(m.Exited(None, None))
             return False

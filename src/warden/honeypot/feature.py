@@ -1,55 +1,54 @@
-"""The honeypot kernel, plugged into the daemon (Daemon._install_features calls install).
+"""The honeypot kernel as a feature of the daemon (warden.honeypot.service does the work).
 
-- a BootHook gives machines with `tty_log`/`disguise` their channels (warden.honeypot.service);
-- the service checks fleets before they are applied, re-attaches the channels of guests that
-  outlived the previous daemon, and applies changed disguise profiles to running guests;
-- API: GET /v1/honeypot (every honeypot guest), GET /v1/honeypot/NAME: the tty log's and the
-  disguise's state and counters, the kernel's own tty-log counters from its last poll.
+- machines with `tty_log`/`disguise` get their channels before each boot (`prepare`), their
+  tty log read and disguise served once launched, both closed when the kernel is gone;
+- fleets are checked before they are applied (a missing or unpatched kernel, a malformed
+  profile, a jail-less honeypot, a tty log without session logs);
+- at start it re-attaches the channels of guests that outlived the previous daemon: it must
+  come before the console feature in the composition root, whose start closes every log that
+  nobody has re-opened by then (the tty logs among them);
+- a re-applied fleet puts changed disguise profiles in force in running guests;
+- for the API: `status` (every honeypot guest, or one).
+
+Its boot hooks need the guest's uid, which the jail feature gives in its before_boot: it comes
+after the jail in the composition root.
 """
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import Any
 
-from aiohttp import web
-
-from warden.daemon.context import BootExtras
+from warden.daemon.seam import BootExtras, Core, Feature, Guest
 from warden.honeypot.service import HoneypotService
-
-if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
-    from warden.daemon.supervisor import Supervisor
+from warden.spec.fleet import Fleet
 
 
-class HoneypotHook:
+class HoneypotFeature(Feature):
     name = "honeypot"
 
-    def __init__(self, service: HoneypotService):
-        self.service = service
+    def __init__(self, core: Core):
+        self.service = HoneypotService(core)
 
-    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
-        await self.service.prepare(sup, extras)
+    async def check_fleet(self, fleet: Fleet) -> None:
+        # Reads profiles and kernels: off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self.service.check_fleet, fleet)
 
-    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
-        await self.service.launched(sup, pid)
+    async def start(self) -> None:
+        await self.service.start()
 
-    async def on_up(self, sup: "Supervisor") -> None:
-        pass
+    async def stop(self) -> None:
+        await self.service.stop()
 
-    async def after_exit(self, sup: "Supervisor") -> None:
-        await self.service.exited(sup)
+    def fleet_changed(self) -> None:
+        self.service.fleet_changed()
 
+    async def before_boot(self, guest: Guest, extras: BootExtras) -> None:
+        await self.service.prepare(guest, extras)
 
-def install(daemon: "Daemon") -> None:
-    service = HoneypotService(daemon)
-    # First among the services: at start it must re-open the tty logs of re-attached guests
-    # before the session-log service closes every log nobody has re-opened (finalize_stale).
-    daemon.services.insert(0, service)
-    daemon.c.hooks.append(HoneypotHook(service))
+    async def after_launch(self, guest: Guest, pid: int) -> None:
+        await self.service.launched(guest, pid)
 
-    async def all_guests(request: web.Request) -> web.Response:
-        return web.json_response(service.status())
+    async def after_exit(self, guest: Guest) -> None:
+        await self.service.exited(guest)
 
-    async def one_guest(request: web.Request) -> web.Response:
-        return web.json_response(service.status(request.match_info["name"])[0])
-
-    daemon.add_route("GET", "honeypot", all_guests)
-    daemon.add_route("GET", "honeypot/{name}", one_guest)
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        return self.service.status(name)

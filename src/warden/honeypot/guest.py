@@ -18,10 +18,11 @@ import os
 import select
 import socket
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from warden import proc, tasks
 from warden.daemon import machine as m
+from warden.daemon.seam import Core, Guest
 from warden.errors import WardenError
 from warden.honeypot.channels import PotState, write_state
 from warden.honeypot.disguise_server import DisguiseServer
@@ -29,9 +30,6 @@ from warden.honeypot.ingest import MESSAGE_MAX, Note, Stored, TtyLogIngest
 from warden.honeypot.profile import Profile
 from warden.sessionlog import codec as sl
 from warden.sessionlog.ttylog import KernelStats, parse_stats
-
-if TYPE_CHECKING:
-    from warden.daemon.supervisor import Supervisor
 
 log = logging.getLogger("warden.honeypot")
 
@@ -42,11 +40,12 @@ ACK_WAIT = 24 * 3600.0  # a rule set is acked at the guest's next /proc access: 
 
 
 class PotGuest:
-    def __init__(self, sup: "Supervisor", state: PotState):
-        self.sup = sup
-        self.name = sup.name
+    def __init__(self, guest: Guest, core: Core, state: PotState):
+        self.guest = guest
+        self.core = core
+        self.name = guest.name
         self.state = state
-        self.dir = sup.ctx.layout.machine(sup.name)
+        self.dir = core.layout.machine(guest.name)
         self.ingest = TtyLogIngest()
         self.tty_sock: socket.socket | None = None
         self.log: Any = None  # the tty session log (a LineLog with .record)
@@ -78,7 +77,7 @@ class PotGuest:
         if self.log is not None:
             self.log.event(kind, **fields)
         if daemon_event:  # what the kernel sends: within the guest's event budget
-            self.sup.ctx.guest_event(self.name, kind, boot=self.state.boot, **fields)
+            self.core.guest_event(self.name, kind, boot=self.state.boot, **fields)
 
     # ---- the tty log -----------------------------------------------------------------------
     def start_tty(self, sock: socket.socket, log_: Any, ingest: TtyLogIngest) -> None:
@@ -168,10 +167,10 @@ class PotGuest:
 
     async def poll(self) -> None:
         """The kernel's own counters; report a stopped log or records it could not write."""
-        if self.sup.machine.state is not m.State.RUNNING or self.done:
+        if self.guest.state is not m.State.RUNNING or self.done:
             return
         try:
-            stats = parse_stats(await self.sup.request("ttylog", timeout=5.0))
+            stats = parse_stats(await self.guest.request("ttylog", timeout=5.0))
         except (WardenError, TimeoutError) as e:
             self.kernel_error = str(e) or type(e).__name__
             return
@@ -213,7 +212,7 @@ class PotGuest:
             except TimeoutError:
                 return
             kind = "disguise-applied" if ack.status == 0 else "disguise-refused"
-            self.sup.ctx.event(
+            self.core.event(
                 self.name,
                 kind,
                 boot=self.state.boot,
@@ -236,7 +235,7 @@ class PotGuest:
         self.state.profile = ref
         self.state.generation = generation
         self.save()
-        self.sup.ctx.event(
+        self.core.event(
             self.name,
             "disguise-sent",
             boot=self.state.boot,

@@ -19,11 +19,11 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from warden import proc, tasks
 from warden.daemon import machine as m
-from warden.daemon.context import BootExtras
+from warden.daemon.seam import BootExtras, Core, Guest
 from warden.errors import NotFound, WardenError
 from warden.honeypot import channels as ch
 from warden.honeypot.checks import NO_DISGUISE, check_machine, profile_ref, wants_honeypot
@@ -36,10 +36,6 @@ from warden.sessionlog import codec as sl
 from warden.sessionlog import store as logstore
 from warden.sessionlog.ttylog import RECORD_HEADER
 from warden.spec.fleet import Fleet
-
-if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
-    from warden.daemon.supervisor import Supervisor
 
 log = logging.getLogger("warden.honeypot")
 STALE_MAX = 4096  # stale disguise messages dropped at re-attach
@@ -62,30 +58,26 @@ def last_stored_seq(layout: Layout, machine: str, boot: int) -> int | None:
 
 
 class HoneypotService:
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
+    def __init__(self, core: Core):
+        self.core = core
         self.guests: dict[str, PotGuest] = {}
         self._booting: dict[str, PotGuest] = {}
-
-    @property
-    def ctx(self) -> Any:
-        return self.daemon.c
 
     # ---- apply -------------------------------------------------------------------------------
     def check_fleet(self, new: Fleet) -> None:
         for spec in new.machines:
             if wants_honeypot(spec):
-                check_machine(spec, new, self.daemon.layout)
+                check_machine(spec, new, self.core.layout)
 
     def fleet_changed(self) -> None:
-        fleet: Fleet = self.ctx.fleet
+        fleet: Fleet = self.core.fleet
         for name, pot in list(self.guests.items()):
             spec = fleet.machine(name)
             if spec is None:
                 continue
             if pot.disguise is None:
                 if spec.disguise:
-                    self.ctx.event(
+                    self.core.event(
                         name,
                         "disguise-next-boot",
                         profile=spec.disguise,
@@ -97,18 +89,18 @@ class HoneypotService:
             try:
                 profile = load_profile(ref) if ref else NO_DISGUISE
             except DisguiseError as e:  # changed on disk since check_fleet
-                self.ctx.event(name, "disguise-refused", profile=ref, error=str(e))
+                self.core.event(name, "disguise-refused", profile=ref, error=str(e))
                 continue
             pot.set_profile(profile, ref)
 
     # ---- a boot ------------------------------------------------------------------------------
-    async def prepare(self, sup: "Supervisor", extras: BootExtras) -> None:
+    async def prepare(self, sup: Guest, extras: BootExtras) -> None:
         spec = sup.spec
         if not wants_honeypot(spec):
             return
-        profile = check_machine(spec, self.ctx.fleet, self.daemon.layout)
+        profile = check_machine(spec, self.core.fleet, self.core.layout)
         state = ch.PotState(boot=0, pid=0, pid_start=None, profile=spec.disguise)
-        pot = PotGuest(sup, state)
+        pot = PotGuest(sup, self.core, state)
         made: list[ch.Channel] = []
         extras.cleanup.append(self._abandon(pot, made))
         if spec.tty_log:
@@ -129,7 +121,7 @@ class HoneypotService:
             await pot.disguise.start()  # the rule set waits for the kernel in the socket
         self._booting[sup.name] = pot
 
-    def _server(self, sup: "Supervisor", profile: Profile, sock: socket.socket) -> DisguiseServer:
+    def _server(self, sup: Guest, profile: Profile, sock: socket.socket) -> DisguiseServer:
         """A disguise server whose filter programs run as the guest's uid in its cgroups, and
         whose flood reports (one a window) become the guest's events."""
         uid = sup.uid if sup.uid is not None else NOBODY
@@ -137,7 +129,7 @@ class HoneypotService:
         name = sup.name
 
         def report(kind: str, fields: dict[str, Any]) -> None:
-            self.ctx.event(name, kind, **fields)
+            self.core.event(name, kind, **fields)
 
         return DisguiseServer(profile, sock, name, FilterBounds(uid, uid, procs), report)
 
@@ -159,7 +151,7 @@ class HoneypotService:
 
         return cleanup
 
-    async def launched(self, sup: "Supervisor", pid: int) -> None:
+    async def launched(self, sup: Guest, pid: int) -> None:
         pot = self._booting.pop(sup.name, None)
         if pot is None:
             return
@@ -168,12 +160,12 @@ class HoneypotService:
         pot.save()
         if pot.tty_sock is not None:
             pot.start_tty(
-                pot.tty_sock, self.ctx.logs(sup.name, "tty", sup.boot, False), TtyLogIngest()
+                pot.tty_sock, self.core.logs(sup.name, "tty", sup.boot, False), TtyLogIngest()
             )
         if pot.disguise is not None:
             pot.watch_ack(pot.disguise.generation, pot.disguise.profile)
 
-    async def exited(self, sup: "Supervisor") -> None:
+    async def exited(self, sup: Guest) -> None:
         pot = self.guests.pop(sup.name, None) or self._booting.pop(sup.name, None)
         if pot is None:
             return
@@ -182,24 +174,24 @@ class HoneypotService:
 
     # ---- the daemon comes and goes -------------------------------------------------------------
     async def start(self) -> None:
-        for sup in list(self.daemon.sups.values()):
+        for sup in list(self.core.guests):
             try:
                 await self._reattach(sup)
             except Exception:
                 log.exception("%s: re-attaching its honeypot channels", sup.name)
 
-    async def _reattach(self, sup: "Supervisor") -> None:
-        mdir = self.daemon.layout.machine(sup.name)
+    async def _reattach(self, sup: Guest) -> None:
+        mdir = self.core.layout.machine(sup.name)
         try:
             state = ch.read_state(mdir)
         except ValueError as e:
-            self.ctx.event(sup.name, "honeypot-reattach-failed", error=str(e))
+            self.core.event(sup.name, "honeypot-reattach-failed", error=str(e))
             ch.remove_state(mdir)
             return
-        live = sup.machine.state in m.LIVE and sup.machine.pid is not None
+        live = sup.state in m.LIVE and sup.pid is not None
         if state is None:
             if live and wants_honeypot(sup.spec):
-                self.ctx.event(
+                self.core.event(
                     sup.name,
                     "honeypot-reattach-failed",
                     error="no honeypot.json: the previous daemon died before it wrote it; this "
@@ -208,7 +200,7 @@ class HoneypotService:
             return
         same = (
             live
-            and state.pid == sup.machine.pid
+            and state.pid == sup.pid
             and state.boot == sup.boot
             and proc.running(state.pid, state.pid_start)
         )
@@ -217,9 +209,9 @@ class HoneypotService:
             # record died with its sockets. The session-log writer closes the file itself.
             if state.ttylog is not None:
                 last = await asyncio.get_running_loop().run_in_executor(
-                    None, last_stored_seq, self.daemon.layout, sup.name, state.boot
+                    None, last_stored_seq, self.core.layout, sup.name, state.boot
                 )
-                self.ctx.event(
+                self.core.event(
                     sup.name,
                     "ttylog-unread",
                     boot=state.boot,
@@ -229,7 +221,7 @@ class HoneypotService:
                 )
             ch.remove_state(mdir)
             return
-        pot = PotGuest(sup, state)
+        pot = PotGuest(sup, self.core, state)
         if state.disguise is not None:
             await self._reattach_disguise(pot, state.disguise)
         if state.ttylog is not None:
@@ -238,30 +230,30 @@ class HoneypotService:
         pot.save()
 
     async def _reattach_tty(self, pot: PotGuest, cs: ch.ChannelState) -> None:
-        sup = pot.sup
+        sup = pot.guest
         last = await asyncio.get_running_loop().run_in_executor(
-            None, last_stored_seq, self.daemon.layout, sup.name, pot.state.boot
+            None, last_stored_seq, self.core.layout, sup.name, pot.state.boot
         )
         try:
             sock = ch.take_fd(pot.state.pid, cs.spare_fd, cs.inode)
         except (WardenError, OSError) as e:
             pot.tty_status = "closed"
             pot.tty_problem = f"could not take the tty log back from the kernel: {e}"
-            self.ctx.event(sup.name, "ttylog-reattach-failed", error=pot.tty_problem)
+            self.core.event(sup.name, "ttylog-reattach-failed", error=pot.tty_problem)
             return
-        logf = self.ctx.logs(sup.name, "tty", pot.state.boot, True)
+        logf = self.core.logs(sup.name, "tty", pot.state.boot, True)
         pot.start_tty(sock, logf, TtyLogIngest(last_seq=last, header_seen=True))
         pot.note("ttylog-reattached", False, last_stored_seq=last)
         pot.spawn(pot.poll(), "ttylog poll at re-attach")
 
     async def _reattach_disguise(self, pot: PotGuest, cs: ch.ChannelState) -> None:
-        sup = pot.sup
-        ref = profile_ref(sup.spec, self.ctx.fleet)
+        sup = pot.guest
+        ref = profile_ref(sup.spec, self.core.fleet)
         try:
             profile: Profile = load_profile(ref) if ref else NO_DISGUISE
             sock = ch.take_fd(pot.state.pid, cs.spare_fd, cs.inode)
         except (WardenError, OSError) as e:
-            self.ctx.event(
+            self.core.event(
                 sup.name,
                 "disguise-reattach-failed",
                 error=f"{e}; the kernel keeps its last rule set and serves filters their fallback",
@@ -285,7 +277,7 @@ class HoneypotService:
         pot.disguise = server
         await server.start()
         pot.state.profile = ref
-        self.ctx.event(
+        self.core.event(
             sup.name,
             "disguise-reattached",
             boot=pot.state.boot,
@@ -304,7 +296,7 @@ class HoneypotService:
     # ---- the API -----------------------------------------------------------------------------
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         if name is not None:
-            if name not in self.daemon.sups:
+            if name not in self.core.guests:
                 raise NotFound(f"no machine named {name!r} (warden ls lists them)")
             pot = self.guests.get(name)
             if pot is None:

@@ -12,6 +12,7 @@ hierarchy has the controller. A guest's groups are named warden-INSTANCE/GUEST i
 hierarchy, INSTANCE being the WARDEN_HOME's short hash, so homes never collide.
 """
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 from warden.errors import WardenError
 
 CGROUP_ROOT = Path(os.environ.get("WARDEN_CGROUP_ROOT", "/sys/fs/cgroup"))
+EMPTY_POLL = 0.002  # seconds between looks at cgroup.events while a group empties
 
 
 class CgroupError(WardenError):
@@ -199,11 +201,21 @@ class Cgroup:
         return False
 
     def wait_empty(self, timeout: float = 5.0) -> bool:
+        """Wait until no process is left (blocking: off the event loop, see `emptied`)."""
         deadline = time.monotonic() + timeout
         while self.populated():
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.002)
+            time.sleep(EMPTY_POLL)
+        return True
+
+    async def emptied(self, timeout: float = 5.0) -> bool:
+        """wait_empty for the event loop: the same polls, with the loop free between them."""
+        deadline = time.monotonic() + timeout
+        while self.populated():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(EMPTY_POLL)
         return True
 
     def remove(self) -> None:

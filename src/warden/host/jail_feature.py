@@ -1,14 +1,14 @@
 """The jail feature (issue 4): every guest gets a cgroup with limits, and, unless its fleet
 entry says `jail = false`, an empty jail (warden.host.jail) under a uid of its own.
 
-install(daemon) adds:
-- JailHook, a BootHook: before each boot it sets the cgroup limits, removes the previous
+JailFeature (a warden.daemon.seam Feature) holds:
+- JailHook: before each boot it sets the cgroup limits, removes the previous
   boot's umid directory, and for a jailed guest checks every file the jail will hold, gives the
   guest its uid (warden.host.uids), hands its COW file and ctl directory to that uid, and puts
   the jail plan, TMPDIR, rlimits and the kernel's view of its paths into the boot's extras;
   once the kernel is up it empties the jail (see Emptier);
-- JailService, which empties the jails of guests a restarted daemon re-attached to;
-- GET /v1/machines/{name}/jail: `warden jail audit` (warden.host.jail_audit).
+- at start, the emptying of the jails of guests a restarted daemon re-attached to;
+- `audit`: `warden jail audit` (warden.host.jail_audit; GET /v1/machines/{name}/jail).
 """
 
 import asyncio
@@ -22,12 +22,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any, cast
 
 from warden.daemon import machine as m
-from warden.daemon.context import BootExtras
+from warden.daemon.seam import BootExtras, Core, Feature, Guest
 from warden.disk import create as disk_create
 from warden.disk.backing import kernel_path
 from warden.errors import MconsoleError, WardenError
@@ -37,7 +35,6 @@ from warden.tasks import spawn
 from warden.uml import kernel, mconsole
 
 if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
     from warden.daemon.supervisor import Supervisor
 
 log = logging.getLogger("warden.jail")
@@ -149,8 +146,7 @@ def _check(b: jail.Bind, what: str) -> None:
 class JailHook:
     name = "jail"
 
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
+    def __init__(self) -> None:
         self.emptiers: dict[str, asyncio.Task[None]] = {}
         self.status: dict[str, dict[str, Any]] = {}  # per guest: the jail's state this boot
 
@@ -395,14 +391,21 @@ class Emptier:
         return report
 
 
-class JailService:
-    """Empties the jails of guests a restarted daemon found running (no "up" comes for them)."""
+class JailFeature(Feature):
+    """The jail as a feature of the daemon: JailHook's boot hooks; at start, the jails of guests
+    a restarted daemon re-attached to are emptied (no "up" comes for them); fleets whose image
+    paths a jail would not take are refused; `audit` for the API.
 
-    def __init__(self, daemon: "Daemon", hook: JailHook):
-        self.daemon = daemon
-        self.hook = hook
+    Until the jail moves to a package of its own (docs/decisions/2026-12-07-structure.md), its
+    hooks still take the core's Supervisor: the guests the core hands features are those."""
 
-    def check_fleet(self, fleet: Fleet) -> None:
+    name = "jail"
+
+    def __init__(self, core: Core):
+        self.core = core
+        self.hook = JailHook()
+
+    async def check_fleet(self, fleet: Fleet) -> None:
         """Refuse, before anything is applied, image paths a jail would not take."""
         problems = []
         for spec in fleet.machines:
@@ -415,10 +418,10 @@ class JailService:
             raise JailError("\n".join(problems))
 
     async def start(self) -> None:
-        for sup in self.daemon.sups.values():
-            if sup.spec.jail and sup.machine.state in (m.State.RUNNING, m.State.PAUSED):
-                self.hook.status[sup.name] = {"jailed": True, "state": "reattached"}
-                self.hook.start_emptier(sup)
+        for guest in self.core.guests:
+            if guest.spec.jail and guest.state in (m.State.RUNNING, m.State.PAUSED):
+                self.hook.status[guest.name] = {"jailed": True, "state": "reattached"}
+                self.hook.start_emptier(_sup(guest))
 
     async def stop(self) -> None:
         for task in list(self.hook.emptiers.values()):
@@ -428,20 +431,25 @@ class JailService:
                 await task
         self.hook.emptiers.clear()
 
+    async def before_boot(self, guest: Guest, extras: BootExtras) -> None:
+        await self.hook.before_boot(_sup(guest), extras)
 
-def install(daemon: "Daemon") -> None:
-    from warden.host import jail_audit
+    async def on_up(self, guest: Guest) -> None:
+        await self.hook.on_up(_sup(guest))
 
-    hook = JailHook(daemon)
-    daemon.c.hooks.append(hook)
-    daemon.services.append(JailService(daemon, hook))
+    async def after_exit(self, guest: Guest) -> None:
+        await self.hook.after_exit(_sup(guest))
 
-    async def audit(request: web.Request) -> web.Response:
-        sup = daemon.sup(request.match_info["name"])
+    async def audit(self, name: str) -> dict[str, Any]:
+        """`warden jail audit NAME`, read from /proc off the loop."""
+        from warden.host import jail_audit
+
+        sup = _sup(self.core.guests.require(name))
         loop = asyncio.get_running_loop()
-        report = await loop.run_in_executor(
-            None, jail_audit.audit, sup, hook.status.get(sup.name, {})
+        return await loop.run_in_executor(
+            None, jail_audit.audit, sup, self.hook.status.get(sup.name, {})
         )
-        return web.json_response(report)
 
-    daemon.add_route("GET", "machines/{name}/jail", audit)
+
+def _sup(guest: Guest) -> "Supervisor":
+    return cast("Supervisor", guest)

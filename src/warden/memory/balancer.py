@@ -19,8 +19,6 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.errors import Conflict, NotFound, SpecError, WardenError
@@ -44,7 +42,7 @@ from warden.memory.policy import (
 from warden.memory.procfs import Meminfo, ProcfsError, Vmstat, Watermarks
 from warden.memory.record import LogWriter, load_state, memory_dir, save_state
 from warden.tasks import cancel, spawn
-from warden.units import format_size, parse_size
+from warden.units import format_size
 
 if TYPE_CHECKING:
     from warden.daemon.core import Daemon
@@ -677,28 +675,6 @@ class Balancer:
         out = self._guest_json(name, cur or e, sup, self.assessed.get(name))
         out["reached"] = cur is not None and abs(cur.hi - size) < self.cfg.min_change
         return out
-
-    # ---- API ------------------------------------------------------------------------------
-    async def http_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.snapshot())
-
-    async def http_set(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise SpecError("request body is not JSON") from None
-        raw = body.get("size") if isinstance(body, dict) else None
-        if not isinstance(raw, str | int) or isinstance(raw, bool):
-            raise SpecError('expected {"size": "256M"} or {"size": "auto"}')
-        size: int | None
-        if raw == "auto":
-            size = None
-        else:
-            try:
-                size = parse_size(raw)
-            except ValueError as e:
-                raise SpecError(f"size {raw!r}: {e}, or 'auto' (the balancer decides)") from None
-        return web.json_response(await self.set_size(request.match_info["name"], size))
 
 
 def _kib(n: int | None) -> int | None:

@@ -13,7 +13,10 @@ Modules, from pure to effectful:
     state.py     what warden built, kept across daemon restarts (home/net/state.json)
     agent.py     the helper inside the namespace (a fresh process)
     client.py    the daemon's side of the agent protocol
-    service.py   networks' life cycle, the API routes
-    hook.py      the BootHook that gives a guest its taps
-    feature.py   install(daemon)
+    checks.py    a fleet checked against the host (pure)
+    status.py    what `warden net ls` shows (pure)
+    watch.py     the processes started in the namespace (dnsmasq, captures)
+    ondemand.py  an on-demand capture's pcap stream
+    service.py   networks' life cycle (the driver)
+    feature.py   the Feature (warden.daemon.seam) the daemon calls
 """

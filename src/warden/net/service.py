@@ -7,9 +7,9 @@ captures), and it is the only writer of warden's nftables tables. Every change g
 
     fleet applied     fleet_changed(): allocate addresses and marks, build missing bridges,
                       (re)start dnsmasq whose hosts changed, tear down networks nobody uses
-    guest boots       guest_up() (BootHook.before_boot): taps opened and handed to the kernel,
-                      the guest's rules added, honeypot capture started before the first frame
-    guest gone        guest_down() (BootHook.after_exit): its rules removed, captures ended
+    guest boots       guest_up() (before_boot): taps opened and handed to the kernel, the
+                      guest's rules added, honeypot capture started before the first frame
+    guest gone        guest_down() (after_exit): its rules removed, captures ended
     daemon stops      with guests still running: everything stays (they keep their network);
                       with none running: everything warden built is removed
     daemon starts     state.json read; guests that died meanwhile are forgotten; dnsmasq and
@@ -18,73 +18,51 @@ captures), and it is the only writer of warden's nftables tables. Every change g
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import os
-import select
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from warden import proc
 from warden.daemon import machine as m
-from warden.daemon.context import BootExtras
-from warden.errors import Conflict, NotFound, SpecError, WardenError
+from warden.daemon.seam import BootExtras, Core, Guest
+from warden.errors import Conflict, NotFound, WardenError
 from warden.host import cgroup
-from warden.net import capture, dnsmasq, names, plan, rules
+from warden.net import capture, checks, dnsmasq, names, plan, rules
 from warden.net import state as statemod
 from warden.net.client import AgentClient
 from warden.net.errors import NetError
+from warden.net.ondemand import CaptureStream
 from warden.net.plan import GuestPlan, NetPlan
+from warden.net.status import status
+from warden.net.watch import Watch, alive
 from warden.spec.fleet import Fleet
 from warden.tasks import spawn
 
-if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
-    from warden.daemon.supervisor import Supervisor
-
 log = logging.getLogger("warden.net")
 
-STOP_GRACE = 5.0
 RESTART_DELAY = 1.0
-
-
-def _where(netns: str) -> str:
-    return f"network namespace {netns!r}" if netns else "the host's own network namespace"
-
-
-def _alive(p: dict[str, Any]) -> bool:
-    """A process we started (a state.procs entry) still runs: its pid, started when we saw it
-    start (an entry without a start time cannot be told from a reused pid: not ours)."""
-    return p.get("start") is not None and proc.running(int(p["pid"]), p["start"])
-
-
-def _wait_fd(fd: int, timeout: float) -> bool:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    return bool(ready)
+# How the service gets its helper: AgentClient(netns, create, log file), not yet started.
+# Tests give a fake here (tests/net/test_service_driver.py).
+AgentFactory = Callable[[str, bool, Path], AgentClient]
 
 
 class NetService:
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
-        self.instance = daemon.layout.instance
-        self.dir = daemon.layout.home / "net"
+    def __init__(self, core: Core, agent_factory: AgentFactory = AgentClient):
+        self.core = core
+        self.instance = core.layout.instance
+        self.dir = core.layout.home / "net"
         self.state_path = self.dir / "state.json"
         self.state = statemod.State()
         self.agent: AgentClient | None = None
+        self.new_agent = agent_factory
         self.lock = asyncio.Lock()
         self.dirty = False
         self.last_error = ""
         self.br_netfilter: bool | None = None
-        self._pidfds: dict[str, int] = {}  # proc key -> pidfd being watched
+        self.procs = Watch(self._proc_exited)
         self._stopping = False
         self._loaded = False
-
-    @property
-    def ctx(self) -> Any:
-        return self.daemon.c
 
     # ---- life cycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -93,14 +71,14 @@ class NetService:
         try:
             self.state = statemod.load(self.state_path)
         except (ValueError, KeyError, TypeError) as e:
-            self.ctx.event(None, "net-state-unreadable", error=str(e))
+            self.core.event(None, "net-state-unreadable", error=str(e))
             self.state = statemod.State()
         self._loaded = True
 
     async def start(self) -> None:
         if not self._loaded:
             self.load()
-        if self._wanted(self.ctx.fleet) or self.state.networks or self.state.live:
+        if checks.wanted(self.core.fleet) or self.state.networks or self.state.live:
             self.dirty = True
             await self.reconcile()
 
@@ -111,171 +89,105 @@ class NetService:
                 if not self._guests_alive():
                     await self._teardown_all()
             except WardenError as e:
-                self.ctx.event(None, "net-teardown-failed", error=str(e))
+                self.core.event(None, "net-teardown-failed", error=str(e))
             finally:
-                for key in list(self._pidfds):
-                    self._unwatch(key)
-                self._close_agent()
+                self.procs.unwatch_all()
+                await self._close_agent()
 
     def fleet_changed(self) -> None:
         self.dirty = True
         spawn(self.reconcile(), "net-reconcile")
 
-    def _wanted(self, fleet: Fleet) -> bool:
-        return bool(fleet.networks) or any(mm.nics for mm in fleet.machines)
-
     def _guests_alive(self) -> bool:
         """Is any guest with a NIC running or about to (it needs its network)?"""
         if self.state.live:
             return True
-        return any(s.spec.nics and s.machine.state in m.LIVE for s in self.daemon.sups.values())
+        return any(g.spec.nics and g.state in m.LIVE for g in self.core.guests)
 
     def _save(self) -> None:
         statemod.save(self.state_path, self.state)
 
     # ---- the helper ---------------------------------------------------------------------------
-    def _close_agent(self) -> None:
-        if self.agent is not None:
-            self.agent.close()
-            self.agent = None
+    async def _close_agent(self) -> None:
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            await asyncio.get_running_loop().run_in_executor(None, agent.close)  # waits for it
+
+    def _agent_in(self, netns: str) -> AgentClient | None:
+        """The running helper, if it runs in `netns`."""
+        a = self.agent
+        return a if a is not None and a.alive() and a.netns == netns else None
 
     async def _ensure_agent(self, netns: str, create: bool = True) -> AgentClient:
-        if self.agent is not None and self.agent.alive() and self.agent.netns == netns:
-            return self.agent
-        self._close_agent()
-        client = AgentClient(netns, create, self.dir / "agent.log")
+        running = self._agent_in(netns)
+        if running is not None:
+            return running
+        await self._close_agent()
+        client = self.new_agent(netns, create, self.dir / "agent.log")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, client.start)
         self.agent = client
         if client.hello.get("created"):
             self.state.netns = {"name": netns, "created": True}
-            self.ctx.event(None, "netns-created", netns=netns)
+            self.core.event(None, "netns-created", netns=netns)
             self._save()
         return client
 
     def _probe_agent(self, netns: str) -> AgentClient | None:
-        """For checks at apply time (blocking): the running helper if it is in `netns`, else a
-        new one if that namespace exists (never created by a check), else None."""
-        if self.agent is not None and self.agent.alive() and self.agent.netns == netns:
-            return self.agent
+        """For checks at apply time (blocking: run off the loop): a new helper in `netns` if
+        that namespace exists (never created by a check), else None."""
         if netns and not Path("/run/netns", netns).exists():
             return None
-        return AgentClient(netns, False, self.dir / "agent.log").start()
+        return self.new_agent(netns, False, self.dir / "agent.log").start()
 
     # ---- checks before a fleet is applied ----------------------------------------------------
-    def check_fleet(self, new: Fleet) -> None:
-        """Refuse a fleet the host cannot carry out; raises before anything changes."""
-        if not self._wanted(new):
+    async def check_fleet(self, new: Fleet) -> None:
+        """Refuse a fleet the host cannot carry out; raises before anything changes. The
+        helper's answers are awaited (a helper that does not answer fails the check after
+        its timeout): the loop serves everything else meanwhile."""
+        if not checks.wanted(new):
             return
-        src = new.source
-        for tool, pkg in (("nft", "nftables"), ("dnsmasq", "dnsmasq-base")):
-            if shutil.which(tool) is None:
-                what = "nftables" if tool == "nft" else tool
-                raise NetError(
-                    f"{src}: the fleet has networks but {what} is missing (no `{tool}` in "
-                    f"PATH {os.environ.get('PATH', '')}): apt-get install {pkg}; nothing applied"
-                )
-        if any(mm.honeypot and mm.nics for mm in new.machines) and shutil.which("tcpdump") is None:
-            raise NetError(
-                f"{src}: honeypot guests are captured but tcpdump is missing: "
-                "apt-get install tcpdump; nothing applied"
-            )
-        for mm in new.machines:
-            ips = [n.ip for n in mm.nics if n.ip]
-            dup = {ip for ip in ips if ips.count(ip) > 1}
-            if dup:
-                raise SpecError(
-                    f"{src}: machine {mm.name!r}: nic ip {sorted(dup)[0]} is given to two of "
-                    "its NICs; each NIC needs its own address"
-                )
+        checks.check_tools(new)
+        checks.check_addresses(new)
         plan.allocate(new, self.state.addresses)  # a full subnet fails here
-        self._check_live_guests(new)
-        agent = self._probe_agent(new.host.netns)
+        checks.check_live_guests(new, self.state)
+        loop = asyncio.get_running_loop()
+        agent = self._agent_in(new.host.netns)
         if agent is None:
-            return  # the namespace does not exist yet: nothing in it can conflict
+            agent = await loop.run_in_executor(None, self._probe_agent, new.host.netns)
+            if agent is None:
+                return  # the namespace does not exist yet: nothing in it can conflict
         ok = False
         try:
-            self._check_host(new, agent)
+            checks.check_host(new, self.instance, await self._host_facts(new, agent))
             ok = True
         finally:
             if agent is not self.agent:
                 if ok and self.agent is None and not self.lock.locked():
                     self.agent = agent  # the reconcile after this apply will need it
                 else:
-                    agent.close()  # a refused fleet leaves no helper behind either
+                    # a refused fleet leaves no helper behind either
+                    await loop.run_in_executor(None, agent.close)
 
-    def _check_live_guests(self, new: Fleet) -> None:
-        live = self.state.live
-        if not live:
-            return
-        cur = self.state.netns.get("name", "")
-        if new.host.netns != cur:
-            raise Conflict(
-                f"{new.source}: [host] netns changes from {cur!r} to {new.host.netns!r} while "
-                f"guests use networks there ({', '.join(sorted(live))}); stop them first"
-            )
-        nets = {n.name: n for n in new.networks}
-        for g in self.state.live_guests():
-            if new.machine(g.name) is None:
-                continue  # it is being removed: its network goes when it has stopped
-            for nic in g.nics:
-                built = self.state.networks.get(nic.network, {})
-                n = nets.get(nic.network)
-                if n is None or n.subnet != built.get("subnet") or n.nat != built.get("nat"):
-                    raise Conflict(
-                        f"{new.source}: network {nic.network!r} would change or go while "
-                        f"{g.name} runs on it; stop {g.name} first"
-                    )
-
-    def _check_host(self, new: Fleet, agent: AgentClient) -> None:
-        where = _where(new.host.netns)
+    async def _host_facts(self, new: Fleet, agent: AgentClient) -> checks.HostFacts:
+        """What the helper says of the namespace the fleet's networks would live in."""
+        facts = checks.HostFacts()
         try:
-            listing = agent.call("nft", args=["list", "tables"])
+            listing = await agent.acall("nft", args=["list", "tables"])
         except NetError as e:
-            raise NetError(f"{new.source}: nftables does not work in {where}: {e}") from None
+            at = checks.where(new.host.netns)
+            raise NetError(f"{new.source}: nftables does not work in {at}: {e}") from None
         for item in (listing or {}).get("nftables", []):
             table = item.get("table")
             if table and table.get("name") == names.TABLE:
-                chains = agent.call("nft", args=["list", "table", table["family"], names.TABLE])
-                others = rules.owners(chains) - {names.owner_chain(self.instance)}
-                if others:
-                    raise Conflict(
-                        f"{new.source}: {where} already holds the nftables tables of another "
-                        f"warden home ({', '.join(sorted(others))}); give this fleet its own "
-                        "[host] netns"
-                    )
-        ours = names.alias_prefix(self.instance)
-        links = agent.call("links")
-        by_name = {link["name"]: link for link in links}
-        for n in new.networks:
-            br = by_name.get(names.bridge(n.name))
-            if br is not None and br["alias"] != names.bridge_alias(self.instance, n.name):
-                raise Conflict(
-                    f"{new.source}: network {n.name!r}: interface {br['name']} already exists "
-                    f"in {where} and is not this warden's (alias {br['alias']!r})"
-                )
-        own_ifaces = {link["name"] for link in links if link["alias"].startswith(ours)}
-        for ifname, addr, plen in agent.call("addresses"):
-            if ifname in own_ifaces:
-                continue
-            have = ipaddress.IPv4Interface(f"{addr}/{plen}").network
-            for n in new.networks:
-                if have.overlaps(ipaddress.IPv4Network(n.subnet)):
-                    raise SpecError(
-                        f"{new.source}: network {n.name!r}: subnet {n.subnet} overlaps "
-                        f"{addr}/{plen} on {ifname} in {where}; choose another subnet"
-                    )
-        installed = {(f.proto, f.host_port) for g in self.state.live_guests() for f in g.forwards}
-        for mm in new.machines:
-            for f in mm.forwards:
-                if (f.proto, f.host_port) in installed:
-                    continue
-                if not agent.call("port_free", proto=f.proto, port=f.host_port)["free"]:
-                    raise Conflict(
-                        f"{new.source}: machine {mm.name!r}: forward {f}: {f.proto} port "
-                        f"{f.host_port} is already bound in {where} (a service listens "
-                        "there); choose another host port"
-                    )
+                args = ["list", "table", table["family"], names.TABLE]
+                facts.chains.append(await agent.acall("nft", args=args))
+        facts.links = await agent.acall("links")
+        facts.addresses = await agent.acall("addresses")
+        for proto, port in checks.ports_to_probe(new, self.state):
+            if not (await agent.acall("port_free", proto=proto, port=port))["free"]:
+                facts.busy_ports.add((proto, port))
+        return facts
 
     # ---- reconcile -----------------------------------------------------------------------------
     async def reconcile(self) -> None:
@@ -284,13 +196,13 @@ class NetService:
                 await self._reconcile_locked()
             except WardenError as e:
                 self.last_error = str(e)
-                self.ctx.event(None, "net-failed", error=str(e))
+                self.core.event(None, "net-failed", error=str(e))
                 log.warning("networks: %s", e)
 
     async def _reconcile_locked(self) -> None:
         self.dirty = False
-        fleet: Fleet = self.ctx.fleet
-        self._forget_dead_guests()
+        fleet: Fleet = self.core.fleet
+        await self._forget_dead_guests()
         netns = fleet.host.netns
         if self.state.netns.get("name", "") != netns and self.state.networks:
             if self.state.live:
@@ -299,7 +211,7 @@ class NetService:
                     f"{self.state.netns.get('name')!r}; stop them and apply again"
                 )
             await self._teardown_all()
-        if not self._wanted(fleet) and not self.state.live:
+        if not checks.wanted(fleet) and not self.state.live:
             await self._teardown_all()
             return
         agent = await self._ensure_agent(netns)
@@ -329,13 +241,13 @@ class NetService:
         self._save()
         self.last_error = ""
 
-    def _forget_dead_guests(self) -> None:
+    async def _forget_dead_guests(self) -> None:
         for name in list(self.state.live):
-            sup = self.daemon.sups.get(name)
-            if sup is None or sup.machine.state not in m.LIVE:
+            guest = self.core.guests.get(name)
+            if guest is None or guest.state not in m.LIVE:
                 del self.state.live[name]
-                self._stop_proc_prefix(f"cap:{name}:")
-                self._remove_group(names.capture_cgroup(name))
+                self.procs.stop_prefix(self.state.procs, f"cap:{name}:")
+                await self._remove_group(names.capture_cgroup(name))
 
     async def _apply_rules(self) -> None:
         assert self.agent is not None
@@ -369,15 +281,15 @@ class NetService:
         built = self.state.networks.get(net.name)
         self.state.networks[net.name] = {"subnet": net.subnet, "nat": net.nat, "hosts": hosts}
         key = f"dns:{net.name}"
-        running = self._proc_alive(key)
+        running = alive(self.state.procs.get(key))
         if running and built is not None and built.get("hosts") == hosts:
-            self._watch_existing(key)
+            self.procs.watch_existing(self.state.procs, key)
             return
         if running:
-            await self._stop_proc(key)
+            await self.procs.stop(self.state.procs, key)
         await self._start_dnsmasq(agent, net, hosts)
         if res.get("created"):
-            self.ctx.event(None, "net-up", network=net.name, subnet=net.subnet, bridge=net.bridge)
+            self.core.event(None, "net-up", network=net.name, subnet=net.subnet, bridge=net.bridge)
 
     async def _start_dnsmasq(
         self, agent: AgentClient, net: NetPlan, hosts: list[list[str]]
@@ -397,8 +309,8 @@ class NetService:
         self._adopt(f"dns:{net.name}", res, fds)
 
     async def _teardown_network(self, agent: AgentClient | None, name: str) -> None:
-        await self._stop_proc(f"dns:{name}")
-        self._remove_group(names.network_cgroup(name))
+        await self.procs.stop(self.state.procs, f"dns:{name}")
+        await self._remove_group(names.network_cgroup(name))
         if agent is not None:
             await agent.acall(
                 "delete_link",
@@ -406,7 +318,7 @@ class NetService:
                 alias_prefix=names.alias_prefix(self.instance),
             )
         self.state.networks.pop(name, None)
-        self.ctx.event(None, "net-down", network=name)
+        self.core.event(None, "net-down", network=name)
 
     async def _teardown_all(self) -> None:
         """Remove everything warden built (no guest may be running on it)."""
@@ -414,8 +326,8 @@ class NetService:
         if not (st.networks or st.live or st.procs or st.netns.get("created") or self.agent):
             return
         for name in list(self.state.live):
-            self._stop_proc_prefix(f"cap:{name}:")
-            self._remove_group(names.capture_cgroup(name))
+            self.procs.stop_prefix(self.state.procs, f"cap:{name}:")
+            await self._remove_group(names.capture_cgroup(name))
         self.state.live.clear()
         netns = self.state.netns.get("name", "")
         agent: AgentClient | None = None
@@ -431,77 +343,45 @@ class NetService:
         for name in list(self.state.networks):
             await self._teardown_network(agent, name)
         for key in list(self.state.procs):
-            await self._stop_proc(key)
-        self._close_agent()
+            await self.procs.stop(self.state.procs, key)
+        await self._close_agent()
         if self.state.netns.get("created") and netns:
             from pyroute2 import netns as nsmod
 
+            loop = asyncio.get_running_loop()
             with contextlib.suppress(OSError):
-                nsmod.remove(netns)
-            self.ctx.event(None, "netns-removed", netns=netns)
+                await loop.run_in_executor(None, nsmod.remove, netns)
+            self.core.event(None, "netns-removed", netns=netns)
         self.state.netns = {"name": "", "created": False}
         self._save()
 
     # ---- processes (dnsmasq, captures) --------------------------------------------------------
     def _group(self, name: str) -> cgroup.Cgroup:
-        g = cgroup.Cgroup(self.ctx.hierarchy, self.instance, name)
+        g = cgroup.Cgroup(self.core.hierarchy, self.instance, name)
         g.create()
         return g
 
-    def _remove_group(self, name: str) -> None:
-        g = cgroup.Cgroup(self.ctx.hierarchy, self.instance, name)
+    async def _remove_group(self, name: str) -> None:
+        g = cgroup.Cgroup(self.core.hierarchy, self.instance, name)
         if not g.exists():
             return
         if g.populated():
             g.kill()
-            g.wait_empty(5)
+            await g.emptied(5)
         g.remove()
 
-    def _proc_alive(self, key: str) -> bool:
-        p = self.state.procs.get(key)
-        return p is not None and _alive(p)
-
     def _adopt(self, key: str, res: dict[str, Any], fds: list[int]) -> None:
-        """A process the helper just started: keep its pid and watch its pidfd (fds[0])."""
-        self.state.procs[key] = {"pid": res["pid"], "start": res["start"]}
-        self._unwatch(key)
-        self._watch(key, fds[0])
-        for fd in fds[1:]:
-            os.close(fd)
+        """A process the helper just started: kept in state.json and watched."""
+        self.procs.adopt(self.state.procs, key, res, fds)
         self._save()
 
-    def _watch_existing(self, key: str) -> None:
-        if key in self._pidfds:
-            return
-        p = self.state.procs[key]
-        try:
-            fd = os.pidfd_open(int(p["pid"]))
-        except ProcessLookupError:
-            return
-        if proc.start_time(int(p["pid"])) != p.get("start"):
-            os.close(fd)
-            return
-        self._watch(key, fd)
-
-    def _watch(self, key: str, pidfd: int) -> None:
-        self._pidfds[key] = pidfd
-        asyncio.get_running_loop().add_reader(pidfd, self._proc_exited, key)
-
-    def _unwatch(self, key: str) -> None:
-        fd = self._pidfds.pop(key, None)
-        if fd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(fd)
-            os.close(fd)
-
     def _proc_exited(self, key: str) -> None:
-        self._unwatch(key)
         self.state.procs.pop(key, None)
         if self._stopping:
             return
         self._save()
         kind, _, rest = key.partition(":")
-        self.ctx.event(rest.split(":")[0] if kind == "cap" else None, f"{kind}-exited", key=key)
+        self.core.event(rest.split(":")[0] if kind == "cap" else None, f"{kind}-exited", key=key)
         if kind == "dns":
             spawn(self._restart_later(), f"net-restart:{key}")
 
@@ -511,39 +391,8 @@ class NetService:
             self.dirty = True
             await self.reconcile()
 
-    async def _stop_proc(self, key: str) -> None:
-        """SIGTERM, then SIGKILL after STOP_GRACE, a process we started (by pidfd)."""
-        self._unwatch(key)
-        p = self.state.procs.pop(key, None)
-        if p is None or not _alive(p):
-            return
-        try:
-            fd = os.pidfd_open(int(p["pid"]))
-        except ProcessLookupError:
-            return
-        try:
-            if proc.start_time(int(p["pid"])) != p.get("start"):
-                return
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(fd, signal.SIGTERM)
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, _wait_fd, fd, STOP_GRACE):
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                await loop.run_in_executor(None, _wait_fd, fd, STOP_GRACE)
-        finally:
-            os.close(fd)
-
-    def _stop_proc_prefix(self, prefix: str) -> None:
-        for key in [k for k in self.state.procs if k.startswith(prefix)]:
-            self._unwatch(key)
-            p = self.state.procs.pop(key)
-            if _alive(p):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(p["pid"]), signal.SIGTERM)
-
     # ---- guests -------------------------------------------------------------------------------
-    async def guest_up(self, sup: "Supervisor", extras: BootExtras) -> None:
+    async def guest_up(self, sup: Guest, extras: BootExtras) -> None:
         spec = sup.spec
         if not spec.nics:
             return
@@ -552,8 +401,8 @@ class NetService:
                 await self._reconcile_locked()
             agent = self.agent
             assert agent is not None
-            fleet: Fleet = self.ctx.fleet
-            where = _where(fleet.host.netns)
+            fleet: Fleet = self.core.fleet
+            where = checks.where(fleet.host.netns)
             for nic in spec.nics:
                 if nic.network not in self.state.networks:
                     raise NetError(
@@ -591,35 +440,36 @@ class NetService:
     def _cleanup_failed_boot(self, name: str) -> Callable[[], None]:
         def cleanup() -> None:
             # The boot failed after guest_up: forget the guest (its taps vanish with their
-            # fds). Runs on the event loop; the helper call is short.
+            # fds) at once; the ruleset without it is written by a task, under the lock.
             self.state.live.pop(name, None)
-            self._stop_proc_prefix(f"cap:{name}:")
-            if self.agent is not None and self.agent.alive():
-                nets = [
-                    NetPlan(n, b["subnet"], b["nat"])
-                    for n, b in sorted(self.state.networks.items())
-                ]
-                cmds = rules.build(
-                    self.instance, nets, self.state.live_guests(), set(self.state.cut)
-                )
-                self.agent.call("nft", cmds=cmds)
+            self.procs.stop_prefix(self.state.procs, f"cap:{name}:")
             self._save()
+            spawn(self._rules_without(name), f"net-forget:{name}")
 
         return cleanup
 
-    async def _start_captures(self, agent: AgentClient, sup: "Supervisor", g: GuestPlan) -> None:
+    async def _rules_without(self, name: str) -> None:
+        async with self.lock:
+            if name in self.state.live or self.agent is None or not self.agent.alive():
+                return  # booted again meanwhile (its rules are in), or no helper to tell
+            try:
+                await self._apply_rules()
+            except NetError as e:
+                self.core.event(name, "net-failed", error=str(e))
+
+    async def _start_captures(self, agent: AgentClient, sup: Guest, g: GuestPlan) -> None:
         binary = shutil.which("tcpdump")
         if binary is None:
             raise NetError(
                 f"{g.name} is a honeypot but tcpdump is missing: apt-get install tcpdump"
             )
-        quota: int = self.ctx.fleet.logs.quota
+        quota: int = self.core.fleet.logs.quota
         directory = sup.files.logs / "pcap"
         directory.mkdir(parents=True, exist_ok=True)
         boot = sup.boot + 1  # the supervisor counts this boot after the hooks
         removed = capture.prune(directory, quota // 2, boot)
         if removed:
-            self.ctx.event(g.name, "capture-pruned", files=len(removed))
+            self.core.event(g.name, "capture-pruned", files=len(removed))
         size = capture.ring(quota, len(g.nics))
         group = self._group(names.capture_cgroup(g.name))
         for nic in g.nics:
@@ -633,9 +483,9 @@ class NetService:
                 ready="listening on",
             )
             self._adopt(f"cap:{g.name}:{nic.index}", res, fds)
-            self.ctx.event(g.name, "capture-started", nic=nic.index, file=str(out))
+            self.core.event(g.name, "capture-started", nic=nic.index, file=str(out))
 
-    async def guest_down(self, sup: "Supervisor") -> None:
+    async def guest_down(self, sup: Guest) -> None:
         name = sup.name
         async with self.lock:
             raw = self.state.live.pop(name, None)
@@ -643,23 +493,23 @@ class NetService:
                 return
             g = statemod.guest_from_json(raw)
             for key in [k for k in self.state.procs if k.startswith(f"cap:{name}:")]:
-                await self._stop_proc(key)  # normally gone already: its tap vanished
-            self._remove_group(names.capture_cgroup(name))
+                await self.procs.stop(self.state.procs, key)  # normally gone: its tap vanished
+            await self._remove_group(names.capture_cgroup(name))
             try:
                 agent = await self._ensure_agent(self.state.netns.get("name", ""), create=False)
                 for tap in g.taps:  # non-persistent taps vanish with the kernel's fd
                     if await agent.acall(
                         "delete_link", name=tap, alias_prefix=names.alias_prefix(self.instance)
                     ):
-                        self.ctx.event(name, "tap-left-behind", tap=tap)
+                        self.core.event(name, "tap-left-behind", tap=tap)
                 # Rules without the guest; networks the fleet dropped go if now unused.
                 await self._reconcile_locked()
             finally:
                 self._save()
 
     # ---- control ------------------------------------------------------------------------------
-    def _machine(self, name: str) -> "Supervisor":
-        sup = self.daemon.sup(name)
+    def _machine(self, name: str) -> Guest:
+        sup = self.core.guests.require(name)
         if not sup.spec.nics:
             raise Conflict(f"{name} has no NIC (nics = [...] in the fleet file)")
         return sup
@@ -688,85 +538,32 @@ class NetService:
                         self.state.cut.append(name)
                     raise
             self._save()
-        self.ctx.event(name, "net-cut" if cut else "net-restore", running=raw is not None)
+        self.core.event(name, "net-cut" if cut else "net-restore", running=raw is not None)
         return {"name": name, "cut": cut, "running": raw is not None, "changed": cut != was}
 
     async def ls(self) -> dict[str, Any]:
-        fleet: Fleet = self.ctx.fleet
         stats: dict[str, dict[str, Any]] = {}
         if self.agent is not None and self.agent.alive():
             with contextlib.suppress(NetError):
                 stats = {link["name"]: link for link in await self.agent.acall("links")}
-        networks = []
-        for n in fleet.networks:
-            p = NetPlan.of(n)
-            dns = self.state.procs.get(f"dns:{n.name}")
-            networks.append(
-                {
-                    "name": n.name,
-                    "subnet": n.subnet,
-                    "gateway": p.gateway,
-                    "nat": n.nat,
-                    "bridge": p.bridge,
-                    "up": n.name in self.state.networks and p.bridge in stats,
-                    "dnsmasq": dns["pid"] if dns else None,
-                }
-            )
-        guests = []
-        for mm in fleet.machines:
-            if not mm.nics:
-                continue
-            sup = self.daemon.sups.get(mm.name)
-            addrs = self.state.addresses.get(mm.name, [])
-            raw = self.state.live.get(mm.name)
-            nics = []
-            for i, nic in enumerate(mm.nics):
-                tap = names.tap(mm.name, i)
-                link = stats.get(tap) if raw is not None else None
-                nics.append(
-                    {
-                        "nic": i,
-                        "network": nic.network,
-                        "ip": addrs[i] if i < len(addrs) else "",
-                        "dhcp": not nic.ip,
-                        "mac": names.mac(self.instance, mm.name, i),
-                        "tap": tap if link is not None else None,
-                        "rx_bytes": link["rx_bytes"] if link else None,
-                        "tx_bytes": link["tx_bytes"] if link else None,
-                    }
-                )
-            guests.append(
-                {
-                    "name": mm.name,
-                    "state": str(sup.machine.state) if sup else "absent",
-                    "egress": mm.egress,
-                    "forwards": [str(f) for f in mm.forwards],
-                    "cut": mm.name in self.state.cut,
-                    "wired": raw is not None,
-                    "capture": sorted(
-                        k for k in self.state.procs if k.startswith(f"cap:{mm.name}:")
-                    ),
-                    "nics": nics,
-                }
-            )
-        return {
-            "netns": fleet.host.netns,
-            "netns_created": bool(self.state.netns.get("created")),
-            "br_netfilter": self.br_netfilter,
-            "error": self.last_error,
-            "networks": networks,
-            "guests": guests,
-        }
+        states = {g.name: str(g.state) for g in self.core.guests}
+        return status(
+            self.instance,
+            self.core.fleet,
+            self.state,
+            stats,
+            states,
+            self.br_netfilter,
+            self.last_error,
+        )
 
-    async def open_capture(
-        self, name: str, nic: int, count: int | None
-    ) -> tuple[str, int, int, dict[str, Any]]:
-        """Start an on-demand capture: (tap, pidfd, pipe fd of the pcap stream, spawn info)."""
+    async def open_capture(self, name: str, nic: int, count: int | None) -> CaptureStream:
+        """Start an on-demand capture of a running guest's NIC: its pcap stream."""
         sup = self._machine(name)
         async with self.lock:
             raw = self.state.live.get(name)
             if raw is None or self.agent is None:
-                raise Conflict(f"{name} is {sup.machine.state}: only a running guest has taps")
+                raise Conflict(f"{name} is {sup.state}: only a running guest has taps")
             g = statemod.guest_from_json(raw)
             if not 0 <= nic < len(g.nics):
                 raise NotFound(f"{name} has no NIC {nic} (it has {len(g.nics)})")
@@ -785,10 +582,14 @@ class NetService:
                 ready="listening on",
                 die_with_agent=True,
             )
-        self.ctx.event(name, "capture-started", nic=nic, tap=tap, on_demand=True)
-        return tap, fds[0], fds[1], res
+        self.core.event(name, "capture-started", nic=nic, tap=tap, on_demand=True)
+        stream = CaptureStream(
+            tap, int(res["pid"]), fds[0], fds[1], lambda: self.close_capture(name)
+        )
+        await stream.open()
+        return stream
 
     def close_capture(self, name: str) -> None:
-        g = cgroup.Cgroup(self.ctx.hierarchy, self.instance, names.capture_cgroup(name))
+        g = cgroup.Cgroup(self.core.hierarchy, self.instance, names.capture_cgroup(name))
         if g.exists() and not g.populated() and name not in self.state.live:
             g.remove()

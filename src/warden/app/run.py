@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from warden import termsafe
-from warden.api.server import Api
-from warden.daemon.core import Daemon, FleetFile
+from warden.app.compose import build
+from warden.daemon.core import FleetFile
 from warden.errors import Conflict
 from warden.paths import Layout
 from warden.tasks import spawn
@@ -102,8 +102,8 @@ async def serve(
     layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool, prune: bool = False
 ) -> int:
     lock = _lock(layout)
-    daemon = Daemon(layout)
-    api = Api(daemon)
+    app = build(layout)
+    daemon, api = app.daemon, app.api
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
@@ -116,9 +116,9 @@ async def serve(
     # finally block stops what was started: the guests of `up`, the services, the API.
     refused = True
     try:
-        daemon.open()
+        await daemon.open()
         if up is not None:
-            q = daemon.c.bus.subscribe()
+            q = daemon.ctx.bus.subscribe()
 
             async def show() -> None:
                 while True:

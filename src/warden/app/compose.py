@@ -1,0 +1,57 @@
+"""The daemon, its features and its API, put together: the one list of features, in order.
+
+The daemon calls every hook of every feature in this order (and stops them in reverse). The
+order is what the features need of each other, never what they import (they import nothing of
+each other):
+
+    jail       first: its before_boot gives the guest its uid and cgroup limits, which the
+               honeypot's disguise server (filter programs run as that uid) reads after it
+    net        taps, rules and captures before a boot; torn down after the guests at stop
+    memory     admission (check_start) and room in the budget before the launch; jail, net and
+               memory keep the order their boot hooks always had
+    honeypot   after the jail (uid); at start it re-opens the tty logs of re-attached guests,
+               which must happen before the console starts
+    console    last to start: its log service closes every session log that nobody has
+               re-opened by then (finalize_stale), the honeypot's tty logs among them
+    snapshots  no hooks: snapshots and diffs by machine name
+
+The console also provides the log of every terminal line (Core.logs), wired here.
+"""
+
+from dataclasses import dataclass
+
+from warden.api.server import Api, Features
+from warden.console.feature import ConsoleFeature
+from warden.daemon.context import Context
+from warden.daemon.core import Daemon
+from warden.daemon.seam import Feature
+from warden.honeypot.feature import HoneypotFeature
+from warden.host.jail_feature import JailFeature
+from warden.memory.feature import MemoryFeature
+from warden.net.feature import NetFeature
+from warden.paths import Layout
+from warden.snapshots.feature import SnapshotFeature
+
+
+@dataclass(frozen=True)
+class App:
+    daemon: Daemon
+    api: Api
+
+
+def build(layout: Layout) -> App:
+    """Read the home's state and build everything; starts nothing."""
+    ctx = Context.load(layout)
+    jail = JailFeature(ctx)
+    net = NetFeature(ctx)
+    memory = MemoryFeature(ctx)
+    honeypot = HoneypotFeature(ctx)
+    console = ConsoleFeature(ctx)
+    snapshots = SnapshotFeature(ctx)
+    ctx.logs = console.line_log
+    order: tuple[Feature, ...] = (jail, net, memory, honeypot, console, snapshots)
+    daemon = Daemon(ctx, order)
+    features = Features(
+        console=console, jail=jail, net=net, memory=memory, honeypot=honeypot, snapshots=snapshots
+    )
+    return App(daemon, Api(daemon, features))
