@@ -45,7 +45,7 @@ from tests.support.ssh_client import SSH_OPTS, SshSession, SshUser
 from warden.honeypot import channels
 from warden.images import debian
 from warden.images.store import ImageStore
-from warden.kernel import build as kbuild
+from warden.kernelbuild import build as kbuild
 from warden.paths import Layout
 from warden.progress import NullProgress
 

@@ -100,7 +100,7 @@ def test_an_intruders_tty_flood_leaves_room_for_the_next_exec_and_keystrokes(
     ends), then the intruder types a command on another session and one on the console."""
     from tests.support.honeypot import honeypot_kernel
     from tests.support.netlab import guest_sh, wait_running
-    from warden.kernel import build as kbuild
+    from warden.kernelbuild import build as kbuild
 
     honeypot_kernel()  # in the shared cache (built there once)
     kbuild.build(daemon.layout, "honeypot")

@@ -12,9 +12,9 @@ import pytest
 
 from warden.cli.main import main as cli
 from warden.errors import KernelError
-from warden.kernel import build as kbuild
-from warden.kernel import source
-from warden.kernel.source import BuildInputs, ConfigLine, Patch
+from warden.kernelbuild import build as kbuild
+from warden.kernelbuild import source
+from warden.kernelbuild.source import BuildInputs, ConfigLine, Patch
 from warden.paths import Layout
 from warden.progress import NullProgress
 

@@ -36,7 +36,7 @@ def honeypot_kernel() -> Path:
     A first build takes ~7 minutes on 2 cores (CI builds it once; the cache keeps it); its
     progress goes to the real stderr so CI logs show it.
     """
-    from warden.kernel import build
+    from warden.kernelbuild import build
 
     return build.build(
         shared_layout(), "honeypot", PlainProgress("kernel honeypot", sys.__stderr__)

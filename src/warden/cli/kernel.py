@@ -3,8 +3,8 @@
 import argparse
 import json
 
-from warden.kernel import build as kbuild
-from warden.kernel.source import KNOWN_KERNELS
+from warden.kernelbuild import build as kbuild
+from warden.kernelbuild.source import KNOWN_KERNELS
 from warden.paths import layout
 from warden.progress import progress
 from warden.uml import kernel as ukernel

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warden.errors import KernelError
-from warden.kernel.source import BuildInputs, gather, parse_config
+from warden.kernelbuild.source import BuildInputs, gather, parse_config
 from warden.paths import Layout
 from warden.progress import NullProgress, Progress
 
