@@ -435,7 +435,13 @@ class Supervisor:
         self.mconsole = mconsole.AsyncClient(
             self.files.mconsole, self.files.reply, relative_reply=True
         )
-        os.chmod(self.files.reply, 0o666)  # a jailed kernel (another uid) must reach it
+        # The kernel must be able to send to both: a jailed kernel runs as the guest's uid and
+        # gid, which the jail hook made ctl/'s group (root:GID 1770); an unjailed one as root
+        # (ctl/ root:root 0700). Never world-writable: another guest's uid could flood them.
+        group = os.stat(self.files.ctl).st_gid
+        for sock in (self.files.notify, self.files.reply):
+            os.chown(sock, 0, group)
+            os.chmod(sock, 0o660 if group else 0o600)
         asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
 
     def _close_sockets(self) -> None:
