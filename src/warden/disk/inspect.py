@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from warden.disk import backing, hostfile
+from warden.disk.diff import display
 from warden.uml import cow
 
 
@@ -80,11 +81,9 @@ def inspect(
     h, length = cow.read_header(path)
     state = backing.state(path, h, backing_path, recorded)
     warnings: list[str] = []
-    if not state.named_ok:
-        warnings.append(
-            f"the header names {os.fsdecode(h.backing)!r}, not {state.path}"
-            + (" (warden uses the base it recorded)" if recorded is not None else "")
-        )
+    if not state.named_ok and recorded is None:
+        # (a machine's header may name the jail's /disk/base: its recorded base is what counts)
+        warnings.append(f"the header names {display(h.backing)!r}, not {state.path}")
     if h.mapped_sectors < h.sectors:
         warnings.append(
             f"a {h.layout.value} header with {h.sectors} sectors has bits for only "

@@ -165,6 +165,7 @@ class JailHook:
         self.daemon = daemon
         self.emptiers: dict[str, asyncio.Task[None]] = {}
         self.status: dict[str, dict[str, Any]] = {}  # per guest: the jail's state this boot
+        self._repaired: dict[str, tuple[bytes, str]] = {}  # header names put back this boot
 
     async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
         spec = sup.spec
@@ -177,11 +178,17 @@ class JailHook:
         shutil.rmtree(sup.files.ctl / sup.name, ignore_errors=True)
         self.status[sup.name] = {"jailed": spec.jail, "state": "booting" if spec.jail else "off"}
         loop = asyncio.get_running_loop()
-        if not spec.jail:
-            await loop.run_in_executor(None, self._unjailed, sup)
-            return
-        plan = await loop.run_in_executor(None, self._plan, sup, extras, limits)
-        extras.jail = plan.to_dict()
+        try:
+            if not spec.jail:
+                await loop.run_in_executor(None, self._unjailed, sup)
+                return
+            plan = await loop.run_in_executor(None, self._plan, sup, extras, limits)
+            extras.jail = plan.to_dict()
+        finally:
+            repaired = self._repaired.pop(sup.name, None)  # an event is for the loop's thread
+            if repaired is not None:
+                old, new = repaired
+                sup.ctx.event(sup.name, "cow-header-repaired", named=display(old), now=new)
 
     def _unjailed(self, sup: "Supervisor") -> None:
         """A guest without a jail runs as root: its control directory is root's alone (its
@@ -199,16 +206,8 @@ class JailHook:
         the jail's name for it was rewritten by someone else, the guest most likely: an event
         records what it said."""
         old = rebase.name_backing(sup.files.cow, name)
-        if old is None:
-            return
-        expected = {JAIL_BASE.encode(), kernel_path(Path(sup.base or "/"))}
-        if old not in expected:
-            sup.ctx.event(
-                sup.name,
-                "cow-header-repaired",
-                named=display(old),
-                now=name.decode(errors="replace"),
-            )
+        if old is not None and old not in {JAIL_BASE.encode(), kernel_path(Path(sup.base or "/"))}:
+            self._repaired[sup.name] = (old, display(name))
 
     def _plan(self, sup: "Supervisor", extras: BootExtras, limits: cgroup.Limits) -> jail.JailPlan:
         """Check everything, then claim the uid and hand the guest its files (blocking I/O)."""
