@@ -63,12 +63,12 @@ LAYER = {
 # Below the core, who may import whom (besides the base, which everyone may import).
 BELOW_MAY = {
     "sessionlog": set(),
-    "spec": set(),
+    "spec": {"uml"},  # the kernel arguments warden sets itself (uml.cmdline) are refused
     "store": set(),
     "images": set(),
     "host": set(),  # no guest knowledge: not daemon, disk, uml or spec
     "uml": {"host"},
-    "disk": {"uml"},
+    "disk": {"uml", "spec", "store"},  # recorded.py: the base warden.db recorded for a disk
     "kernelbuild": {"uml"},
     "doctor": {"host", "images", "uml"},
 }
@@ -111,6 +111,8 @@ KNOWN: dict[tuple[str, str], str] = {
     ("warden.host.jail_feature", "warden.daemon.supervisor"): "phase 2: jail/",
     ("warden.host.jail_feature", "warden.disk.create"): "phase 2: jail/",
     ("warden.host.jail_feature", "warden.disk.backing"): "phase 2: jail/",
+    ("warden.host.jail_feature", "warden.disk.rebase"): "phase 2: jail/",
+    ("warden.host.jail_feature", "warden.disk.diff"): "phase 2: jail/",
     ("warden.host.jail_feature", "warden.spec.fleet"): "phase 2: jail/",
     ("warden.host.jail_feature", "warden.uml.kernel"): "phase 2: jail/",
     ("warden.host.jail_feature", "warden.uml.mconsole"): "phase 2: jail/",

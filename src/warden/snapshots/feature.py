@@ -8,12 +8,15 @@ reach it through the daemon's own mconsole client on the loop.
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from warden.daemon import machine as m
 from warden.daemon.seam import Core, Feature, Guest
 from warden.disk import diff as diffmod
 from warden.disk import snapshot
+from warden.disk.backing import Recorded
+from warden.disk.errors import DiskError
 from warden.errors import Conflict
 
 
@@ -45,6 +48,17 @@ def _client(guest: Guest) -> "snapshot.CommandClient":
     return _Stopped()
 
 
+def recorded(guest: Guest) -> Recorded:
+    """The base warden recorded for the machine: every disk operation uses it, never the path
+    the guest-writable COW header names."""
+    if not guest.base:
+        raise DiskError(
+            f"{guest.name}: no base image is recorded for its disk; `warden reset {guest.name}` "
+            "makes a new disk over the image's current build"
+        )
+    return Recorded(guest.name, Path(guest.base))
+
+
 class SnapshotFeature(Feature):
     name = "snapshots"
 
@@ -56,7 +70,10 @@ class SnapshotFeature(Feature):
         snap = snap or time.strftime("%Y%m%d-%H%M%S")
         client = _client(guest)
         loop = asyncio.get_running_loop()
-        s = await loop.run_in_executor(None, snapshot.take, guest.files.cow, client, snap)
+        rec = recorded(guest)
+        s = await loop.run_in_executor(
+            None, lambda: snapshot.take(guest.files.cow, client, snap, recorded=rec)
+        )
         self.core.event(
             guest.name, "snapshot", snapshot=s.name, paused_ms=round(s.paused_seconds * 1e3)
         )
@@ -73,7 +90,10 @@ class SnapshotFeature(Feature):
         if guest.state in m.LIVE:
             raise Conflict(f"{guest.name} is {guest.state}; stop it before a restore")
         loop = asyncio.get_running_loop()
-        s = await loop.run_in_executor(None, snapshot.restore, guest.files.cow, snap)
+        rec = recorded(guest)
+        s = await loop.run_in_executor(
+            None, lambda: snapshot.restore(guest.files.cow, snap, recorded=rec)
+        )
         self.core.event(guest.name, "snapshot-restored", snapshot=s.name)
         return s.as_json()
 
@@ -86,15 +106,20 @@ class SnapshotFeature(Feature):
     async def diff(self, name: str) -> dict[str, Any]:
         guest = self.core.guests.require(name)
         loop = asyncio.get_running_loop()
+        rec = recorded(guest)
         if guest.state in m.LIVE:
             client = _client(guest)
             temp = f"diff-{time.time_ns()}"
-            s = await loop.run_in_executor(None, snapshot.take, guest.files.cow, client, temp)
+            s = await loop.run_in_executor(
+                None, lambda: snapshot.take(guest.files.cow, client, temp, recorded=rec)
+            )
             try:
-                report = await loop.run_in_executor(None, diffmod.diff, s.cow)
+                report = await loop.run_in_executor(None, lambda: diffmod.diff(s.cow, recorded=rec))
             finally:
                 await loop.run_in_executor(None, snapshot.delete, guest.files.cow, temp)
         else:
-            report = await loop.run_in_executor(None, diffmod.diff, guest.files.cow)
+            report = await loop.run_in_executor(
+                None, lambda: diffmod.diff(guest.files.cow, recorded=rec)
+            )
         out: dict[str, Any] = report.as_json()
         return out
