@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from warden.host import cgroup, jail, jail_feature, uids
+from warden.host import cgroup, jail, uids
+from warden.jail import limits as jail_limits
 from warden.paths import Layout
 from warden.uml import mconsole
 
@@ -67,11 +68,11 @@ def test_limits_written_where_each_controller_lives(tmp_path: Path) -> None:
 
 
 def test_memory_limit_covers_the_guest_and_its_overhead() -> None:
-    small = jail_feature.limits_for(64 << 20)
-    big = jail_feature.limits_for(4 << 30)
-    assert small.memory == (64 << 20) + jail_feature.MEMORY_OVERHEAD + (16 << 20)
-    assert big.memory == (4 << 30) + jail_feature.MEMORY_OVERHEAD + 4 * (16 << 20)
-    assert small.pids == jail_feature.PIDS_MAX
+    small = jail_limits.limits_for(64 << 20)
+    big = jail_limits.limits_for(4 << 30)
+    assert small.memory == (64 << 20) + jail_limits.MEMORY_OVERHEAD + (16 << 20)
+    assert big.memory == (4 << 30) + jail_limits.MEMORY_OVERHEAD + 4 * (16 << 20)
+    assert small.pids == jail_limits.PIDS_MAX
 
 
 def test_image_link_rule(tmp_path: Path) -> None:
@@ -81,12 +82,12 @@ def test_image_link_rule(tmp_path: Path) -> None:
     real.write_bytes(b"x")
     near = tmp_path / "a" / "disk.img"
     near.symlink_to("disk-1.img")
-    jail_feature.check_image_link(near, "image")  # same directory: like images/NAME.img
-    jail_feature.check_image_link(real, "image")
+    jail_limits.check_image_link(near, "image")  # same directory: like images/NAME.img
+    jail_limits.check_image_link(real, "image")
     far = tmp_path / "b" / "disk.img"
     far.symlink_to(real)
-    with pytest.raises(jail_feature.JailError) as e:
-        jail_feature.check_image_link(far, "machine 'g': image")
+    with pytest.raises(jail_limits.JailError) as e:
+        jail_limits.check_image_link(far, "machine 'g': image")
     msg = str(e.value)
     assert str(far) in msg and str(real) in msg and "give the real path" in msg
 
@@ -107,7 +108,7 @@ def test_bind_sources_are_checked(tmp_path: Path) -> None:
 
 
 def test_kernel_needs_its_loader_and_libc() -> None:
-    objs = jail_feature.shared_objects(Path("/usr/bin/linux.uml"))
+    objs = jail_limits.shared_objects(Path("/usr/bin/linux.uml"))
     assert any(o.endswith("/libc.so.6") for o in objs)
     assert any("ld-linux" in o for o in objs)
 

@@ -105,19 +105,6 @@ AIOHTTP = "api"
 # Imports that break a rule today, each with what removes it. The test fails when one of them
 # is gone, so that this list only shrinks (docs/decisions/2026-12-07-structure.md).
 KNOWN: dict[tuple[str, str], str] = {
-    # the jail moves out of host/ into a feature package of its own once ws/disk has landed
-    ("warden.host.jail_feature", "warden.daemon.machine"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.daemon.seam"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.daemon.supervisor"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.disk.create"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.disk.backing"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.disk.rebase"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.disk.diff"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.spec.fleet"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.uml.kernel"): "phase 2: jail/",
-    ("warden.host.jail_feature", "warden.uml.mconsole"): "phase 2: jail/",
-    ("warden.host.jail_audit", "warden.daemon.supervisor"): "phase 2: jail/",
-    ("warden.cli.disk", "warden.uml.mconsole"): "phase 2: disk.snapshot opens it",
     # the balancer still reads the daemon's supervisors until it is split (after ws/mem)
     ("warden.memory.balancer", "warden.daemon.core"): "phase 3: memory on the seam",
     ("warden.memory.balancer", "warden.daemon.supervisor"): "phase 3: memory on the seam",

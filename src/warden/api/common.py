@@ -13,7 +13,7 @@ from warden.console.feature import ConsoleFeature
 from warden.daemon.core import Daemon
 from warden.errors import SpecError
 from warden.honeypot.feature import HoneypotFeature
-from warden.host.jail_feature import JailFeature
+from warden.jail.feature import JailFeature
 from warden.memory.feature import MemoryFeature
 from warden.net.feature import NetFeature
 from warden.snapshots.feature import SnapshotFeature

@@ -26,7 +26,7 @@ from warden.daemon.context import Context
 from warden.daemon.core import Daemon
 from warden.daemon.seam import Feature
 from warden.honeypot.feature import HoneypotFeature
-from warden.host.jail_feature import JailFeature
+from warden.jail.feature import JailFeature
 from warden.memory.feature import MemoryFeature
 from warden.net.feature import NetFeature
 from warden.paths import Layout

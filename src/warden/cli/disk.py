@@ -19,7 +19,6 @@ that is not the file the header names is refused with both.
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from warden.disk.errors import DiskError
 from warden.errors import WardenError
 from warden.paths import layout
 from warden.progress import progress
-from warden.uml import mconsole
 from warden.units import format_size
 
 
@@ -158,17 +156,15 @@ def _snapshot(args: argparse.Namespace) -> int:
     args.name = args.name or args.target
     cow_path = Path(args.cow)
     store = Path(args.store) if args.store else None
-    with tempfile.TemporaryDirectory(prefix="warden-mc-") as tmp:
-        with mconsole.Client(Path(args.mconsole), Path(tmp) / "reply") as client:
-            with progress(f"snapshot {args.name}") as p:
-                s = snapshot.take(
-                    cow_path,
-                    client,
-                    args.name,
-                    store=store,
-                    progress=p,
-                    recorded=recorded.lookup(cow_path),
-                )
+    with progress(f"snapshot {args.name}") as p:
+        s = snapshot.take_by_socket(
+            cow_path,
+            Path(args.mconsole),
+            args.name,
+            store=store,
+            progress=p,
+            recorded=recorded.lookup(cow_path),
+        )
     print(
         f"snapshot {s.name} of {cow_path}: {s.cow} ({s.sectors_written} sectors written), "
         f"guest paused {s.paused_seconds * 1000:.0f} ms"

@@ -78,9 +78,6 @@ class Supervisor:
     def pid(self) -> int | None:
         return self.machine.pid
 
-    def base_for_boot(self) -> Path:
-        return self._base_for_boot()
-
     # ---- spec and persistence -------------------------------------------------------------
     def _sync_lines(self) -> None:
         for name in self.spec.lines:
@@ -256,7 +253,7 @@ class Supervisor:
             logs.rename(dest)
 
     # ---- launching ------------------------------------------------------------------------
-    def _base_for_boot(self) -> Path:
+    def base_for_boot(self) -> Path:
         """The base image this boot uses: the one warden recorded at create or reset (self.base,
         kept in warden.db), never the file the COW header names, which the guest can rewrite.
         Only the header is read, and its size and mtime must match that base, as the kernel
@@ -298,7 +295,7 @@ class Supervisor:
             k = kernel.resolve(self.ctx.layout, spec.kernel)
             self.kernel_path = k.path
             shim = await loop.run_in_executor(None, kernel.xstate_shim, self.ctx.layout)
-            base = self._base_for_boot()
+            base = self.base_for_boot()
             self.files.create(spec.lines)
             self._sync_lines()
             if self.cgroup.exists() and self.cgroup.populated():

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from warden.disk import backing, hostfile
 from warden.disk.errors import DiskError, DiskFull, SnapshotError
 from warden.errors import MconsoleError
 from warden.progress import NullProgress, Progress
-from warden.uml import cow
+from warden.uml import cow, mconsole
 
 META_FORMAT = 1
 COW_NAME = "disk.cow"
@@ -284,3 +285,19 @@ def restore(
 def delete(cow_path: Path, name: str, store: Path | None = None) -> None:
     snap = get(cow_path, name, store)
     shutil.rmtree(snap.directory)
+
+
+def take_by_socket(
+    cow_path: Path,
+    mconsole_socket: Path,
+    name: str,
+    *,
+    store: Path | None = None,
+    progress: Progress | None = None,
+    recorded: backing.Recorded | None = None,
+) -> Snapshot:
+    """`take` for a guest warden does not run: its mconsole is reached at `mconsole_socket`,
+    with a reply socket of our own in a private temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="warden-mc-") as tmp:
+        with mconsole.Client(mconsole_socket, Path(tmp) / "reply") as client:
+            return take(cow_path, client, name, store=store, progress=progress, recorded=recorded)

@@ -11,13 +11,13 @@ uid's claim complete the report. Read-only: nothing here changes the guest.
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from warden import proc
+from warden.daemon.seam import Guest
 from warden.host import uids
-
-if TYPE_CHECKING:
-    from warden.daemon.supervisor import Supervisor
+from warden.host.cgroup import Hierarchy
+from warden.paths import Layout
 
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup", "user", "time")
 CAP_SETS = (("CapInh", "inheritable"), ("CapPrm", "permitted"), ("CapEff", "effective"),
@@ -26,7 +26,7 @@ SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 MAX_ENTRIES = 10000
 
 
-def known_files(sup: "Supervisor") -> dict[tuple[int, int], str]:
+def known_files(sup: Guest) -> dict[tuple[int, int], str]:
     """(st_dev, st_ino) -> host path, for the files a guest's kernel is given: a file whose
     mount the jail detached reads as "/" through /proc/PID/fd, its inode still says which."""
     f = sup.files
@@ -111,18 +111,20 @@ def _mounts(pid: int) -> list[str]:
     return mounts
 
 
-def audit(sup: "Supervisor", jail_status: dict[str, Any]) -> dict[str, Any]:
-    pid = sup.machine.pid
+def audit(
+    sup: Guest, layout: Layout, hierarchy: Hierarchy, jail_status: dict[str, Any]
+) -> dict[str, Any]:
+    pid = sup.pid
     report: dict[str, Any] = {
         "name": sup.name,
-        "state": str(sup.machine.state),
+        "state": str(sup.state),
         "jail": sup.spec.jail,
         "jail_state": jail_status.get("state", "unknown"),
         "uid": sup.uid,
-        "uid_claim": uids.owner(sup.ctx.layout, sup.uid) if sup.uid is not None else None,
+        "uid_claim": uids.owner(layout, sup.uid) if sup.uid is not None else None,
         "cgroup": {
             "path": str(sup.cgroup.path),
-            "hierarchy": sup.ctx.hierarchy.describe(),
+            "hierarchy": hierarchy.describe(),
             "limits": sup.cgroup.limits(),
         },
         "kernel_pid": pid,
