@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from warden import guestinput
+from warden.daemon.launcher import HostLauncher, Launcher
 from warden.daemon.lines import LineLog, NullLog
 from warden.daemon.seam import BootExtras, Feature, Guest, LogFactory
 from warden.errors import NotFound, SpecError
@@ -94,10 +95,15 @@ class Context:
     # The features, in the composition root's order: every boot hook is called on each.
     features: list[Feature] = field(default_factory=list)
     zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
+    launcher: Launcher = None  # type: ignore[assignment]  # made in __post_init__
     logs: LogFactory = null_logs
     machines: "dict[str, Supervisor]" = field(default_factory=dict)
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
     _gate_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.launcher is None:
+            self.launcher = HostLauncher(lambda: self.zygote)
 
     @classmethod
     def load(cls, layout: Layout) -> "Context":

@@ -8,17 +8,14 @@ and mconsole reply sockets while the kernel runs: a handful of fds and no thread
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from warden import guestinput, proc
-from warden.daemon import kernelout
+from warden.daemon import bootplan, kernelout
 from warden.daemon import machine as m
 from warden.daemon.context import Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
@@ -28,16 +25,14 @@ from warden.disk import backing
 from warden.disk import create as disk_create
 from warden.errors import Conflict, WardenError
 from warden.host import cgroup
-from warden.host.launch import LaunchPlan
 from warden.images import seed as seedmod
 from warden.spec.fleet import Machine as Spec
 from warden.store import MachineRow
 from warden.tasks import spawn
-from warden.uml import cmdline, cow, kernel, mconsole, xstate
+from warden.uml import cow, kernel, mconsole, xstate
 
 log = logging.getLogger("warden.supervisor")
 
-LAUNCH_TIMEOUT = 30.0
 PANIC_GRACE = 3.0
 REBOOT_MARK = b"reboot: Restarting system"
 
@@ -273,17 +268,6 @@ class Supervisor:
         recorded = backing.Recorded(self.name, Path(self.base))
         return backing.require_header(self.files.cow, header, recorded=recorded)
 
-    def _seed(self, extras: BootExtras) -> seedmod.Seed:
-        return seedmod.Seed(
-            hostname=self.name,
-            lines=tuple(cmdline.guest_tty(line) for line in self.spec.lines),
-            root_hash=self.spec.root_password_hash,
-            network=extras.network,
-            admin_hash=self.spec.admin_password_hash,
-            ssh_keys=self.spec.ssh_keys,
-            fpu_safe=self.kernel_path is not None and xstate.guest_needs_fpu_safe(self.kernel_path),
-        )
-
     async def _launch(self) -> None:
         spec = self.spec
         loop = asyncio.get_running_loop()
@@ -306,7 +290,9 @@ class Supervisor:
             self.cgroup.create()
             for feature in self.ctx.features:
                 await feature.before_boot(self, extras)
-            await loop.run_in_executor(None, seedmod.write, self.files.seed, self._seed(extras))
+            fpu_safe = xstate.guest_needs_fpu_safe(k.path)
+            seed = bootplan.seed_for(spec, extras.network, fpu_safe)
+            await loop.run_in_executor(None, seedmod.write, self.files.seed, seed)
             self.boot += 1
             self.base = str(base)
             self._bind_sockets()
@@ -315,32 +301,18 @@ class Supervisor:
             # stdout/stderr: a FIFO the log service copies into logs/kernel-BOOT.log under a
             # budget (daemon/kernelout.py); the kernel keeps its spare read end.
             kout = kernelout.open_kernel_ends(self.files)
-            v = extras.view
-            plan = cmdline.BootPlan(
-                memory=spec.memory,
-                cow=v(self.files.cow),
-                base=v(base),
-                umid=self.name,
-                uml_dir=v(self.files.ctl),
-                lines=tuple(cmdline.LineFds(f.line, f.read, f.write) for f in kernel_fds),
-                seed=v(self.files.seed),
-                notify=v(self.files.notify),
-                kernel_args=spec.kernel_args,
-                extra=tuple(extras.kernel_args),
+            inputs = bootplan.KernelInputs(
+                kernel=k.path,
+                shim=shim,
+                base=base,
+                lines=kernel_fds,
+                out=kout,
+                cgroup_procs=self.cgroup.procs_files(),
             )
-            keep = [fd for f in kernel_fds for fd in f.all()] + extras.fds + [kout.keep]
-            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_PRELOAD": str(shim), **extras.env}
-            launch = LaunchPlan(
-                argv=cmdline.argv(v(k.path), plan),
-                env=env,
-                keep_fds=keep,
-                log_fd=kout.write,
-                cgroup_procs=[str(p) for p in self.cgroup.procs_files()],
-                cwd=str(self.files.ctl),  # see _bind_sockets; a jail maps it (jail.enter)
-                rlimits=extras.rlimits,
-                jail=extras.jail,
+            plan = bootplan.launch_plan(spec, self.files, extras, inputs)
+            pid = await self.ctx.launcher.launch(
+                self.name, plan, bootplan.passed_fds(extras, inputs)
             )
-            pid = await self._run_launcher(launch, keep + [kout.write])
             launched = True
             self.pid_start = proc.start_time(pid)
             self.started_at = time.time()
@@ -372,62 +344,6 @@ class Supervisor:
             extras.close_fds()
             if kout is not None:
                 kout.close()
-
-    async def _run_launcher(self, plan: LaunchPlan, fds: list[int]) -> int:
-        """Start warden.host.launch (forked by the zygote when it runs, else a fresh Python),
-        hand it the plan, return the kernel's pid."""
-        loop = asyncio.get_running_loop()
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        zygote = self.ctx.zygote
-        if zygote is not None and zygote.alive():
-            try:
-                zygote.spawn(plan, fds, status_w)
-            except OSError as e:
-                log.warning("%s: the zygote failed (%s); starting a launcher", self.name, e)
-            else:
-                os.close(status_w)
-                try:
-                    status = await asyncio.wait_for(
-                        loop.run_in_executor(None, _read_all, status_r), LAUNCH_TIMEOUT
-                    )
-                finally:
-                    os.close(status_r)
-                return self._launched_pid(status, b"", None)
-            # nothing was sent (sendmsg is all or nothing): the same pipe serves the launcher
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "warden.host.launch", str(status_w)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                pass_fds=[*fds, status_w],
-                env=dict(os.environ),
-            )
-        finally:
-            os.close(status_w)
-        assert proc.stdin is not None
-        proc.stdin.write(plan.to_json().encode())
-        proc.stdin.close()
-        try:
-            status = await asyncio.wait_for(
-                loop.run_in_executor(None, _read_all, status_r), LAUNCH_TIMEOUT
-            )
-        finally:
-            os.close(status_r)
-        stderr = await loop.run_in_executor(None, _reap_launcher, proc)
-        return self._launched_pid(status, stderr, proc.returncode)
-
-    def _launched_pid(self, status: bytes, stderr: bytes, code: int | None) -> int:
-        pid: int | None = None
-        for text in status.decode(errors="replace").splitlines():
-            msg = json.loads(text)
-            if "error" in msg:
-                raise WardenError(f"{self.name}: starting the kernel failed: {msg['error']}")
-            pid = int(msg["pid"])
-        if pid is None:
-            tail = stderr.decode(errors="replace").strip()[-2000:]
-            raise WardenError(f"{self.name}: the launcher ended ({code}) without a pid: {tail}")
-        return pid
 
     def _bind_sockets(self) -> None:
         self._close_sockets()
@@ -667,25 +583,3 @@ class Supervisor:
                 line.detach_daemon()
             line.drop_all("the daemon is shutting down")
         self._close_sockets()
-
-
-def _reap_launcher(proc: "subprocess.Popen[bytes]") -> bytes:
-    """The launcher exits right after forking the kernel: collect its stderr and status."""
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    proc.stderr.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    return err
-
-
-def _read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        data = os.read(fd, 65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
