@@ -142,10 +142,13 @@ class Daemon:
                 log.exception("stopping feature %s", feature.name)
         for sup in self.sups.values():
             sup.detach()
+        # Both wait (the zygote's exit, the event writer's last batch): off the loop, which
+        # still serves the API meanwhile.
+        loop = asyncio.get_running_loop()
         if self.ctx.zygote is not None:
-            self.ctx.zygote.stop()
+            await loop.run_in_executor(None, self.ctx.zygote.stop)
         self.ctx.event(None, "daemon-stopped", guests_left_running=not stop_guests)
-        self.ctx.store.close()
+        await loop.run_in_executor(None, self.ctx.store.close)
 
     async def stop_all(self, timeout: float = 40.0) -> None:
         live = [s for s in self.sups.values() if s.machine.state in m.LIVE]
