@@ -304,8 +304,8 @@ def test_the_readers_own_key_reaches_the_concentrator(daemon: DaemonProc, tmp_pa
     """The fleet's owners hold placeholder keys, so the reader's ssh is refused; the step
     `make up` runs (`warden fleet add-key`, which finds the reader's ~/.ssh/id_ed25519.pub)
     lets OpenSSH's ssh log in as alice with the reader's key and reach her guest's console."""
+    from tests.console.test_concentrator import free_port, shell_ready, wait_listening
     from tests.support.ssh_client import SshUser
-    from tests.test_concentrator import free_port, shell_ready, wait_listening
 
     port = free_port()
     src = tmp_path / "fleet.toml"

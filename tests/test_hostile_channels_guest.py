@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.daemon.test_guest_lifecycle import wait_state
 from tests.support.daemon import DaemonProc
-from tests.test_guest_lifecycle import wait_state
 
 pytestmark = pytest.mark.guest
 

@@ -29,7 +29,7 @@ COMMAND_MODULES = (
 
 # Which module registers each top-level command, so that `warden ls` imports the machines
 # module only (the CLI starts in ~0.1 s instead of loading every feature's libraries).
-# tests/test_cli.py checks this table against what the modules really register.
+# tests/cli/test_cli.py checks this table against what the modules really register.
 COMMANDS = {
     **dict.fromkeys(
         (

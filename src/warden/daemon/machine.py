@@ -3,7 +3,7 @@
 No I/O happens here. The supervisor (daemon/supervisor.py) feeds events (a start request, the
 kernel's pid, the mconsole notify, a timer, the exit status) and performs the actions returned
 (launch, send an mconsole command, kill the cgroup, arm a timer, persist). Tests drive it with
-scripted events (tests/test_machine.py).
+scripted events (tests/daemon/test_machine.py).
 
 States:
     absent    defined in the fleet file, no files on disk yet (never created or destroyed)

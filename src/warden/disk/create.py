@@ -1,6 +1,6 @@
 """`create`: a new, empty COW file over a base image, as the kernel would make it.
 
-The kernel accepts it as its own (tests/test_disk_kernel.py boots from one). Unlike the kernel,
+The kernel accepts it as its own (tests/disk/test_disk_kernel.py boots from one). Unlike the kernel,
 which writes the header and then one byte at the end, warden writes the header into a
 temporary file, sets the length with ftruncate (so the file takes one block on disk), and
 publishes it with link(2): a crash leaves either no COW file or a whole one.

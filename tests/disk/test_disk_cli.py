@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_disk_ops import RUNS, make_base, make_cow, sha
+from tests.disk.test_disk_ops import RUNS, make_base, make_cow, sha
 from warden.cli.main import main
 from warden.uml import cow
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.jail.test_jail import run_on, wait_empty, wait_state
 from tests.support.daemon import DaemonProc
-from tests.test_jail import run_on, wait_empty, wait_state
 from warden.paths import Layout, layout
 
 pytestmark = pytest.mark.guest

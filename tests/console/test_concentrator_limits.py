@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import machine_toml
+from tests.console.test_concentrator import Env, env, shell_ready, wait_running  # noqa: F401
 from tests.support.ssh_client import SshUser
-from tests.test_concentrator import Env, env, shell_ready, wait_running  # noqa: F401
 from warden.console import access, authlimit
 from warden.spec import fleet
 from warden.tasks import spawn

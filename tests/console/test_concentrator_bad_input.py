@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.conftest import machine_toml
-from tests.test_concentrator import Env, env, logs, shell_ready, wait_running  # noqa: F401
+from tests.console.test_concentrator import Env, env, logs, shell_ready, wait_running  # noqa: F401
 
 pytestmark = pytest.mark.guest
 

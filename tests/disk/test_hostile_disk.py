@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.disk.test_disk_ops import make_base, make_cow
+from tests.jail.test_jail import run_on, wait_state
 from tests.support.daemon import DaemonProc
-from tests.test_disk_ops import make_base, make_cow
-from tests.test_jail import run_on, wait_state
 from warden.cli.main import main
 from warden.disk import backing, inspect, merge, rebase, snapshot
 from warden.disk.errors import BackingMismatch, DiskError

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.daemon.test_guest_lifecycle import run_on, wait_state
 from tests.support.daemon import DaemonProc
-from tests.test_guest_lifecycle import run_on, wait_state
 from warden import termsafe
 from warden.sessionlog import codec as sl
 from warden.sessionlog import export, replay

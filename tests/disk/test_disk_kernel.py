@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.disk.test_disk_ops import sha, uml_moo
 from tests.support.rawboot import RawGuest
-from tests.test_disk_ops import sha, uml_moo
 from warden.disk import create, inspect, merge, rebase, snapshot
 from warden.disk.diff import diff
 from warden.disk.errors import InUse

@@ -19,7 +19,7 @@ from warden.paths import Layout
 from warden.progress import NullProgress
 
 _n = itertools.count()
-REPO_KERNEL = Path(__file__).resolve().parent.parent / "kernel"
+REPO_KERNEL = Path(__file__).resolve().parents[2] / "kernel"
 
 # olddefconfig drops CONFIG_FOO, as Kconfig drops an option whose dependencies are unmet
 MAKEFILE = """\

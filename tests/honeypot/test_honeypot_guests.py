@@ -52,7 +52,7 @@ from warden.progress import NullProgress
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
 
 HP_NET = '[[network]]\nname = "hp0"\nsubnet = "10.78.0.0/24"\n'
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

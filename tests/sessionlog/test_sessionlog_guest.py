@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.daemon.test_guest_lifecycle import run_on, wait_state
 from tests.support.daemon import DaemonProc
-from tests.test_guest_lifecycle import run_on, wait_state
 
 pytestmark = pytest.mark.guest
 

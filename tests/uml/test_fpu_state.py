@@ -32,8 +32,8 @@ from warden.progress import NullProgress
 from warden.uml import kernel as ukernel
 from warden.uml import xstate
 
-DATA = Path(__file__).parent / "data" / "fpu"
-SRC = Path(__file__).parents[1] / "src" / "warden" / "images"
+DATA = Path(__file__).parents[1] / "data" / "fpu"
+SRC = Path(__file__).parents[2] / "src" / "warden" / "images"
 # the test programs (tests/data/fpu/*.c): name -> extra gcc flags
 PROGRAMS = {
     "zmm_signals": ["-mavx512f"],

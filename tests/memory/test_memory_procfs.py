@@ -11,7 +11,7 @@ from warden.errors import WardenError
 from warden.memory import ledger as L
 from warden.memory import procfs, record
 
-DATA = Path(__file__).parent / "data" / "memory"
+DATA = Path(__file__).parents[1] / "data" / "memory"
 MIB = 1 << 20
 
 

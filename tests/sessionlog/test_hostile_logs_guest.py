@@ -7,8 +7,8 @@ import time
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.daemon.test_guest_lifecycle import run_on, wait_state
 from tests.support.daemon import DaemonProc
-from tests.test_guest_lifecycle import run_on, wait_state
 
 pytestmark = pytest.mark.guest
 
