@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from tests.support.loopcheck import SLOW, run_driver
+from tests.support.loopcheck import SLOW, SLOW_BLOCKED, run_driver
 
 
 def test_a_blocking_call_on_the_loop_fails_a_driver_test() -> None:
     async def main() -> None:
-        time.sleep(SLOW * 2)  # as a socket wait or a cgroup poll on the loop would
+        time.sleep(SLOW_BLOCKED + 0.05)  # as a socket wait or a cgroup poll on the loop would
 
     with pytest.raises(AssertionError, match="held the event loop"):
         run_driver(main)

@@ -1,13 +1,15 @@
 """Driver tests run their event loop here: asyncio debug mode with slow_callback_duration 0.05 s,
-and every callback timed. A callback that holds the loop for SLOW seconds, computing (time on
-a CPU) or blocked in a system call (a socket wait, a sleep, an fsync, a join), fails the test,
-which names it.
+and every callback timed. A callback that computes for SLOW_CPU seconds, or is blocked for
+SLOW_BLOCKED seconds (a socket wait, a sleep, a join: the blocking calls these drivers could
+make wait for seconds, up to 60 s socket timeouts and 5 s cgroup waits), fails the test, which
+names it (for a task's step: the task, and where it stands).
 
 asyncio's own warning counts wall time, and on this shared 2-core machine (load 10-15 while
-other helpers boot guests) a callback that does nothing wrong is sometimes descheduled for a
-few hundred milliseconds. So each callback's wall time is split with the thread's scheduler
-statistics (/proc/thread-self/schedstat: time on a CPU, time waiting for one): what is left is
-time the thread was blocked, which preemption never adds to.
+other helpers boot guests and build images) a callback that does nothing wrong is sometimes
+descheduled for a few hundred milliseconds, or waits 0.05-0.15 s for the disk in a stat() or a
+page fault. So each callback's wall time is split with the thread's scheduler statistics
+(/proc/thread-self/schedstat: time on a CPU, time waiting for one); what is left is time the
+thread was blocked, which preemption never adds to, and disk contention only to a point.
 """
 
 import asyncio
@@ -16,7 +18,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-SLOW = 0.05  # seconds on a CPU, or blocked, in one callback
+SLOW = 0.05  # asyncio's slow_callback_duration, and the CPU one callback may take
+SLOW_BLOCKED = 0.25  # seconds one callback may be blocked (see the module)
 SCHEDSTAT = "/proc/thread-self/schedstat"  # "on-CPU ns, runqueue-wait ns, timeslices"
 
 
@@ -24,6 +27,12 @@ def _sched() -> tuple[float, float]:
     with open(SCHEDSTAT) as f:
         on_cpu, waiting, _ = f.read().split()
     return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def _what(handle: asyncio.events.Handle) -> str:
+    """The callback, or for a task's step the task (its coroutine and where it stands now)."""
+    owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+    return repr(owner) if isinstance(owner, asyncio.Task) else repr(handle)
 
 
 @contextmanager
@@ -42,10 +51,10 @@ def timed_callbacks() -> Iterator[list[str]]:
             wall = time.monotonic() - wall0
             cpu, waited = cpu1 - cpu0, wait1 - wait0
             blocked = wall - cpu - waited
-            if cpu > SLOW or blocked > SLOW:
+            if cpu > SLOW or blocked > SLOW_BLOCKED:
                 slow.append(
-                    f"{handle!r}: {wall:.3f} s ({cpu:.3f} s on a CPU, {blocked:.3f} s blocked, "
-                    f"{waited:.3f} s waiting for a CPU)"
+                    f"{_what(handle)}: {wall:.3f} s ({cpu:.3f} s on a CPU, {blocked:.3f} s "
+                    f"blocked, {waited:.3f} s waiting for a CPU)"
                 )
 
     asyncio.events.Handle._run = run  # type: ignore[method-assign]

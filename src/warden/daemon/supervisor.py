@@ -331,7 +331,7 @@ class Supervisor:
                 self._close_sockets()
                 self._kill_group()
                 await self.cgroup.emptied(5)
-                self.cgroup.remove()
+                await loop.run_in_executor(None, self.cgroup.remove)
                 for fn in extras.cleanup:
                     with contextlib.suppress(Exception):
                         fn()
@@ -516,8 +516,11 @@ class Supervisor:
         # sure (a jail-less guest on an old kernel, a process that escaped the namespace).
         if self.cgroup.exists() and self.cgroup.populated():
             self.cgroup.kill()
-        await asyncio.get_running_loop().run_in_executor(None, self.cgroup.wait_empty, 10.0)
-        self.cgroup.remove()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.cgroup.wait_empty, 10.0)
+        # rmdir in the cgroup file system waits for the kernel to let the group go (RCU):
+        # tens of milliseconds on a busy host, off the loop
+        await loop.run_in_executor(None, self.cgroup.remove)
         for line in self.lines.values():
             if line.open:
                 line.close_boot(self._exit_reason(status, signo))
@@ -556,7 +559,7 @@ class Supervisor:
                 if self.cgroup.exists() and self.cgroup.populated():
                     self.cgroup.kill()
                 await self.cgroup.emptied(5)
-                self.cgroup.remove()
+                await asyncio.get_running_loop().run_in_executor(None, self.cgroup.remove)
                 self.post(m.Exited(None, None))
             return False
         assert pid is not None
