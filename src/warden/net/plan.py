@@ -22,22 +22,12 @@ RATE = re.compile(r"^(\d+)/(second|minute|hour)$")
 
 
 @dataclass(frozen=True)
-class NetPlan:
-    name: str
-    subnet: str
-    nat: bool
+class NetPlan(Network):
+    """A network as warden builds it: the fleet's (its subnet and gateway) and its bridge."""
 
     @classmethod
     def of(cls, net: Network) -> "NetPlan":
         return cls(net.name, net.subnet, net.nat)
-
-    @property
-    def net(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.subnet)
-
-    @property
-    def gateway(self) -> str:
-        return str(self.net.network_address + 1)
 
     @property
     def prefix(self) -> int:
