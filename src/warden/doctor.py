@@ -40,7 +40,7 @@ def _cpu_checks() -> list[Check]:
             True,
             "present: Debian's UML 6.1 loses AVX-512 registers across guest signals; warden's "
             "images keep glibc and OpenSSL off AVX-512 on the stock kernel, warden-built "
-            "kernels save the whole state (docs/architecture.md, 'The xstate shim')"
+            "kernels save the whole state (docs/decisions/2026-11-29-xstate-shim.md)"
             if "avx512f" in flags
             else "absent: nothing to work around",
         ),

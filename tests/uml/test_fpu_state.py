@@ -1,4 +1,4 @@
-"""Guests' FPU state across signals on AVX-512 hosts (docs/architecture.md, "The xstate shim").
+"""Guests' FPU state across signals on AVX-512 hosts (docs/decisions/2026-11-29-xstate-shim.md).
 
 Debian's UML 6.1 saves 832 bytes of a guest process's XSAVE area in its signal frames and
 loses the rest (k0-7, the upper halves of zmm0-15, zmm16-31). Shown here with real guests:

@@ -27,6 +27,21 @@ COMMAND_MODULES = (
 )
 
 
+# The offline commands: they work on files, with no daemon (as borg's local commands do).
+# Every other command goes through the daemon's API (warden.api.client); tests/test_layers.py
+# holds the CLI's modules to it.
+OFFLINE = (
+    "disk ... --cow FILE",  # COW files (by machine name: through the API)
+    "logs verify|export|replay|search|dump|ls",  # session logs on disk (logs flush: the API)
+    "replay",
+    "image build|ls",
+    "kernel build|ls",
+    "fleet add-key",
+    "mem plot",  # the balancer's log file
+    "doctor",  # what the host offers
+)
+
+
 # Which module registers each top-level command, so that `warden ls` imports the machines
 # module only (the CLI starts in ~0.1 s instead of loading every feature's libraries).
 # tests/cli/test_cli.py checks this table against what the modules really register.

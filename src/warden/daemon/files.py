@@ -79,7 +79,8 @@ class MachineFiles:
 
 @dataclass
 class KernelLineFds:
-    """The four fds of one line that the kernel inherits (see architecture.md, "Consoles")."""
+    """The four fds of one line that the kernel inherits (why: docs/decisions/
+    2026-11-29-consoles-no-supervisor-process.md)."""
 
     line: str
     read: int  # LINE.in, read end: what the guest reads

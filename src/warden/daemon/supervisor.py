@@ -349,7 +349,8 @@ class Supervisor:
         self._close_sockets()
         self._notify = mconsole.NotifyListener(self.files.notify)
         # Bound by a relative name: UML replies to it from its working directory, ctl/, which
-        # a jailed kernel can still reach when its root cannot (architecture.md, "Jails").
+        # a jailed kernel can still reach when its root cannot
+        # (docs/decisions/2026-11-29-cgroups-and-jails.md, "Jails").
         self.mconsole = mconsole.AsyncClient(
             self.files.mconsole, self.files.reply, relative_reply=True, accept=self._from_kernel
         )

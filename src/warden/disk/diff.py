@@ -1,9 +1,9 @@
 """`diff`: the files a guest created, modified and deleted, compared with its base image.
 
-How (the choice is explained in docs/architecture.md, "Disks"): the guest's disk is merged into a
-temporary image, and both it and the base image are read with debugfs (warden.disk.debugfs),
-never mounted. The COW bitmap says which file-system blocks the guest wrote, which bounds the
-work:
+How (the choice is explained in docs/decisions/2026-11-29-images-and-disks.md, "Disks"): the
+guest's disk is merged into a temporary image, and both it and the base image are read with
+debugfs (warden.disk.debugfs), never mounted. The COW bitmap says which file-system blocks the
+guest wrote, which bounds the work:
 1. Both directory trees are listed (`ls -p`, one debugfs batch per tree level); paths only in
    the guest are created, paths only in the base are deleted, and a path whose inode number or
    type differs was replaced.

@@ -1,17 +1,18 @@
 """The two host channels of a honeypot guest and how they outlive the daemon.
 
 Each channel is an AF_UNIX SOCK_SEQPACKET socketpair: the kernel gets one end (`tty_log_fd=`,
-`disguise_fd=`), the daemon keeps the other, the *host end*. A daemon that dies would close
-the host end with it: the kernel would then see EPIPE and stop its tty log for the rest of the
-boot, and its disguise channel would be dead (filters serve their fallback). So the kernel
-also inherits a *spare* copy of the host end, which it never uses: it only keeps the socket
-alive, as the console FIFOs' unused ends do (docs/architecture.md, "Consoles"). While no
-daemon runs, what the kernel sends waits in the socket (the tty log's kernel end gets a large
-send buffer for that). A new daemon takes its own copy of the host end back from the kernel
-process with pidfd_getfd(2), by the fd number this module wrote into the machine's state
-file at boot, and checks that it got the same socket (its inode). Nothing here changes the
-daemon's namespaces or credentials; the kernel process is the daemon's child's child and runs
-unprivileged, and root may take its fds.
+`disguise_fd=`), the daemon keeps the other, the *host end*. A daemon that dies would close the
+host end with it: the kernel would then see EPIPE and stop its tty log for the rest of the
+boot, and its disguise channel would be dead (filters serve their fallback). So the kernel also
+inherits a *spare* copy of the host end, which it never uses: it only keeps the socket alive,
+as the console FIFOs' unused ends do
+(docs/decisions/2026-11-29-consoles-no-supervisor-process.md). While no daemon runs, what the
+kernel sends waits in the socket (the tty log's kernel end gets a large send buffer for that).
+A new daemon takes its own copy of the host end back from the kernel process with
+pidfd_getfd(2), by the fd number this module wrote into the machine's state file at boot, and
+checks that it got the same socket (its inode). Nothing here changes the daemon's namespaces or
+credentials; the kernel process is the daemon's child's child and runs unprivileged, and root
+may take its fds.
 
 State file: machines/NAME/honeypot.json, written whole and atomically (warden.statefile),
 removed when the boot ends. It names the boot, the kernel's pid and start time, and per

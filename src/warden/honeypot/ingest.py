@@ -8,7 +8,7 @@ this reason: a daemon killed between two reads of a pipe may have taken half a r
 it, and the next daemon could only find the following record boundary by guessing (a
 CRC-valid header can also be bytes a guest typed into a terminal). With messages a new daemon
 simply starts at the next message, and the records' sequence numbers say exactly how many
-records were lost in between (docs/architecture.md, "Honeypot kernel": the wiring).
+records were lost in between (docs/decisions/2026-11-29-honeypot-kernel.md: the wiring).
 
 `TtyLogIngest` is sans-io: `feed(message)` returns, in order, the records to store (raw
 bytes, verbatim, and decoded) and the notes to report (the stream header, losses, damage;

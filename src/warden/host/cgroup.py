@@ -1,6 +1,6 @@
 """One cgroup per guest: every process of a guest, to count, freeze, limit and kill at once.
 
-Two host layouts are supported (see docs/architecture.md, "cgroups"):
+Two host layouts are supported (see docs/decisions/2026-11-29-cgroups-and-jails.md, "cgroups"):
 
 - pure v2 (systemd's default today): one tree at /sys/fs/cgroup with every controller;
 - hybrid (this project's CI machines): a controller-less v2 tree at /sys/fs/cgroup/unified that
@@ -90,7 +90,8 @@ def _write(path: Path, value: str) -> None:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one guest may use (docs/architecture.md, "cgroups": how the numbers are chosen)."""
+    """What one guest may use (docs/decisions/2026-11-29-cgroups-and-jails.md, "cgroups": how
+    the numbers are chosen)."""
 
     memory: int  # bytes: the guest's memory plus the host-side overhead of its processes
     pids: int  # host processes (a UML guest has one per address space, plus a few helpers)

@@ -3,7 +3,8 @@ and the helper that empties a jail once the guest has booted.
 
 Never called in the daemon: `namespace_flags`, `prepare_parent`, `enter` and `seal` run in the
 launcher (warden.host.launch, a fresh process), `python -m warden.host.jail empty ...` is a
-fresh helper process that joins one guest's mount namespace. See docs/architecture.md, "Jails".
+fresh helper process that joins one guest's mount namespace. See
+docs/decisions/2026-11-29-cgroups-and-jails.md, "Jails".
 
 What a jailed kernel gets, in order (the launcher has already joined the guest's cgroups and
 started a session):

@@ -15,8 +15,8 @@ calls of every process named linux.uml (or linux, a kernel warden built) on a bu
 host for 40 minutes (every feature's tests: consoles, NICs, tty logs, the honeypot kernel,
 Debian and busybox guests) and of jailed guests put through a workload of their own (boot,
 shell, disk and memory use, every mconsole command warden sends, pause, reboot, stop, panic,
-kill). docs/architecture.md, "Jails", has the numbers. A few calls no run made are allowed
-for paths named below (RARE).
+kill). docs/decisions/2026-11-29-cgroups-and-jails.md, "Jails", has the numbers. A few calls
+no run made are allowed for paths named below (RARE).
 
 Anything else fails with ENOSYS (not a kill: a missed rare path then shows as a clear error in
 the kernel's log rather than a dead guest, and glibc falls back from clone3 to clone on it).

@@ -102,7 +102,8 @@ def allocate(layout: Layout, machine: str, base: int, count: int, current: int |
             if not ours and (uid in busy or _in_passwd(uid)):
                 holders.append(f"{uid} by a host process or user")
                 continue
-            statefile.write_json(path, me, mode=0o644)
+            if not ours:  # a claim already ours stays as it is (no write, no fsync per boot)
+                statefile.write_json(path, me, mode=0o644)
             _forget_others(directory, me, uid)
             return uid
     taken = "; ".join(holders[:3]) + ("; ..." if len(holders) > 3 else "")

@@ -1,6 +1,6 @@
 """Named guest images and how a name or path becomes a base image file.
 
-Layout (docs/architecture.md, "Images"):
+Layout (docs/decisions/2026-11-29-images-and-disks.md, "Images"):
     WARDEN_HOME/images/NAME.img        symlink -> NAME-KEY.img (the current build of NAME)
     WARDEN_HOME/images/NAME-KEY.img    the image file, read-only, hard-linked from the cache
     WARDEN_CACHE/images/NAME-KEY.img   built once per machine for each input KEY

@@ -10,7 +10,8 @@ from pathlib import Path
 from warden.errors import WardenError
 from warden.host import cgroup
 
-# cgroup limits (docs/architecture.md, "cgroups": the overhead was measured, see there).
+# cgroup limits (docs/decisions/2026-11-29-cgroups-and-jails.md, "cgroups": the overhead was
+# measured, see there).
 MEMORY_OVERHEAD = 32 << 20  # host memory of a guest beyond its mem=: UML's own heap and
 MEMORY_OVERHEAD_PER_GIB = 16 << 20  # stacks, page tables of its processes, ubd bitmaps
 PIDS_MAX = 1024

@@ -3,7 +3,7 @@
 A build is named by the hash of everything that changes its result (`BuildInputs.key`): the
 source tarball, the base configuration (`linux.uml --showconfig` of Debian's kernel), the
 patches in series order, the configuration fragment, the version string the build stamps in,
-the compiler and this builder's version. docs/architecture.md, "Honeypot kernel".
+the compiler and this builder's version. docs/decisions/2026-11-29-honeypot-kernel.md.
 """
 
 import hashlib

@@ -177,8 +177,9 @@ def _bind(path: Path, relative: bool = False) -> socket.socket:
     relative=True binds it by its bare name inside path.parent, so that its address (which UML
     replies to with sendto(), resolving it in the kernel's own mount namespace) is relative:
     a jailed kernel, whose working directory is that directory but whose root cannot reach it,
-    still finds it (docs/architecture.md, "Jails"). The name is bound from a short-lived thread
-    with a private working directory (unshare(CLONE_FS)): the daemon's own is never changed.
+    still finds it (docs/decisions/2026-11-29-cgroups-and-jails.md, "Jails"). The name is bound
+    from a short-lived thread with a private working directory (unshare(CLONE_FS)): the daemon's
+    own is never changed.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     with contextlib.suppress(FileNotFoundError):
