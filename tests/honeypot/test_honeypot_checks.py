@@ -188,8 +188,8 @@ def test_the_state_file_round_trip_and_damage(tmp_path: Path) -> None:
 
 
 def test_a_failed_launch_closes_every_host_end_it_had_made() -> None:
-    """The clean-up the BootHook registers, run as the supervisor runs it when the launcher
-    fails: both host ends closed, the started disguise server stopped (no task fails)."""
+    """The clean-up the feature's before_boot registers, run as the supervisor runs it when the
+    launcher fails: both host ends closed, the started disguise server stopped (no task fails)."""
     import asyncio
     import logging
     from types import SimpleNamespace
