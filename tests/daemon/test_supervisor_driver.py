@@ -24,6 +24,7 @@ from warden.daemon.context import Context
 from warden.daemon.seam import BootExtras, Feature, Guest
 from warden.daemon.supervisor import Supervisor
 from warden.errors import MconsoleError
+from warden.host import cgroup
 from warden.images import minimal
 from warden.images.store import ImageStore
 from warden.paths import Layout
@@ -62,18 +63,12 @@ def guest_home(home: Layout, minimal_image: Path) -> Layout:
 
 def make(home: Layout, launcher: FakeLauncher, *features: Feature) -> Supervisor:
     fleet = fleetmod.parse(FLEET_HEAD + machine_toml("d1"), "t.toml")
-    ctx = Context(home, Store(home.db), cgroup_hierarchy(), ImageStore(home), fleet)
+    ctx = Context(home, Store(home.db), cgroup.detect(), ImageStore(home), fleet)
     ctx.launcher = launcher
     ctx.features = list(features)
     sup = Supervisor(ctx, fleet.machines[0])
     ctx.machines[sup.name] = sup
     return sup
-
-
-def cgroup_hierarchy() -> Any:
-    from warden.host import cgroup
-
-    return cgroup.detect()
 
 
 def events(home: Layout) -> list[tuple[str, dict[str, Any]]]:

@@ -95,15 +95,15 @@ class Context:
     # The features, in the composition root's order: every boot hook is called on each.
     features: list[Feature] = field(default_factory=list)
     zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
-    launcher: Launcher = None  # type: ignore[assignment]  # made in __post_init__
+    # Starts kernels: the zygote or a fresh launcher (driver tests put a fake here).
+    launcher: Launcher = field(init=False)
     logs: LogFactory = null_logs
     machines: "dict[str, Supervisor]" = field(default_factory=dict)
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
     _gate_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.launcher is None:
-            self.launcher = HostLauncher(lambda: self.zygote)
+        self.launcher = HostLauncher(lambda: self.zygote)
 
     @classmethod
     def load(cls, layout: Layout) -> "Context":
