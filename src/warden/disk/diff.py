@@ -74,6 +74,7 @@ class Change:
     #                             target, type, inode (replaced by another file)
     sha256: str | None = None  # of the guest's content, for created and modified files
     target: str | None = None  # where a created or modified symlink points now
+    ctime_ns: int | None = None  # the guest inode's change time (the guest's clock)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class Change:
             "changes": list(self.what),
             "sha256": self.sha256,
             "target": self.target,
+            "ctime_ns": self.ctime_ns,
         }
 
 
@@ -281,7 +283,9 @@ def _link_targets(dbg: Debugfs, inos: list[int], work: Path) -> dict[int, bytes]
     return out
 
 
-def _change(f: _Found, ghash: dict[int, str], targets: dict[int, bytes]) -> Change:
+def _change(
+    f: _Found, ghash: dict[int, str], targets: dict[int, bytes], ctimes: dict[int, int]
+) -> Change:
     g, b = f.guest, f.base
     mode = g.mode if g is not None else b.mode if b is not None else 0
     return Change(
@@ -293,6 +297,7 @@ def _change(f: _Found, ghash: dict[int, str], targets: dict[int, bytes]) -> Chan
         what=tuple(f.what),
         sha256=ghash.get(g.ino) if g is not None and stat.S_ISREG(g.mode) else None,
         target=display(targets[g.ino]) if g is not None and g.ino in targets else None,
+        ctime_ns=ctimes.get(g.ino) if g is not None else None,
     )
 
 
@@ -389,8 +394,12 @@ def diff(
             }
         )
         targets = _link_targets(guest, links, work)
+        # when each created or modified inode last changed (one more batch, only of those)
+        unstated = sorted({f.guest.ino for f in found if f.guest is not None} - ginfo.keys())
+        ginfo.update(_stats(guest, unstated))
+        ctimes = {i: x.ctime_ns for i, x in ginfo.items()}
 
-    changes = [_change(f, ghash, targets) for f in found]
+    changes = [_change(f, ghash, targets, ctimes) for f in found]
     changes.sort(key=lambda ch: (ch.path, ch.kind))
     return DiffReport(
         cow=cow_path,
