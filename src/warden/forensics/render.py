@@ -90,16 +90,21 @@ def _filters() -> tuple[str, str]:
     return boxes, rules
 
 
+def _esc(value: object) -> str:
+    """Controls made visible (termsafe), then HTML-escaped: nothing a guest typed is markup."""
+    return html.escape(termsafe.text(str(value)))
+
+
 def html_page(entries: list[Entry], meta: dict[str, Any]) -> str:
-    esc = html.escape
+    esc = _esc
     boxes, rules = _filters()
     rows = []
     for e in entries:
         f = e.fields
         replay = f.get("replay")
-        extra = f"<br><code>{esc(str(replay))}</code>" if replay else ""
+        extra = f"<br><code>{esc(replay)}</code>" if replay else ""
         detail = "".join(
-            f"<b>{esc(str(k))}</b>: {esc(str(v))}<br>" for k, v in f.items() if k not in ("replay",)
+            f"<b>{esc(k)}</b>: {esc(v)}<br>" for k, v in f.items() if k not in ("replay",)
         )
         rows.append(
             f'<tr class="{esc(e.kind)}"><td class="t">{esc(_local(e.time_us))}</td>'

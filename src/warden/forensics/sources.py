@@ -61,14 +61,14 @@ def line_logs(layout: Layout, machine: str, boot: int, notes: list[tl.Entry]) ->
 
 
 def window(logs: list[tl.LineLog], now_us: int) -> tuple[int, int] | None:
-    """(first, last) record time of one boot's logs; `now_us` as the end while one is live
-    (no END record yet)."""
-    firsts = [log.records[0].time_us for log in logs if log.records]
-    if not firsts:
+    """(earliest, latest) record time of one boot's logs (a tty log's records carry the
+    kernel's times, which may precede the file's first record); `now_us` as the end while a
+    log is live (no END record yet)."""
+    times = [r.time_us for log in logs for r in log.records]
+    if not times:
         return None
     ended = all(log.records and log.records[-1].type == sl.END for log in logs)
-    end = max(log.records[-1].time_us for log in logs if log.records) if ended else now_us
-    return min(firsts), end
+    return min(times), max(times) if ended else max(now_us, max(times))
 
 
 def captures(layout: Layout, machine: str, boot_set: set[int]) -> list[Path]:
