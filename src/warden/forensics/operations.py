@@ -41,9 +41,17 @@ if TYPE_CHECKING:
     from warden.daemon.supervisor import Supervisor
 
 SYNC_TIMEOUT = 3.0
-SYNC_SETTLED_KIB = 64  # Dirty + Writeback at most this: the guest's page cache is on disk
+SYNC_QUIET = 0.1  # the COW file unchanged this long, and nothing dirty: the sync is done
 CLOSE_TIMEOUT = 10.0  # for the old boot's logs to be closed and compressed
 _MEMINFO = re.compile(r"^(Dirty|Writeback):\s+(\d+) kB$", re.MULTILINE)
+
+
+def _file_state(path: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (st.st_mtime_ns, st.st_size, st.st_blocks)
 
 
 class _LoopClient:
@@ -93,23 +101,33 @@ class Operations:
 
     # ---- the guest's disk ----------------------------------------------------------------
     async def flush_guest(self, sup: "Supervisor") -> dict[str, Any]:
-        """Ask the guest kernel to write its dirty pages (`sysrq s`) and wait until its
-        meminfo shows them written, at most SYNC_TIMEOUT. Leaves the kernel-log line
-        "sysrq: Emergency Sync" in the guest: used before recycling, and on request."""
+        """Ask the guest kernel to write its dirty pages (`sysrq s`: an emergency sync, run
+        by a kernel worker after the mconsole answers) and wait until its meminfo shows no
+        Dirty or Writeback pages and its COW file has not changed for SYNC_QUIET seconds, at
+        most SYNC_TIMEOUT. Leaves "sysrq: Emergency Sync" in the guest's kernel log: used
+        before recycling (the guest is gone after), and on request."""
         t0 = time.monotonic()
         before = await self._dirty(sup)
         await sup.request("sysrq s")
         left = before
+        seen = _file_state(sup.files.cow)
+        changed = time.monotonic()
+        settled = False
         while time.monotonic() - t0 < SYNC_TIMEOUT:
             await asyncio.sleep(0.02)
+            now_state = _file_state(sup.files.cow)
+            if now_state != seen:
+                seen, changed = now_state, time.monotonic()
             left = await self._dirty(sup)
-            if left is not None and left <= SYNC_SETTLED_KIB:
+            quiet = time.monotonic() - changed >= SYNC_QUIET
+            if left == 0 and quiet and time.monotonic() - t0 >= SYNC_QUIET:
+                settled = True
                 break
         return {
             "seconds": round(time.monotonic() - t0, 3),
             "dirty_kib_before": before,
             "dirty_kib_after": left,
-            "settled": left is not None and left <= SYNC_SETTLED_KIB,
+            "settled": settled,
         }
 
     @staticmethod
