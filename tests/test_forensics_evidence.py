@@ -44,7 +44,7 @@ def an_archive(home: Layout, tmp: Path, name: str = "ev.tar") -> Path:
     logs.mkdir(exist_ok=True)
     (logs / "tty-3.wlog.gz").write_bytes(os.urandom(5000))
     (logs / "kernel-3.log").write_text("Linux version 6.1\n")
-    cow_members, disk = evidence.cow_members(a_cow(tmp))
+    cow_members, disk = evidence.cow_members(a_cow(tmp), 64 << 20)
     members = [
         evidence.Member("timeline.json", b"[]\n"),
         evidence.Member("logs/tty-3.wlog.gz", logs / "tty-3.wlog.gz"),

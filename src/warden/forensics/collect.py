@@ -10,6 +10,7 @@ guest's disk against its base image, and `read_snapshot_disk` for `--since`.
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from warden.disk import snapshot
@@ -21,6 +22,7 @@ from warden.paths import Layout
 from warden.store import Store
 
 DiskReader = Callable[[], DiffReport]
+SnapshotReader = Callable[[Path], DiffReport]  # the diff of a snapshot's COW file
 
 
 @dataclass
@@ -64,6 +66,7 @@ def collect(
     boot: int | None = None,
     since: str | None = None,
     read_disk: DiskReader | None = None,
+    read_snapshot: SnapshotReader | None = None,
     disk_boot: int | None = None,
     static_addresses: list[str] | None = None,
 ) -> Timeline:
@@ -85,9 +88,8 @@ def collect(
         scope_boots = tuple(sorted({log.boot for log in logs}))
         scope = f"since snapshot {since}"
         try:
-            from warden.disk import diff as diffmod
-
-            snap_disk = diffmod.diff(snap.cow)
+            if read_snapshot is not None:
+                snap_disk = read_snapshot(snap.cow)
         except WardenError as e:
             notes.append(tl.note(now, f"the snapshot's disk could not be read: {e}"))
     else:

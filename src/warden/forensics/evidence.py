@@ -68,10 +68,11 @@ class Member:
     source: Path | bytes | CowExtents
 
 
-def cow_members(cow_path: Path) -> tuple[list[Member], dict[str, Any]]:
+def cow_members(cow_path: Path, disk_size: int) -> tuple[list[Member], dict[str, Any]]:
     """The three disk/ members of a COW file that no kernel writes any more, and its
-    manifest `disk` entry."""
-    c = cow.open_cow(cow_path)
+    manifest `disk` entry. `disk_size`: the size of the base image warden recorded for it
+    (the header is the guest's to write: it does not decide how much bitmap is read)."""
+    c = cow.open_cow(cow_path, disk_size)
     h = c.header
     fd = os.open(cow_path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -31,6 +31,8 @@ from warden.console import logstore
 from warden.daemon import machine as m
 from warden.disk import diff as diffmod
 from warden.disk import snapshot
+from warden.disk.backing import Recorded
+from warden.disk.feature import recorded
 from warden.errors import Conflict, WardenError
 from warden.forensics import collect, render, signing, sources
 from warden.forensics import evidence as archive
@@ -80,6 +82,7 @@ class DiskCopy:
     paused_seconds: float
     state: str
     sync: dict[str, Any]
+    base: Recorded  # the base warden recorded for it (a recycle records a new one)
 
 
 def evidence_dir(daemon: "Daemon") -> Path:
@@ -155,12 +158,13 @@ class Operations:
             client = _NoPause()
         if not sup.files.cow.exists():
             raise WardenError(f"{sup.name} has no disk ({sup.files.cow}): it was never created")
+        rec = recorded(sup)
         loop = asyncio.get_running_loop()
         snap = await loop.run_in_executor(
-            None, lambda: snapshot.take(sup.files.cow, client, "disk", store=store)
+            None, lambda: snapshot.take(sup.files.cow, client, "disk", store=store, recorded=rec)
         )
         paused = snap.paused_seconds if isinstance(client, _LoopClient) else 0.0
-        return DiskCopy(snap.cow, paused, state, synced)
+        return DiskCopy(snap.cow, paused, state, synced, rec)
 
     # ---- timeline ------------------------------------------------------------------------
     async def timeline(
@@ -193,8 +197,12 @@ class Operations:
         def read_disk() -> diffmod.DiffReport:
             if disk is None:
                 raise WardenError(problem or "no copy of the disk")
-            return diffmod.diff(disk.cow)
+            return diffmod.diff(disk.cow, recorded=rec)
 
+        def read_snapshot(cow: Path) -> diffmod.DiffReport:
+            return diffmod.diff(cow, recorded=rec)
+
+        rec = disk.base if disk is not None else recorded(sup)
         addresses = [n.ip for n in sup.spec.nics if n.ip]
         store = self.daemon.c.store
         loop = asyncio.get_running_loop()
@@ -207,6 +215,7 @@ class Operations:
                 boot=boot,
                 since=since,
                 read_disk=read_disk,
+                read_snapshot=read_snapshot,
                 disk_boot=disk_boot,
                 static_addresses=addresses,
             ),
@@ -252,7 +261,8 @@ class Operations:
             members += self._log_members(sup.name, boot)
             disk_meta: dict[str, Any] = {"form": "none", "reason": "no copy of the disk"}
             if disk is not None:
-                cow_members, disk_meta = archive.cow_members(disk.cow)
+                size = os.stat(disk.base.base).st_size
+                cow_members, disk_meta = archive.cow_members(disk.cow, size)
                 members += cow_members
             manifest = {
                 "machine": sup.name,
@@ -339,10 +349,11 @@ class Operations:
             t_kill = time.monotonic() - t
         moved: DiskCopy | None = None
         if sup.files.cow.exists():
+            base = recorded(sup)
             store = self._workdir(sup.name, "recycle")
             target = store / snapshot.COW_NAME
             os.rename(sup.files.cow, target)
-            moved = DiskCopy(target, 0.0, str(state), synced)
+            moved = DiskCopy(target, 0.0, str(state), synced, base)
         sup.reset()
         self.daemon.start_machine(sup.name)
         self.daemon.c.event(sup.name, "recycled", boot=boot, reason=reason)
