@@ -33,6 +33,7 @@ from tests.support.netlab import (
     wait_for,
     wait_running,
 )
+from tests.test_forensics_evidence import flip_inside
 from tests.test_honeypot_guests import Intruder, install
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
@@ -58,14 +59,9 @@ def timeline(d: DaemonProc, name: str, *args: str) -> list[dict[str, Any]]:
 
 def flip_member_byte(path: Path, member_suffix: str) -> str:
     with tarfile.open(path) as tar:
-        info = next(i for i in tar.getmembers() if i.name.endswith(member_suffix))
-        offset = info.offset_data + info.size // 2
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x20]))
-    return info.name.split("/", 1)[1]
+        name = next(i.name for i in tar.getmembers() if i.name.endswith(member_suffix))
+    flip_inside(path, name)
+    return name.split("/", 1)[1]
 
 
 def archive_json(path: Path, member: str) -> Any:

@@ -22,10 +22,12 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from warden.console import logstore
 from warden.daemon import machine as m
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from warden.daemon.core import Daemon
     from warden.daemon.supervisor import Supervisor
 
+T = TypeVar("T")
 SYNC_TIMEOUT = 3.0
 SYNC_QUIET = 0.1  # the COW file unchanged this long after the sync's writes: it is done
 CLOSE_TIMEOUT = 10.0  # for the old boot's logs to be closed and compressed
@@ -54,6 +57,28 @@ def _file_state(path: Path) -> tuple[int, int, int]:
     except FileNotFoundError:
         return (0, 0, 0)
     return (st.st_mtime_ns, st.st_size, st.st_blocks)
+
+
+BACKGROUND_NICE = 10  # a recycle's evidence is packed while the fresh guest boots
+
+
+def _niced(fn: Callable[[], T], nice: int) -> Callable[[], T]:
+    """`fn` run (in a worker thread) at a lower CPU priority: on Linux a thread has its own
+    nice value, which the processes it starts (debugfs, e2fsck) inherit; restored after."""
+    if not nice:
+        return fn
+
+    def run() -> T:
+        tid = threading.get_native_id()
+        old = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, old + nice)
+        try:
+            return fn()
+        finally:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, old)
+
+    return run
 
 
 class _LoopClient:
@@ -113,23 +138,22 @@ class Operations:
         Emergency Sync" in the guest's kernel log: used before recycling (the guest is gone
         after), and on request."""
         t0 = time.monotonic()
+        seen = _file_state(sup.files.cow)  # before the request: its writes cannot be missed
         before = await self._dirty(sup)
         await sup.request("sysrq s")
-        left = before
-        seen = _file_state(sup.files.cow)
-        changed: float | None = None  # when the COW file last changed since the request
+        changed: float | None = None  # when the COW file was last seen changed since then
         settled = False
         while time.monotonic() - t0 < SYNC_TIMEOUT:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
             now_state = _file_state(sup.files.cow)
             if now_state != seen:
                 seen, changed = now_state, time.monotonic()
-            left = await self._dirty(sup)
             wrote = changed is not None or before == 0
             quiet = time.monotonic() - (changed if changed is not None else t0) >= SYNC_QUIET
             if wrote and quiet:
                 settled = True
                 break
+        left = await self._dirty(sup)
         return {
             "seconds": round(time.monotonic() - t0, 3),
             "dirty_kib_before": before,
@@ -197,6 +221,7 @@ class Operations:
         disk: DiskCopy | None,
         problem: str = "",
         disk_boot: int | None = None,
+        nice: int = 0,
     ) -> collect.Timeline:
         def read_disk() -> diffmod.DiffReport:
             if disk is None:
@@ -212,16 +237,19 @@ class Operations:
         loop = asyncio.get_running_loop()
         tl = await loop.run_in_executor(
             None,
-            lambda: collect.collect(
-                self.daemon.layout,
-                sup.name,
-                store,
-                boot=boot,
-                since=since,
-                read_disk=read_disk,
-                read_snapshot=read_snapshot,
-                disk_boot=disk_boot,
-                static_addresses=addresses,
+            _niced(
+                lambda: collect.collect(
+                    self.daemon.layout,
+                    sup.name,
+                    store,
+                    boot=boot,
+                    since=since,
+                    read_disk=read_disk,
+                    read_snapshot=read_snapshot,
+                    disk_boot=disk_boot,
+                    static_addresses=addresses,
+                ),
+                nice,
             ),
         )
         if disk is not None:
@@ -247,9 +275,15 @@ class Operations:
                 shutil.rmtree(work, ignore_errors=True)
 
     async def _pack(
-        self, sup: "Supervisor", boot: int, disk: DiskCopy | None, out: Path | None, reason: str
+        self,
+        sup: "Supervisor",
+        boot: int,
+        disk: DiskCopy | None,
+        out: Path | None,
+        reason: str,
+        nice: int = 0,
     ) -> dict[str, Any]:
-        tl = await self._collect(sup, boot, None, disk, disk_boot=boot)
+        tl = await self._collect(sup, boot, None, disk, disk_boot=boot, nice=nice)
         top = f"{sup.name}-boot{boot}-{_stamp()}"
         target = out if out is not None else evidence_dir(self.daemon) / f"{top}.tar"
         layout = self.daemon.layout
@@ -283,7 +317,7 @@ class Operations:
             }
             return archive.pack(target, top, members, manifest, signing.host_key(layout))
 
-        doc = await loop.run_in_executor(None, pack)
+        doc = await loop.run_in_executor(None, _niced(pack, nice))
         result = {
             "path": str(target),
             "files": len(doc["files"]),
@@ -378,7 +412,9 @@ class Operations:
             with contextlib.suppress(TimeoutError):
                 await sup.wait_state((m.State.RUNNING, m.State.CRASHED, m.State.STOPPED), 120)
             await self._logs_closed(sup.name, boot)
-            return await self._pack(sup, boot, moved, None, f"recycle: {reason}")
+            return await self._pack(
+                sup, boot, moved, None, f"recycle: {reason}", nice=BACKGROUND_NICE
+            )
         except Exception as e:
             self.daemon.c.event(sup.name, "evidence-failed", boot=boot, error=str(e))
             return {"error": str(e)}
