@@ -40,16 +40,17 @@ OWNER = '[[owner]]\nname = "bench"\n'
 MACHINE = '[[machine]]\nname = "{name}"\nowner = "bench"\nmemory = "{memory}"\nimage = "{image}"\n'
 
 
-async def recycle_to_console(
-    d: DaemonProc, name: str, ready: re.Pattern[bytes]
+async def to_console(
+    d: DaemonProc, name: str, action: str, body: dict[str, object]
 ) -> tuple[float, dict[str, object]]:
-    """Seconds from the recycle request to `ready` on con0 and the answer to a command."""
+    """Seconds from `POST machines/NAME/ACTION` to a prompt on con0 and the answer to a
+    command typed at it (a client attached to con0 through the daemon the whole time)."""
     conn = aiohttp.UnixConnector(path=str(d.layout.socket))
     async with aiohttp.ClientSession(connector=conn) as s:
         url = f"http://w/v1/machines/{name}/lines/con0/attach"
         ws = await s.ws_connect(url, params={"mode": "rw", "scrollback": "0"})
         t0 = time.monotonic()
-        r = await s.post(f"http://w/v1/machines/{name}/recycle", json={"sync": True})
+        r = await s.post(f"http://w/v1/machines/{name}/{action}", json=body)
         assert r.status == 200, await r.text()
         answer = await r.json()
         buf = b""
@@ -58,7 +59,7 @@ async def recycle_to_console(
             if msg.type != aiohttp.WSMsgType.BINARY:
                 continue
             buf += msg.data
-            if not asked and ready.search(buf):
+            if not asked and PROMPT.search(buf):
                 await ws.send_bytes(b"echo rdy-$((40+2))\n")
                 asked = True
             elif asked and b"rdy-42" in buf:
@@ -66,6 +67,14 @@ async def recycle_to_console(
                 break
         await ws.close()
     return took, answer
+
+
+def plain_boot(d: DaemonProc, name: str) -> float:
+    """The floor: `warden kill`, `reset` and `start` of the same guest, to the same answer
+    (what the boot alone costs on this host right now)."""
+    d.cli("kill", name)
+    d.cli("reset", name)
+    return asyncio.run(to_console(d, name, "start", {"wait": False}))[0]
 
 
 def evidence_delay(d: DaemonProc, name: str, boot: int) -> float | None:
@@ -78,14 +87,27 @@ def evidence_delay(d: DaemonProc, name: str, boot: int) -> float | None:
     return float(kept[-1]["ts"]) - float(rec[-1]["ts"])
 
 
-def run(d: DaemonProc, name: str, ready: re.Pattern[bytes], runs: int, mark: bool) -> list[float]:
+def console_ready(d: DaemonProc, name: str, timeout: float = 300) -> None:
+    """Until a command typed on con0 is answered (a Debian guest's shell comes late)."""
+
+    def answers() -> bool:
+        try:
+            return guest_sh(d, name, "echo up-$((1+1))", timeout=10).strip() == "up-2"
+        except AssertionError:
+            return False
+
+    wait_for(f"{name}'s console", answers, timeout, 1)
+
+
+def run(d: DaemonProc, name: str, runs: int, mark: bool, floor: list[float]) -> list[float]:
     took: list[float] = []
     for i in range(runs):
         wait_running(d, name, timeout=300)
+        console_ready(d, name)
         boot = d.ls()[name]["boot"]
         if mark:
             guest_sh(d, name, "echo used > /root/used")
-        seconds, answer = asyncio.run(recycle_to_console(d, name, ready))
+        seconds, answer = asyncio.run(to_console(d, name, "recycle", {"sync": True}))
         took.append(seconds)
 
         def written(b: int = boot) -> bool:
@@ -101,6 +123,10 @@ def run(d: DaemonProc, name: str, ready: re.Pattern[bytes], runs: int, mark: boo
             flush=True,
         )
         assert pristine == "", "the recycled guest still has the file"
+        if name == "r1":
+            console_ready(d, name)
+            floor.append(plain_boot(d, name))
+            print(f"{name} run {i + 1}: a plain kill, reset and start: {floor[-1]:.3f} s")
     return took
 
 
@@ -114,20 +140,24 @@ def main() -> None:
     try:
         small = MACHINE.format(name="r1", memory="64M", image="minimal")
         d.apply(OWNER + small)
-        ours = run(d, "r1", PROMPT, N, mark=True)
+        floor: list[float] = []
+        ours = run(d, "r1", N, mark=True, floor=floor)
         deb: list[float] = []
         if N_DEBIAN:
             debian.build(ImageStore(lay), NullProgress())
             d.cli("stop", "r1")
             big = MACHINE.format(name="r2", memory="256M", image="debian")
             d.apply(OWNER + small.replace("\n[[", "\nautostart = false\n[[") + big, "fleet2.toml")
-            deb = run(d, "r2", PROMPT, N_DEBIAN, mark=True)
+            deb = run(d, "r2", N_DEBIAN, mark=True, floor=[])
     finally:
         d.close()
         shutil.rmtree(home, ignore_errors=True)
     o = median(ours)
     each = ", ".join(f"{x:.2f}" for x in ours)
     print(f"minimal image: median {o:.3f} s over {len(ours)} runs ({each})")
+    if floor:
+        f = median(floor)
+        print(f"the same guest's plain boot (kill, reset, start) meanwhile: median {f:.3f} s")
     if deb:
         each = ", ".join(f"{x:.1f}" for x in deb)
         print(f"Debian image: median {median(deb):.1f} s to a console answering ({each})")

@@ -139,6 +139,13 @@ def test_an_intruders_session_is_one_timeline_and_recycle_keeps_it_and_drops_the
     text = page.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script" not in text
 
+    # evidence of the running guest: paused only for the copy of its disk
+    live = tmp_path / "live.tar"
+    took = json.loads(daemon.cli("evidence", "pot", "--out", str(live), "--json").stdout)
+    print(f"evidence of the running Debian pot: paused {took['paused_seconds'] * 1e3:.1f} ms")
+    assert daemon.cli("evidence", "verify", str(live)).returncode == 0
+    assert daemon.ls()["pot"]["state"] == "running"
+
     # recycle: evidence kept, the disk dropped, booted pristine
     t0 = time.monotonic()
     rec = json.loads(daemon.cli("recycle", "pot", "--wait-evidence", "--json", timeout=600).stdout)
@@ -196,6 +203,18 @@ def test_a_file_written_just_before_a_recycle_is_in_its_evidence(daemon: DaemonP
     """The guest's page cache is flushed (sysrq s) and its journal replayed on the copy: a
     file written a moment before the recycle is in the evidence, with its content's sum."""
     daemon.apply(FLEET_HEAD + machine_toml("m1"))
+    wait_running(daemon, "m1")
+    # --since a snapshot: what changed after it, not what the disk had before
+    guest_sh(daemon, "m1", "echo old > /root/old; sync")
+    daemon.cli("disk", "snapshot", "m1", "--name", "before")
+    guest_sh(daemon, "m1", "echo new > /root/new; echo changed > /root/old")
+    since = timeline(daemon, "m1", "--since", "before", "--sync")
+    changed = {e["path"]: e["action"] for e in since if e["kind"] == "file"}
+    assert changed.get("/root/new") == "created" and changed.get("/root/old") == "modified"
+    whole = {e["path"] for e in timeline(daemon, "m1") if e["kind"] == "file"}
+    assert {"/root/new", "/root/old"} <= whole
+    unchanged = [p for p in whole - set(changed) if p.startswith("/root/")]
+    assert unchanged == [], unchanged  # nothing else under /root changed after the snapshot
     for i in range(2):
         wait_running(daemon, "m1")
         guest_sh(daemon, "m1", f"echo loot-{i} > /root/loot-{i}")

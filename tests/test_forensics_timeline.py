@@ -103,10 +103,25 @@ def test_a_replay_at_an_entrys_offset_starts_at_that_very_record() -> None:
 def test_console_input_is_a_line_with_who_typed_it_and_attach_detach_are_sessions() -> None:
     records = [
         rec(sl.EVENT, T0, sl.event_payload("open", {"daemon_pid": 1}), 1),
-        rec(sl.EVENT, T0 + 10, sl.event_payload("attach", {"user": "alice", "source": "ssh:1.2.3.4:5", "mode": "rw"}), 2),  # noqa: E501
-        *[rec(sl.INPUT, T0 + 20 + i, sl.input_payload("alice", bytes([c])), 3 + i) for i, c in enumerate(b"uname -a\r")],  # noqa: E501
+        rec(
+            sl.EVENT,
+            T0 + 10,
+            sl.event_payload("attach", {"user": "alice", "source": "ssh:1.2.3.4:5", "mode": "rw"}),
+            2,
+        ),  # noqa: E501
+        *[
+            rec(sl.INPUT, T0 + 20 + i, sl.input_payload("alice", bytes([c])), 3 + i)
+            for i, c in enumerate(b"uname -a\r")
+        ],  # noqa: E501
         rec(sl.INPUT, T0 + 50, sl.input_payload("alice", b"half"), 20),
-        rec(sl.EVENT, T0 + 60, sl.event_payload("detach", {"user": "alice", "source": "ssh:1.2.3.4:5", "reason": "detached"}), 21),  # noqa: E501
+        rec(
+            sl.EVENT,
+            T0 + 60,
+            sl.event_payload(
+                "detach", {"user": "alice", "source": "ssh:1.2.3.4:5", "reason": "detached"}
+            ),
+            21,
+        ),  # noqa: E501
     ]
     entries = tl.from_line_log(tl.LineLog("web1", "con0", 2, records))
     assert [(e.kind, e.fields.get("action"), e.fields.get("text")) for e in entries] == [
@@ -131,7 +146,10 @@ def test_a_typed_line_is_bounded() -> None:
 def test_build_sorts_every_source_by_host_time_and_keeps_the_window() -> None:
     window = tl.Window(T0, T0 + 10_000_000, T0 + 10_000_000)
     files = [
-        tl.FileChange({"kind": "created", "path": "/tmp/x", "type": "file", "size": 3, "sha256": "ab"}, T0 + 4_000_000),  # noqa: E501
+        tl.FileChange(
+            {"kind": "created", "path": "/tmp/x", "type": "file", "size": 3, "sha256": "ab"},
+            T0 + 4_000_000,
+        ),  # noqa: E501
         tl.FileChange({"kind": "deleted", "path": "/etc/motd", "type": "file"}, None),
         tl.FileChange({"kind": "modified", "path": "/etc/old", "type": "file"}, T0 - 99),
     ]
@@ -139,10 +157,25 @@ def test_build_sorts_every_source_by_host_time_and_keeps_the_window() -> None:
         machine="pot",
         window=window,
         line_logs=[tl.LineLog("pot", "tty", 1, tty_records(ssh_login(b"x"), T0 + 1_000_000))],
-        flows=[{"first_us": T0 + 2_000_000, "proto": "tcp", "src": "10.0.0.2", "sport": 40000, "dst": "203.0.113.9", "dport": 80}],  # noqa: E501
+        flows=[
+            {
+                "first_us": T0 + 2_000_000,
+                "proto": "tcp",
+                "src": "10.0.0.2",
+                "sport": 40000,
+                "dst": "203.0.113.9",
+                "dport": 80,
+            }
+        ],  # noqa: E501
         files=files,
-        events=[{"id": 1, "ts": (T0 + 500_000) / 1e6, "machine": "pot", "kind": "up", "pid": "7"}, {"id": 2, "ts": (T0 + 99_000_000) / 1e6, "machine": "pot", "kind": "late"}],  # noqa: E501
-        memory=[{"t": (T0 + 3_000_000) / 1e6, "k": "act", "g": "pot", "op": "unplug", "kib": 4096}, {"t": (T0 + 3_000_000) / 1e6, "k": "act", "g": "other", "op": "plug"}],  # noqa: E501
+        events=[
+            {"id": 1, "ts": (T0 + 500_000) / 1e6, "machine": "pot", "kind": "up", "pid": "7"},
+            {"id": 2, "ts": (T0 + 99_000_000) / 1e6, "machine": "pot", "kind": "late"},
+        ],  # noqa: E501
+        memory=[
+            {"t": (T0 + 3_000_000) / 1e6, "k": "act", "g": "pot", "op": "unplug", "kib": 4096},
+            {"t": (T0 + 3_000_000) / 1e6, "k": "act", "g": "other", "op": "plug"},
+        ],  # noqa: E501
     )
     entries = tl.build(src)
     assert [e.time_us for e in entries] == sorted(e.time_us for e in entries)
@@ -267,9 +300,16 @@ def test_changes_since_a_snapshot_leave_out_what_the_snapshot_had() -> None:
         return tl.FileChange({"kind": kind, "path": path, "type": "file", "sha256": sha}, None)
 
     then = [fc("created", "/a", "1"), fc("created", "/gone", "2"), fc("modified", "/etc/x", "3")]
+    then.append(fc("created", "/c", "6"))
     now = [fc("created", "/a", "1"), fc("created", "/b", "4"), fc("modified", "/etc/x", "5")]
+    now.append(fc("created", "/c", "7"))
     got = {(c.change["kind"], c.change["path"]) for c in sources.since_snapshot(now, then)}
-    assert got == {("created", "/b"), ("modified", "/etc/x"), ("deleted", "/gone")}
+    assert got == {
+        ("created", "/b"),
+        ("modified", "/etc/x"),
+        ("deleted", "/gone"),
+        ("modified", "/c"),
+    }
 
 
 def test_debugfs_stat_gives_the_change_time() -> None:
@@ -367,4 +407,3 @@ def test_timeline_without_a_daemon_reads_the_files(home: Layout) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "no logs of boot 9 (boots with logs: 1)" in r.stderr
-

@@ -160,6 +160,9 @@ def since_snapshot(now: list[tl.FileChange], then: list[tl.FileChange]) -> list[
         old = before.pop(c.change["path"], None)
         if old is not None and _same(old, c.change):
             continue
+        if old is not None and c.change.get("kind") != "deleted":
+            # there at the snapshot already: changed since, whatever it was against the base
+            c = tl.FileChange(c.change | {"kind": "modified"}, c.ctime_us)
         out.append(c)
     for path, old in sorted(before.items()):
         if old.get("kind") == "created":
