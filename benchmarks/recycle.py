@@ -54,17 +54,27 @@ async def to_console(
         assert r.status == 200, await r.text()
         answer = await r.json()
         buf = b""
-        asked = False
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                continue
-            buf += msg.data
-            if not asked and PROMPT.search(buf):
-                await ws.send_bytes(b"echo rdy-$((40+2))\n")
-                asked = True
-            elif asked and b"rdy-42" in buf:
-                took = time.monotonic() - t0
+
+        async def more() -> None:
+            nonlocal buf
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                buf += msg.data
+            elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                raise RuntimeError(f"the console closed: {msg}")
+
+        while not PROMPT.search(buf):
+            await more()
+        while True:  # typed again if a shell that had just printed its prompt lost it
+            await ws.send_bytes(b"echo rdy-$((40+2))\n")
+            try:
+                async with asyncio.timeout(2):
+                    while b"rdy-42" not in buf:
+                        await more()
                 break
+            except TimeoutError:
+                continue
+        took = time.monotonic() - t0
         await ws.close()
     return took, answer
 
