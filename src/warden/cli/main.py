@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "warden.cli.logs",
     "warden.cli.mem",
     "warden.cli.net",
+    "warden.cli.forensics",
 )
 
 
@@ -63,6 +64,9 @@ COMMANDS = {
     "mem": "warden.cli.mem",
     "top": "warden.cli.mem",
     "net": "warden.cli.net",
+    "timeline": "warden.cli.forensics",
+    "evidence": "warden.cli.forensics",
+    "recycle": "warden.cli.forensics",
 }
 
 

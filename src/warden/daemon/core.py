@@ -143,6 +143,7 @@ class Daemon:
             "warden.net.feature",
             "warden.memory.feature",
             "warden.honeypot.feature",
+            "warden.forensics.feature",  # last: it taps the session logs the others set up
         ):
             try:
                 module = __import__(name, fromlist=["install"])
