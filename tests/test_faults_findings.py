@@ -10,6 +10,7 @@ start stopped half-way, leaving the guest "starting" with no launch and no timer
 It must fail with the reason and leave nothing starting.
 """
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -22,6 +23,8 @@ from tests.support import faults
 from tests.support.daemon import DaemonProc
 from warden.api.client import ApiClient
 from warden.daemon import machine as m
+from warden.daemon.core import Daemon
+from warden.paths import Layout
 
 
 def restored(state: m.State, desired: str) -> m.Machine:
@@ -64,6 +67,36 @@ def test_a_reattached_paused_guest_keeps_what_the_admin_asked() -> None:
     mm = restored(m.State.RUNNING, "running")
     mm.handle(m.Reattached(42), 0)
     assert mm.state is m.State.RUNNING and mm.desired == "running"
+
+
+def test_a_prune_a_killed_daemon_left_half_done_is_finished_by_the_next(home: Layout) -> None:
+    """apply --prune saves the new fleet, kills the dropped machine and destroys it once it is
+    down; a daemon killed in between left the machine's row and files for good (the campaign's
+    kill during apply), and a later fleet naming it again started from that stale row."""
+    from warden.daemon.files import MachineFiles
+    from warden.store import MachineRow, Store
+
+    store = Store(home.db)
+    store.save_fleet("f", faults.OWNER + faults.machine("a", False))
+    store.put_machine(MachineRow("c3", "stopping", "stopped", 4242, 1, 1, None, None, None, None))
+    store.close()
+    files = MachineFiles(home.machine("c3"), "c3")
+    files.create(("con0",))
+    (files.logs / "con0-1.wlog").write_bytes(b"evidence")
+
+    async def open_daemon() -> Daemon:
+        d = Daemon(home)
+        d.open()
+        await asyncio.sleep(0.1)
+        return d
+
+    d = asyncio.run(open_daemon())
+    assert "c3" not in d.sups
+    assert d.c.store.machine("c3") is None
+    assert not home.machine("c3").exists()
+    archived = list((home.home / "archive").glob("c3-*/con0-1.wlog"))
+    assert [p.read_bytes() for p in archived] == [b"evidence"]  # logs are evidence: kept
+    d.c.store.close()
 
 
 def _kill_and_restart(d: DaemonProc) -> None:

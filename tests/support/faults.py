@@ -997,10 +997,17 @@ class KillCampaign:
         printed = self.printer.stop(self.d)
         account(self.d, self.printer, printed, self.work, self.tally, "kill -9 campaign")
         check_logs(self.d, self.tally, "at the end")
-        ls = self.d.ls()
-        for name, m in ls.items():
-            if m["state"] in ("running", "paused", "starting"):
-                self.d.cli("stop", name, check=False)
+        live = [
+            n for n, m in self.d.ls().items() if m["state"] in ("running", "paused", "starting")
+        ]
+        stops = [
+            threading.Thread(target=self.d.cli, args=("stop", n), kwargs={"check": False})
+            for n in live
+        ]
+        for t in stops:
+            t.start()
+        for t in stops:
+            t.join()
         ls = self.d.ls()
         for name, m in ls.items():
             if m["state"] != "stopped" and m["state"] != "absent":

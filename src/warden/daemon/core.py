@@ -104,6 +104,7 @@ class Daemon:
         self._install_features()
         for spec in fleet.machines:
             self._add(spec)
+        self._finish_prunes(fleet)
         reattached = 0
         for sup in self.sups.values():
             if sup.machine.state in m.LIVE and sup.reattach():
@@ -151,6 +152,26 @@ class Daemon:
                     continue  # that feature is not part of this build
                 raise
             module.install(self)
+
+    def _finish_prunes(self, fleet: fleetmod.Fleet) -> None:
+        """A machine with a row that the stored fleet does not name was being pruned when a
+        daemon died: `apply --prune` saves the new fleet, kills the machine and destroys it
+        once it is down (`_forget`). Finish it as the prune would have: kill what still runs,
+        archive its logs, remove its files and its row. Left alone, its files stayed for good
+        and a later fleet naming it again started from the stale row."""
+        names = {spec.name for spec in fleet.machines}
+        for row in self.c.store.machines():
+            if row.name in names:
+                continue
+            sup = Supervisor(self.c, fleetmod.Machine(name=row.name, owner=""))
+            sup.restore(row)
+            if sup.cgroup.exists() and sup.cgroup.populated():
+                sup.cgroup.kill()
+            sup.cgroup.wait_empty(5)
+            sup.machine.pid = None
+            sup.machine.handle(m.Exited(None, None), time.time())  # no longer live
+            sup.destroy()
+            self.c.event(row.name, "pruned", note="finished after a daemon died while pruning it")
 
     def _add(self, spec: fleetmod.Machine) -> Supervisor:
         sup = Supervisor(self.c, spec)
