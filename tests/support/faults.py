@@ -447,7 +447,7 @@ def account(
     seen = logged_lines(d, printer.name, printer.line, work)
     missing = [k for k in range(1, printed + 1) if k not in seen]
     twice = sum(c - 1 for k, c in seen.items() if c > 1)
-    counted = max((int(r.get("bytes_out") or 0) for r in drops or []), default=0)
+    counted = dropped_total(drops or [])
     slack = 2 * len(drops or [])  # a record cut at a drop holds part of a line
     unrecorded = max(0, len(missing) - counted // (LINE_BYTES + 1) - slack)
     tally.printed += printed * LINE_BYTES
@@ -1088,16 +1088,25 @@ def fill(directory: Path) -> tuple[Path, int]:
 
 
 def log_drop_records(d: DaemonProc, name: str, line: str) -> list[dict[str, Any]]:
-    """The records of `name`'s `line` log (latest boot) that say something was not written."""
+    """The records of `name`'s `line` log (latest boot) that count what was not written:
+    "dropped" and "write-failed" events (`bytes_out`: totals for the file so far) and END
+    (`dropped_bytes`: the file's total, the only count once the quota stops events too)."""
     r = d.cli("logs", "dump", f"{name}:{line}", "--json", check=False)
     out = []
     for text in r.stdout.splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             rec = json.loads(text)
             kind = str(rec.get("kind", rec.get("type", "")))
-            if "drop" in kind or "fail" in kind or "full" in kind:
+            if "drop" in kind or "fail" in kind or "full" in kind or kind == "end":
                 out.append(rec)
     return out
+
+
+def dropped_total(records: list[dict[str, Any]]) -> int:
+    """The bytes of output `log_drop_records` says were not written (the largest total)."""
+    counts = [int(r.get("bytes_out") or 0) for r in records if r.get("kind") != "end"]
+    counts += [int(r.get("dropped_bytes") or 0) for r in records if r.get("kind") == "end"]
+    return max(counts, default=0)
 
 
 def home_fills_up(
@@ -1537,7 +1546,6 @@ def channel_flood(d: DaemonProc, size: Size, work: Path, say: Say = print) -> Ta
         )
     printed = printer.stop(d)
     account(d, printer, printed, work, tally, "flood (quiet guest)")
-    _flood_console_accounting(d, blocks, work, tally, say)
     if honeypot:
         st = ApiClient(d.layout).get("/honeypot/fl")
         say(f"  honeypot status of fl: {json.dumps(st)[:400]}")
@@ -1545,6 +1553,9 @@ def channel_flood(d: DaemonProc, size: Size, work: Path, say: Say = print) -> Ta
     for name in ("fl", "qt"):
         if ls.get(name, {}).get("state") != "running":
             tally.once("lost", f"flood: {name} is {ls.get(name, {}).get('state')}")
+    # fl's con0 log is closed first: past the quota only its END counts what was dropped
+    d.cli("stop", "fl", check=False)
+    _flood_console_accounting(d, blocks, work, tally, say)
     check_logs(d, tally, "after the flood")
     for tb in log.tracebacks():
         tally.once("wrong", f"flood: daemon traceback: {tb}")
@@ -1568,7 +1579,7 @@ def _flood_console_accounting(
     logged = out.read_bytes().count(BLOB_LINE + b"\r\n")
     out.unlink()
     drops = log_drop_records(d, "fl", "con0")
-    counted = max((int(r.get("bytes_out") or 0) for r in drops), default=0)
+    counted = dropped_total(drops)
     counted_lines = counted // (len(BLOB_LINE) + 2)
     missing = max(0, wanted - logged - counted_lines - 2 * len(drops))
     line = len(BLOB_LINE) + 1
