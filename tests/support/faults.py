@@ -494,10 +494,21 @@ def check_logs(d: DaemonProc, tally: Tally, when: str) -> None:
         tally.once(kind, text, key=f"{v['path']}:{v['status']}")
 
 
+def recorded_base(cow: Path) -> dict[str, Any]:
+    """What `warden disk` passes for a machine's disk: the base warden recorded, which decides
+    over the (guest-writable) header's path (warden.disk.recorded, from the disk work of issue
+    18). Before that work there is no such module and the header decides: no argument."""
+    try:
+        from warden.disk import recorded
+    except ImportError:
+        return {}
+    return {"recorded": recorded.lookup(cow)}
+
+
 def check_cow(path: Path, tally: Tally, what: str) -> bool:
     """The COW file's header parses and its backing file matches (`warden disk inspect`)."""
     try:
-        info = disk_inspect.inspect(path).as_json()
+        info = disk_inspect.inspect(path, **recorded_base(path)).as_json()
     except (WardenError, OSError) as e:
         tally.once("corrupt", f"{what}: {path}: {e}")
         return False
@@ -516,7 +527,7 @@ def fsck_cow(cow: Path, work: Path, tally: Tally, what: str, crash_consistent: b
     img = work / "fsck.img"
     img.unlink(missing_ok=True)
     try:
-        disk_merge.merge(cow, img, sync=False)
+        disk_merge.merge(cow, img, sync=False, **recorded_base(cow))
         argv = ["e2fsck", "-fp" if crash_consistent else "-fn", str(img)]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         worst = 1 if crash_consistent else 0
@@ -671,7 +682,7 @@ class KillCampaign:
         self.d.cli("stop", "m1")
         self.m1_cow = self.d.layout.machine("m1") / "disk.cow"
         ref = self.work / "m1-reference.img"
-        disk_merge.merge(self.m1_cow, ref, sync=False)
+        disk_merge.merge(self.m1_cow, ref, sync=False, **recorded_base(self.m1_cow))
         self.ref_hash = file_hash(ref)
         ref.unlink()
         self.printer.start(self.d)
@@ -730,7 +741,7 @@ class KillCampaign:
                 if in_place:
                     disk_merge.merge_in_place(cow)
                 else:
-                    disk_merge.merge(self.m1_cow, out)
+                    disk_merge.merge(self.m1_cow, out, **recorded_base(self.m1_cow))
             except BaseException:
                 code = 1
             os._exit(code)
@@ -742,7 +753,8 @@ class KillCampaign:
     def _private_copies(self) -> tuple[Path, Path]:
         """A copy of m1's base (same size and mtime) and of its COW, rebased onto the copy:
         an in-place merge may change only files of its own."""
-        base = Path(disk_inspect.inspect(self.m1_cow).as_json()["backing"]["checked_path"])
+        info = disk_inspect.inspect(self.m1_cow, **recorded_base(self.m1_cow)).as_json()
+        base = Path(info["backing"]["checked_path"])
         pbase, pcow = self.work / "base-copy.img", self.work / "m1-copy.cow"
         for p in (pbase, pcow):
             p.unlink(missing_ok=True)
