@@ -73,6 +73,8 @@ def test_a_prune_a_killed_daemon_left_half_done_is_finished_by_the_next(home: La
     """apply --prune saves the new fleet, kills the dropped machine and destroys it once it is
     down; a daemon killed in between left the machine's row and files for good (the campaign's
     kill during apply), and a later fleet naming it again started from that stale row."""
+    from warden.console import logstore
+    from warden.console import sessionlog as sl
     from warden.daemon.files import MachineFiles
     from warden.store import MachineRow, Store
 
@@ -82,21 +84,36 @@ def test_a_prune_a_killed_daemon_left_half_done_is_finished_by_the_next(home: La
     store.close()
     files = MachineFiles(home.machine("c3"), "c3")
     files.create(("con0",))
-    (files.logs / "con0-1.wlog").write_bytes(b"evidence")
+    # its console log as the killed daemon left it: records, no END
+    key = logstore.load_key(home, create=True)
+    meta = {
+        "format": "warden-session-log",
+        "machine": "c3",
+        "line": "con0",
+        "boot": 1,
+        "part": 1,
+        "key_id": sl.key_id(key),
+    }
+    data, mac = sl.encode_header(meta, key)
+    record, _ = sl.encode_record(key, mac, sl.OUTPUT, 1, 1_700_000_000_000_000, b"evidence")
+    (files.logs / "con0-1.wlog").write_bytes(data + record)
 
-    async def open_daemon() -> Daemon:
+    async def start_daemon() -> Daemon:
         d = Daemon(home)
-        d.open()
-        await asyncio.sleep(0.1)
+        await d.start()
+        await d.shutdown(stop_guests=False)
         return d
 
-    d = asyncio.run(open_daemon())
+    d = asyncio.run(start_daemon())
     assert "c3" not in d.sups
-    assert d.c.store.machine("c3") is None
+    store = Store(home.db)
+    assert store.machine("c3") is None
+    store.close()
     assert not home.machine("c3").exists()
-    archived = list((home.home / "archive").glob("c3-*/con0-1.wlog"))
-    assert [p.read_bytes() for p in archived] == [b"evidence"]  # logs are evidence: kept
-    d.c.store.close()
+    # logs are evidence: kept, and closed as any log no daemon writes any more
+    (archived,) = (home.home / "archive").glob("c3-*/con0-1.wlog*")
+    verdict = sl.verify(archived, key, live=False)
+    assert verdict.status == "complete", verdict.message
 
 
 def _kill_and_restart(d: DaemonProc) -> None:
