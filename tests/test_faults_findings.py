@@ -192,8 +192,8 @@ def test_a_start_on_a_full_home_fails_with_the_reason_and_leaves_no_guest_starti
 def test_a_daemon_killed_while_a_snapshot_copies_leaves_no_half_snapshot(
     daemon: DaemonProc,
 ) -> None:
-    """Waits for the disk work (src/warden/disk/snapshot.py): today the half-made directory
-    stays, no listing shows it, and the name is refused for good."""
+    """Before snapshots were made in a staging directory (src/warden/disk/snapshot.py), the
+    half-made directory stayed, no listing showed it, and the name was refused for good."""
     daemon.apply(faults.OWNER + faults.machine("c2", True))
     faults.wait_states(daemon, {"c2": "running"})
     faults.sh(
@@ -212,9 +212,10 @@ def test_a_daemon_killed_while_a_snapshot_copies_leaves_no_half_snapshot(
         t = threading.Thread(target=take, daemon=True)
         t.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not list((snaps / name).glob(".disk.cow.tmp-*")):
+        copying = f".{name}.tmp-*/.disk.cow.tmp-*"  # the copy, in the snapshot's staging
+        while time.monotonic() < deadline and not list(snaps.glob(copying)):
             time.sleep(0.0005)
-        if list((snaps / name).glob(".disk.cow.tmp-*")):
+        if list(snaps.glob(copying)):
             daemon.kill9()
             caught = name
             t.join(10)
@@ -227,3 +228,5 @@ def test_a_daemon_killed_while_a_snapshot_copies_leaves_no_half_snapshot(
     assert not left.exists() or (left / "meta.json").exists(), sorted(os.listdir(left))
     r = daemon.cli("disk", "snapshot", "c2", "--name", caught, check=False)
     assert r.returncode == 0, r.stderr
+    assert (left / "meta.json").exists()
+    assert sorted(p.name for p in snaps.iterdir() if p.name.startswith(".")) == []  # swept

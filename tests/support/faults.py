@@ -943,6 +943,11 @@ class KillCampaign:
 
     def _check_snapshot(self, fired: Fired, ls: dict[str, Any], when: str) -> None:
         directory = self.d.layout.machine("c2") / "snapshots" / fired.context["name"]
+        staged = temp_debris(directory.parent)  # the new daemon has started: none may stay
+        if staged:
+            self.tally.once(
+                "debris", f"{when}: a killed snapshot's staging stays: {[p.name for p in staged]}"
+            )
         if not directory.exists():
             return
         if (directory / "meta.json").exists():

@@ -25,7 +25,7 @@ from warden.daemon import machine as m
 from warden.daemon.context import BootExtras, Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
 from warden.daemon.lines import Line
-from warden.disk import backing
+from warden.disk import backing, snapshot
 from warden.disk import create as disk_create
 from warden.errors import Conflict, WardenError
 from warden.host import cgroup
@@ -104,6 +104,9 @@ class Supervisor:
         self.base = row.base
         self.uid = row.uid
         self.pid_start = row.pid_start
+        # A snapshot that an earlier daemon was killed in the middle of (kill -9) is only a
+        # hidden staging directory: this daemon's start is when it is known to be dead.
+        snapshot.sweep(self.files.cow)
 
     def row(self) -> MachineRow:
         return MachineRow(
