@@ -12,6 +12,7 @@ from aiohttp import web
 from warden.console.feature import ConsoleFeature
 from warden.daemon.core import Daemon
 from warden.errors import SpecError
+from warden.forensics.feature import ForensicsFeature
 from warden.honeypot.feature import HoneypotFeature
 from warden.jail.feature import JailFeature
 from warden.memory.feature import MemoryFeature
@@ -29,6 +30,7 @@ class Features:
     memory: MemoryFeature
     honeypot: HoneypotFeature
     snapshots: SnapshotFeature
+    forensics: ForensicsFeature
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,18 @@
 """The features' routes: each parses, calls one method of a feature, serialises."""
 
 import asyncio
+from pathlib import Path
 
 from aiohttp import web
 
 from warden.api.common import Ctx, body, client_gone, float_arg, int_arg
-from warden.errors import SpecError
+from warden.errors import SpecError, WardenError
 from warden.units import parse_size
 
 
 # ---- console
 async def logs_flush(c: Ctx, request: web.Request) -> web.Response:
-    return web.json_response({"flushed": await c.features.console.flush(30.0)})
+    return web.json_response({"flushed": await c.features.console.flush_logs(30.0)})
 
 
 async def sessions(c: Ctx, request: web.Request) -> web.Response:
@@ -124,3 +125,43 @@ async def net_capture(c: Ctx, request: web.Request) -> web.StreamResponse:
     finally:
         await stream.close()
     return resp
+
+
+# ---- forensics
+def _flag(value: str | None) -> bool:
+    return value not in (None, "", "0", "false", "no")
+
+
+async def timeline(c: Ctx, request: web.Request) -> web.Response:
+    q = request.query
+    boot = None
+    if q.get("boot"):
+        try:
+            boot = int(q["boot"])
+        except ValueError:
+            raise WardenError(f"boot={q['boot']!r}: expected a boot number") from None
+    out = await c.features.forensics.timeline(
+        request.match_info["name"], boot, q.get("since"), _flag(q.get("sync"))
+    )
+    return web.json_response(out)
+
+
+async def evidence(c: Ctx, request: web.Request) -> web.Response:
+    b = await request.json() if request.can_read_body else {}
+    out = b.get("out")
+    if out is not None and not Path(out).is_absolute():
+        raise WardenError(f"out={out!r}: give an absolute path")
+    result = await c.features.forensics.evidence(
+        request.match_info["name"], Path(out) if out else None, bool(b.get("sync"))
+    )
+    return web.json_response(result)
+
+
+async def recycle(c: Ctx, request: web.Request) -> web.Response:
+    b = await request.json() if request.can_read_body else {}
+    result = await c.features.forensics.recycle(
+        request.match_info["name"],
+        sync=bool(b.get("sync", True)),
+        wait_evidence=bool(b.get("wait_evidence", False)),
+    )
+    return web.json_response(result)

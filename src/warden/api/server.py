@@ -24,6 +24,9 @@ answer. Errors are {"error": message} with 400 bad input, 404 unknown name, 409 
     -- honeypot:  GET /honeypot, GET /honeypot/{name}
     -- net:       GET /net, POST /net/{name}/cut, POST /net/{name}/restore,
                   GET /net/{name}/capture?nic=N&count=N&duration=S   (a pcap stream)
+    -- forensics: GET /machines/{name}/timeline?boot=B&since=SNAP&sync=1,
+                  POST /machines/{name}/evidence {"out": PATH?, "sync": bool},
+                  POST /machines/{name}/recycle {"sync": bool, "wait_evidence": bool}
 
 Console websocket frames: binary both ways are terminal bytes; text frames are JSON:
 server -> client {"notice": "..."} or {"closed": "reason"}; client -> server
@@ -78,6 +81,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "net/{name}/cut", fh.net_cut),
     ("POST", "net/{name}/restore", fh.net_restore),
     ("GET", "net/{name}/capture", fh.net_capture),
+    ("GET", "machines/{name}/timeline", fh.timeline),
+    ("POST", "machines/{name}/evidence", fh.evidence),
+    ("POST", "machines/{name}/recycle", fh.recycle),
     ("POST", "machines/{name}/{action}", mh.action),
 )
 

@@ -14,8 +14,11 @@ each other):
     console    last to start: its log service closes every session log that nobody has
                re-opened by then (finalize_stale), the honeypot's tty logs among them
     snapshots  no hooks: snapshots and diffs by machine name
+    forensics  last: timeline, evidence, recycle; its recycle policy taps the session logs
+               the console makes
 
-The console also provides the log of every terminal line (Core.logs), wired here.
+The console provides the log of every terminal line (Core.logs), wired here, through the
+forensics feature's tap.
 """
 
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from warden.console.feature import ConsoleFeature
 from warden.daemon.context import Context
 from warden.daemon.core import Daemon
 from warden.daemon.seam import Feature
+from warden.forensics.feature import ForensicsFeature
 from warden.honeypot.feature import HoneypotFeature
 from warden.jail.feature import JailFeature
 from warden.memory.feature import MemoryFeature
@@ -48,10 +52,17 @@ def build(layout: Layout) -> App:
     honeypot = HoneypotFeature(ctx)
     console = ConsoleFeature(ctx)
     snapshots = SnapshotFeature(ctx)
-    ctx.logs = console.line_log
-    order: tuple[Feature, ...] = (jail, net, memory, honeypot, console, snapshots)
+    forensics = ForensicsFeature(ctx)
+    ctx.logs = forensics.tap(console.line_log)
+    order: tuple[Feature, ...] = (jail, net, memory, honeypot, console, snapshots, forensics)
     daemon = Daemon(ctx, order)
     features = Features(
-        console=console, jail=jail, net=net, memory=memory, honeypot=honeypot, snapshots=snapshots
+        console=console,
+        jail=jail,
+        net=net,
+        memory=memory,
+        honeypot=honeypot,
+        snapshots=snapshots,
+        forensics=forensics,
     )
     return App(daemon, Api(daemon, features))

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "warden.cli.logs",
     "warden.cli.mem",
     "warden.cli.net",
+    "warden.cli.forensics",
 )
 
 
@@ -38,6 +39,8 @@ OFFLINE = (
     "kernel build|ls",
     "fleet add-key",
     "mem plot",  # the balancer's log file
+    "timeline",  # with no daemon: the files as they are (a running guest's disk is not read)
+    "evidence verify|unpack",
     "doctor",  # what the host offers
 )
 
@@ -78,6 +81,9 @@ COMMANDS = {
     "mem": "warden.cli.mem",
     "top": "warden.cli.mem",
     "net": "warden.cli.net",
+    "timeline": "warden.cli.forensics",
+    "evidence": "warden.cli.forensics",
+    "recycle": "warden.cli.forensics",
 }
 
 

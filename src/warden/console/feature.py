@@ -56,8 +56,11 @@ class ConsoleFeature(Feature):
     async def after_exit(self, guest: Guest) -> None:
         await self.logs.after_exit(guest)
 
+    async def flush(self) -> None:
+        await self.flush_logs(30.0)
+
     # ---- what the API serves
-    async def flush(self, timeout: float = 30.0) -> bool:
+    async def flush_logs(self, timeout: float) -> bool:
         """Wait (off the loop) until every queued record is written and closed files compressed."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.logs.writer.flush, timeout)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from warden import guestinput
 from warden.daemon.launcher import HostLauncher, Launcher
 from warden.daemon.lines import LineLog, NullLog
-from warden.daemon.seam import BootExtras, Feature, Guest, LogFactory
+from warden.daemon.seam import BootExtras, Control, Feature, Guest, LogFactory
 from warden.errors import NotFound, SpecError
 from warden.host import cgroup
 from warden.host.cgroup import Hierarchy
@@ -97,6 +97,8 @@ class Context:
     zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
     # Starts kernels: the zygote or a fresh launcher (driver tests put a fake here).
     launcher: Launcher = field(init=False)
+    # The daemon's machine operations, for features (the Daemon sets it: daemon/core.py).
+    control: Control = field(init=False)
     logs: LogFactory = null_logs
     machines: "dict[str, Supervisor]" = field(default_factory=dict)
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)

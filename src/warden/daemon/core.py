@@ -58,6 +58,7 @@ def raise_fd_limit() -> int:
 class Daemon:
     def __init__(self, ctx: Context, features: Sequence[Feature]):
         self.ctx = ctx
+        ctx.control = _Control(self)
         self.layout = ctx.layout
         self.features = tuple(features)
         ctx.features = list(self.features)
@@ -104,10 +105,36 @@ class Daemon:
         for feature in self.features:
             self.started_features.append(feature)  # one that fails half-way is stopped too
             await feature.start()
+        await self._finish_prunes()
         if up is not None:
             return await self.apply(up.text, up.source, up.prune, start_all=True)
         self._autostart()
         return None
+
+    async def _finish_prunes(self) -> None:
+        """A machine with a row that the stored fleet does not name was being pruned when a
+        daemon died: `apply --prune` saves the new fleet, kills the machine and destroys it
+        once it is down (`_forget`). Finish it as the prune would have: kill what still runs,
+        archive its logs, remove its files and its row. Left alone, its files stayed for good
+        and a later fleet naming it again started from the stale row. Runs after the features
+        started: the console's log service closes the logs no daemon writes any more (END) at
+        its start, and every feature's `flush` is awaited before their folder is archived."""
+        names = {spec.name for spec in self.ctx.fleet.machines}
+        rows = [row for row in self.ctx.store.machines() if row.name not in names]
+        if not rows:
+            return
+        for feature in self.features:
+            await feature.flush()
+        for row in rows:
+            sup = Supervisor(self.ctx, fleetmod.Machine(name=row.name, owner=""))
+            sup.restore(row)
+            if sup.cgroup.exists() and sup.cgroup.populated():
+                sup.cgroup.kill()
+            await sup.cgroup.emptied(5.0)
+            sup.machine.pid = None
+            sup.machine.handle(m.Exited(None, None), time.time())  # no longer live
+            sup.destroy()  # files removed, logs archived
+            self.ctx.event(row.name, "pruned", note="finished after a daemon died while pruning it")
 
     def _add(self, spec: fleetmod.Machine) -> Supervisor:
         sup = Supervisor(self.ctx, spec)
@@ -304,9 +331,7 @@ class Daemon:
     def resume_machine(self, name: str) -> None:
         self.sup(name).post(m.Resume())
 
-    async def mconsole(
-        self, name: str, command: str, user: str, timeout: float = 10.0
-    ) -> str:
+    async def mconsole(self, name: str, command: str, user: str, timeout: float = 10.0) -> str:
         """An operator's mconsole command (recorded with who sent it)."""
         sup = self.sup(name)
         reply = await sup.request(command, timeout=timeout)
@@ -331,3 +356,22 @@ class Daemon:
             "fd_limit": self.fd_limit,
             "open_fds": len(os.listdir("/proc/self/fd")),
         }
+
+
+class _Control:
+    """seam.Control over the Daemon's machine operations."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def start(self, name: str) -> None:
+        self.daemon.start_machine(name)
+
+    async def kill(self, name: str, wait: bool = True) -> None:
+        await self.daemon.kill_machine(name, wait=wait)
+
+    def reset(self, name: str) -> None:
+        self.daemon.reset_machine(name)
+
+    async def wait_state(self, name: str, states: tuple[m.State, ...], timeout: float) -> m.State:
+        return await self.daemon.sup(name).wait_state(states, timeout)

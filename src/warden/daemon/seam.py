@@ -22,6 +22,8 @@ Life cycle, as the daemon calls it (docs/architecture.md, "The path of a boot"):
     after_launch(guest, pid)     the kernel process exists (it is not up yet)
     on_up(guest)        the kernel answers its mconsole (also after a reboot)
     after_exit(guest)   the kernel and every process of the guest are gone
+    flush()             what the feature writes into guests' folders is on disk (before the
+                        daemon archives a folder a killed daemon left behind)
 
 `Feature` is a Protocol with do-nothing bodies: a feature subclasses it and writes the hooks it
 needs; the daemon calls every hook on every feature (no probing with hasattr).
@@ -40,6 +42,7 @@ from warden.daemon.machine import State
 from warden.host.cgroup import Cgroup, Hierarchy
 from warden.paths import Layout
 from warden.spec.fleet import Fleet, Machine
+from warden.store import Store
 
 
 @dataclass
@@ -123,6 +126,21 @@ class Guests(Protocol):
     def __contains__(self, name: object) -> bool: ...
 
 
+class Control(Protocol):
+    """What a feature may ask the core to do to a guest, with the checks the API's requests
+    get (the forensics feature recycles a guest: kill, reset, start)."""
+
+    def start(self, name: str) -> None:
+        """As `warden start NAME` without waiting: admission, files, the start."""
+
+    async def kill(self, name: str, wait: bool = True) -> None: ...
+    def reset(self, name: str) -> None:
+        """A new COW disk over the image's current build (the guest must be stopped)."""
+
+    async def wait_state(self, name: str, states: tuple[State, ...], timeout: float) -> State:
+        """Until the guest is in one of `states`; TimeoutError after `timeout` seconds."""
+
+
 class LogFactory(Protocol):
     def __call__(self, machine: str, line: str, boot: int, reattach: bool) -> LineLog: ...
 
@@ -143,6 +161,13 @@ class Core(Protocol):
     @property
     def logs(self) -> LogFactory:
         """The log of one terminal line (or of a honeypot's tty log) for one boot."""
+
+    @property
+    def control(self) -> Control: ...
+    @property
+    def store(self) -> Store:
+        """The daemon's database, to read (events for a timeline); features write events
+        through `event`."""
 
     def event(self, machine: str | None, kind: str, **detail: Any) -> None:
         """An event the daemon decided on: always stored, and sent to watchers."""
@@ -184,4 +209,9 @@ class Feature(Protocol):
         return None
 
     async def after_exit(self, guest: Guest) -> None:
+        return None
+
+    async def flush(self) -> None:
+        """Wait until what this feature writes into guests' folders is on disk (the console:
+        session logs written, closed ones compressed), before the daemon moves a folder away."""
         return None

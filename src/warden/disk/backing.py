@@ -53,6 +53,17 @@ class Recorded:
     base: Path
 
 
+def recorded_base(machine: str, base: str | None) -> Recorded:
+    """The base warden recorded for `machine` (its row's base): every disk operation on a
+    machine's disk uses it, never the path the guest-writable COW header names."""
+    if not base:
+        raise DiskError(
+            f"{machine}: no base image is recorded for its disk; `warden reset {machine}` "
+            "makes a new disk over the image's current build"
+        )
+    return Recorded(machine, Path(base))
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Do `a` and `b` name one file: the same path as the kernel records it, or the same inode
     (as path_requires_switch in ubd_kern.c decides)?"""

@@ -11,14 +11,17 @@ written data. The daemon's by-name form (`warden disk snapshot MACHINE NAME`) ca
 the machine's COW path and mconsole client.
 """
 
+import asyncio
 import contextlib
 import datetime
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +42,30 @@ class CommandClient(Protocol):
     """What snapshot needs of an mconsole client (warden.uml.mconsole.Client has it)."""
 
     def request(self, command: str, timeout: float | None = None) -> str: ...
+
+
+class LoopClient:
+    """A CommandClient for `take` running in a worker thread while the guest's mconsole is an
+    asyncio client on `loop` (the daemon's own): each request is handed to the loop."""
+
+    def __init__(
+        self,
+        request: Callable[[str, float | None], Coroutine[Any, Any, str]],
+        loop: asyncio.AbstractEventLoop,
+    ):
+        self._request = request
+        self.loop = loop
+
+    def request(self, command: str, timeout: float | None = None) -> str:
+        return asyncio.run_coroutine_threadsafe(self._request(command, timeout), self.loop).result()
+
+
+class NoPause:
+    """A guest that is not running (or is frozen by `warden pause`) writes nothing: its COW
+    file is copied as it is."""
+
+    def request(self, command: str, timeout: float | None = None) -> str:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -117,10 +144,12 @@ def take(
     if directory.exists():
         raise SnapshotError(f"snapshot {name!r} already exists in {root}")
     root.mkdir(parents=True, exist_ok=True)
-    directory.mkdir()
+    # Made whole in a hidden directory and renamed: a writer killed half-way (the daemon, by
+    # kill -9) leaves no half snapshot under the name, and its leftover is swept next time.
+    staging = hostfile.temp_dir(root, name)
     fd = -1
     try:
-        fd, temp = hostfile.temp_file(directory, COW_NAME)
+        fd, temp = hostfile.temp_file(staging, COW_NAME)
         src = os.open(cow_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             p.step(f"stopping the guest and copying {cow_path.name}")
@@ -141,7 +170,7 @@ def take(
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.rename(temp, directory / COW_NAME)
+        os.rename(temp, staging / COW_NAME)
         snap = Snapshot(
             name=name,
             directory=directory,
@@ -153,13 +182,20 @@ def take(
             sectors_written=c.written(),
             paused_seconds=paused,
         )
-        _write_meta(directory, snap.as_json())
-        hostfile.fsync_dir(directory)
+        _write_meta(staging, snap.as_json())
+        hostfile.fsync_dir(staging)
+        try:
+            os.rename(staging, directory)  # refused if a snapshot of that name appeared
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise SnapshotError(f"snapshot {name!r} already exists in {root}") from None
+            raise
+        hostfile.fsync_dir(root)
         return snap
     except BaseException as e:
         if fd >= 0:
             os.close(fd)
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in hostfile.FULL_ERRNOS:
             raise DiskFull(
                 f"{root}: no space left for snapshot {name!r}; nothing was kept"
@@ -167,6 +203,12 @@ def take(
         if isinstance(e, OSError):
             raise SnapshotError(f"snapshot {name!r} of {cow_path} failed: {e}") from None
         raise
+
+
+def sweep(cow_path: Path, store: Path | None = None) -> list[Path]:
+    """Remove the staging directories of snapshots whose writer was killed (the daemon starts
+    with this for every machine: no half snapshot outlives the daemon that made it)."""
+    return hostfile.sweep_temps(store or default_store(cow_path))
 
 
 def _resume(client: CommandClient, stopped: bool) -> None:

@@ -8,55 +8,26 @@ reach it through the daemon's own mconsole client on the loop.
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 from warden.daemon import machine as m
 from warden.daemon.seam import Core, Feature, Guest
+from warden.disk import backing, snapshot
 from warden.disk import diff as diffmod
-from warden.disk import snapshot
 from warden.disk.backing import Recorded
-from warden.disk.errors import DiskError
 from warden.errors import Conflict
-
-
-class _LoopClient:
-    """snapshot.take() wants a blocking mconsole client; it runs in a worker thread, and this
-    hands each request to the daemon's own client on the event loop."""
-
-    def __init__(self, guest: Guest, loop: asyncio.AbstractEventLoop):
-        self.guest = guest
-        self.loop = loop
-
-    def request(self, command: str, timeout: float | None = None) -> str:
-        fut = asyncio.run_coroutine_threadsafe(self.guest.request(command, timeout), self.loop)
-        return fut.result()
-
-
-class _Stopped:
-    """A stopped guest needs no pause: its COW file is copied as it is."""
-
-    def request(self, command: str, timeout: float | None = None) -> str:
-        return ""
 
 
 def _client(guest: Guest) -> "snapshot.CommandClient":
     if guest.state in (m.State.RUNNING, m.State.PAUSED):
-        return _LoopClient(guest, asyncio.get_running_loop())
+        return snapshot.LoopClient(guest.request, asyncio.get_running_loop())
     if guest.state in m.LIVE:
         raise Conflict(f"{guest.name} is {guest.state}; wait until it is running or stopped")
-    return _Stopped()
+    return snapshot.NoPause()
 
 
 def recorded(guest: Guest) -> Recorded:
-    """The base warden recorded for the machine: every disk operation uses it, never the path
-    the guest-writable COW header names."""
-    if not guest.base:
-        raise DiskError(
-            f"{guest.name}: no base image is recorded for its disk; `warden reset {guest.name}` "
-            "makes a new disk over the image's current build"
-        )
-    return Recorded(guest.name, Path(guest.base))
+    return backing.recorded_base(guest.name, guest.base)
 
 
 class SnapshotFeature(Feature):
