@@ -70,10 +70,18 @@ def test_a_reattached_paused_guest_keeps_what_the_admin_asked() -> None:
     assert mm.state is m.State.RUNNING and mm.desired == "running"
 
 
-def test_a_prune_a_killed_daemon_left_half_done_is_finished_by_the_next(home: Layout) -> None:
+def test_a_prune_a_killed_daemon_left_half_done_is_finished_by_the_next(
+    home: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """apply --prune saves the new fleet, kills the dropped machine and destroys it once it is
     down; a daemon killed in between left the machine's row and files for good (the campaign's
     kill during apply), and a later fleet naming it again started from that stale row."""
+    # The daemon runs in this test's own process: it must not make pytest a child subreaper,
+    # or every guest orphaned by a later test's kill -9 of its daemon becomes pytest's zombie
+    # (test_hostile_channels counts this process's children).
+    from warden.host import ns
+
+    monkeypatch.setattr(ns, "set_child_subreaper", lambda: None)
     from warden.daemon.files import MachineFiles
     from warden.sessionlog import codec as sl
     from warden.sessionlog import store as logstore

@@ -293,8 +293,13 @@ class Supervisor:
             k = kernel.resolve(self.ctx.layout, spec.kernel)
             self.kernel_path = k.path
             shim = await loop.run_in_executor(None, kernel.xstate_shim, self.ctx.layout)
-            base = self.base_for_boot()
-            self.files.create(spec.lines)
+
+            def prepare_files() -> Path:  # reads the COW header (or makes the disk), mkfifo
+                base = self.base_for_boot()
+                self.files.create(spec.lines)
+                return base
+
+            base = await loop.run_in_executor(None, prepare_files)
             self._sync_lines()
             if self.cgroup.exists() and self.cgroup.populated():
                 raise Conflict(
@@ -304,9 +309,13 @@ class Supervisor:
             self.cgroup.create()
             for feature in self.ctx.features:
                 await feature.before_boot(self, extras)
-            fpu_safe = xstate.guest_needs_fpu_safe(k.path)
-            seed = bootplan.seed_for(spec, extras.network, fpu_safe)
-            await loop.run_in_executor(None, seedmod.write, self.files.seed, seed)
+
+            def write_seed() -> None:  # reads /proc/cpuinfo and the kernel's meta.json, writes
+                fpu_safe = xstate.guest_needs_fpu_safe(k.path)
+                seed = bootplan.seed_for(spec, extras.network, fpu_safe)
+                seedmod.write(self.files.seed, seed)
+
+            await loop.run_in_executor(None, write_seed)
             self.boot += 1
             self.base = str(base)
             self._bind_sockets()
