@@ -40,6 +40,7 @@ class Hit:
     context: bytes
     path: str
     offset: str = ""  # `warden replay --at OFFSET` starts playing at this hit's record
+    end_offset: str = ""  # the same for the record holding the hit's last byte
 
 
 class _Stream:
@@ -95,6 +96,7 @@ def search_file(
         pos = hay.find(pattern)
         while pos >= 0:
             rec = stream.record_at(pos)
+            last = stream.record_at(pos + max(0, len(pattern) - 1))
             lo, hi = max(0, pos - context), pos + len(pattern) + context
             yield Hit(
                 ref.machine,
@@ -108,5 +110,40 @@ def search_file(
                 bytes(stream.data[lo:hi]),
                 str(ref.path),
                 replay_offset(rec.time_us, first_us or rec.time_us),
+                replay_offset(last.time_us, first_us or rec.time_us),
             )
             pos = hay.find(pattern, pos + max(1, len(pattern)))
+
+
+def search_refs(
+    refs: list[logstore.LogRef],
+    key: bytes | None,
+    needle: bytes,
+    ignore_case: bool = False,
+    typed: bool = True,
+    printed: bool = True,
+    executed: bool = True,
+) -> list[Hit]:
+    """Hits in every file of `refs`, by time; replay offsets count from the first record of
+    each boot's first part (as `warden replay --at` and the asciicast export do)."""
+    firsts: dict[tuple[str, str, int, bool], int | None] = {}
+    for ref in refs:
+        at = (ref.machine, ref.line, ref.boot, ref.archived)
+        if ref.part == 1 and at not in firsts:
+            firsts[at] = first_record_us(ref, key)
+    hits: list[Hit] = []
+    for ref in refs:
+        hits.extend(
+            search_file(
+                ref,
+                key,
+                needle,
+                ignore_case=ignore_case,
+                typed=typed,
+                printed=printed,
+                executed=executed,
+                first_us=firsts.get((ref.machine, ref.line, ref.boot, ref.archived)),
+            )
+        )
+    hits.sort(key=lambda h: h.time_us)
+    return hits
