@@ -117,6 +117,7 @@ class Browser:
             return None
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{name}.png"
+        self.js("window.scrollTo(0, 0)")
         self.driver.save_screenshot(str(path))
         return path
 

@@ -214,7 +214,7 @@ def _search(args: argparse.Namespace) -> int:
         for h in hits:
             who = f" by {h.user}" if h.direction == "typed" and h.user else ""
             who = " (exec)" if h.direction == "executed" else who
-            ctx = export.strip_controls(h.context.decode("utf-8", "replace")).replace("\n", "⏎")
+            ctx = h.context_text()
             print(
                 f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}"
                 f"{termsafe.line(who)}  record {h.seq} (--at {h.offset}): …{termsafe.line(ctx)}…"

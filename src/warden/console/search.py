@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from warden.console import logstore
 from warden.console import sessionlog as sl
+from warden.console.export import strip_controls
 from warden.console.replay import replay_offset
 from warden.honeypot.ttyview import TtyStreams
 
@@ -40,7 +41,19 @@ class Hit:
     context: bytes
     path: str
     offset: str = ""  # `warden replay --at OFFSET` starts playing at this hit's record
-    end_offset: str = ""  # the same for the record holding the hit's last byte
+    # The moment the hit is whole: for typed text the record that ended its line (Enter, or
+    # the hit's last byte when no line end follows within LINE_MAX), for other text the
+    # record holding its last byte. A player shows the command typed from there on.
+    end_offset: str = ""
+
+    def context_text(self) -> str:
+        """The context as one line of plain text: terminal controls removed, line ends shown
+        as ⏎. Typed text keeps what came before a carriage return (Enter), where a screen
+        would have moved back over it."""
+        text = self.context.decode("utf-8", "replace")
+        if self.direction == "typed":
+            text = text.replace("\r", "\n")
+        return strip_controls(text).replace("\n", " ⏎ ")
 
 
 class _Stream:
@@ -96,7 +109,11 @@ def search_file(
         pos = hay.find(pattern)
         while pos >= 0:
             rec = stream.record_at(pos)
-            last = stream.record_at(pos + max(0, len(pattern) - 1))
+            end = pos + max(0, len(pattern) - 1)
+            if direction == "typed":
+                eol = _line_end(stream.data, pos + len(pattern))
+                end = eol if eol >= 0 else end
+            last = stream.record_at(end)
             lo, hi = max(0, pos - context), pos + len(pattern) + context
             yield Hit(
                 ref.machine,
@@ -113,6 +130,21 @@ def search_file(
                 replay_offset(last.time_us, first_us or rec.time_us),
             )
             pos = hay.find(pattern, pos + max(1, len(pattern)))
+
+
+LINE_MAX = 4096  # how far after a typed hit its line end is looked for
+
+
+def _line_end(data: bytearray, start: int) -> int:
+    ends = [
+        i
+        for i in (
+            data.find(b"\r", start, start + LINE_MAX),
+            data.find(b"\n", start, start + LINE_MAX),
+        )
+        if i >= 0
+    ]
+    return min(ends) if ends else -1
 
 
 def search_refs(

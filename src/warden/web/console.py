@@ -12,7 +12,8 @@ attach) is filtered for everyone. A console without input for the fleet's
 
 Frames (docs/decisions/2026-12-07-web-console.md): binary frames both ways are terminal bytes;
 text frames are JSON. Server to browser: {"attached": {"machine", "line", "mode"}},
-{"mode": "rw"|"spy"}, {"notice": TEXT}, {"closed": REASON}. Browser to server:
+{"mode": "rw"|"spy"}, {"notice": TEXT}, {"closed": REASON} (with "conflict": true and "writer":
+WHO when the line has a writer already). Browser to server:
 {"resize": [COLS, ROWS]}, {"detach": true}.
 """
 
@@ -121,7 +122,9 @@ class WebConsole:
         try:
             self.line.attach(client, want_write=not self.spy, force=self.force)
         except Conflict as e:
-            await self.ws.send_json({"closed": str(e), "conflict": True})
+            writer = self.line.writer()
+            who = writer.describe() if writer is not None else ""
+            await self.ws.send_json({"closed": str(e), "conflict": True, "writer": who})
             await self.ws.close()
             return
         self.client = client

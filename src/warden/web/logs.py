@@ -84,7 +84,6 @@ def search(layout: Layout, machine: str, needle: str, ignore_case: bool) -> list
     )
     out = []
     for h in hits[:MAX_HITS]:
-        context = export.strip_controls(h.context.decode("utf-8", "replace"))
         out.append(
             {
                 "line": h.line,
@@ -94,7 +93,7 @@ def search(layout: Layout, machine: str, needle: str, ignore_case: bool) -> list
                 "time_us": h.time_us,
                 "offset": h.offset,
                 "end_offset": h.end_offset,
-                "context": context.replace("\n", " "),
+                "context": h.context_text(),
             }
         )
     return out

@@ -76,6 +76,8 @@ function render(guests) {
 
 function showEvent(ev) {
   const box = document.getElementById("events");
+  const none = document.getElementById("no-events");
+  if (none) none.remove();
   const rest = Object.entries(ev)
     .filter(([k]) => k !== "machine" && k !== "kind")
     .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)

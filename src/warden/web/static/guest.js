@@ -30,12 +30,15 @@ function setMode(mode) {
   term.options.disableStdin = mode !== "rw";
   document.getElementById(mode === "rw" ? "mode-rw" : "mode-spy").checked = true;
   status(mode === "rw" ? `${line}: you are the writer` : `${line}: watching (spy)`);
+  document.getElementById("takeover").classList.toggle("hidden", mode === "rw");
 }
 
-function connect(force) {
-  if (ws) { ws.onclose = null; ws.close(); }
+// `auto`: the page chose the mode (not the user): a line that has a writer already is then
+// watched instead, with the writer named and a button to take over.
+function connect(force, auto) {
+  if (ws) { ws.onclose = null; ws.onmessage = null; ws.close(); }
   notice("");
-  document.getElementById("takeover").classList.add("hidden");
+  if (auto !== false) document.getElementById("takeover").classList.add("hidden");
   term.reset();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = `mode=${wantedMode()}${force ? "&force=1" : ""}`;
@@ -58,6 +61,13 @@ function connect(force) {
     } else if (msg.notice) {
       notice(msg.notice);
     } else if (msg.closed) {
+      if (msg.conflict && auto) {
+        document.getElementById("mode-spy").checked = true;
+        connect(false, false);
+        notice(`${msg.writer || "someone"} is the writer: you are watching (Take over to type).`);
+        document.getElementById("takeover").classList.remove("hidden");
+        return;
+      }
       notice(msg.closed, true);
       status(`${line}: closed`);
       if (msg.conflict) document.getElementById("takeover").classList.remove("hidden");
@@ -103,7 +113,8 @@ async function main() {
       onclick: (e) => {
         line = l;
         for (const b of tabs.children) b.classList.toggle("here", b.dataset.line === l);
-        connect(false);
+        document.getElementById("mode-rw").checked = true;
+        connect(false, true);
         term.focus();
       },
     }));
@@ -130,13 +141,16 @@ async function main() {
   term.onResize(sendSize);
   window.addEventListener("resize", () => fit.fit());
   for (const id of ["mode-rw", "mode-spy"]) {
-    document.getElementById(id).addEventListener("change", () => connect(false));
+    document.getElementById(id).addEventListener("change", () => connect(false, false));
   }
   document.getElementById("takeover").addEventListener("click", () => {
     document.getElementById("mode-rw").checked = true;
-    connect(true);
+    connect(true, false);
   });
-  connect(false);
+  if (new URLSearchParams(location.search).get("mode") === "spy") {
+    document.getElementById("mode-spy").checked = true;
+  }
+  connect(false, wantedMode() === "rw");
   term.focus();
   const redraw = await W.memoryHistory(document.getElementById("memory"), name);
   const stream = new EventSource("/api/events");

@@ -20,6 +20,7 @@ async function load(line, boot, at) {
   if (current !== key || !player) {
     if (player) player.dispose();
     box.replaceChildren();
+    box.classList.remove("seeked");
     document.getElementById("playing").textContent = `${line}, boot ${boot}`;
     player = AsciinemaPlayer.create(
       `/api/guests/${name}/logs/${line}/${boot}/cast`,
@@ -30,6 +31,7 @@ async function load(line, boot, at) {
   }
   if (at !== undefined && at !== null) {
     await player.seek(at);
+    box.classList.add("seeked"); // the screen at that moment, not the big play button
   }
   box.dataset.loaded = key;
   box.dataset.at = at === undefined || at === null ? "" : String(at);
