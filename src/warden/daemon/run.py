@@ -133,7 +133,7 @@ async def serve(
                 f"warden: fleet {fleet_path}: {len(daemon.sups)} machines "
                 f"({', '.join(report['started']) or 'none'} starting); Ctrl-C stops them all"
             )
-            for text in _web_greeting(daemon):
+            for text in await _web_greeting(daemon):
                 _say(text)
         await stop.wait()
     finally:
@@ -153,14 +153,14 @@ async def serve(
     return 0
 
 
-def _web_greeting(daemon: Daemon) -> list[str]:
+async def _web_greeting(daemon: Daemon) -> list[str]:
     """The web console's login link for whoever ran `warden up` (none without [web])."""
     import pwd
 
     from warden.web.glue import greeting
 
     try:
-        return greeting(daemon, pwd.getpwuid(os.getuid()).pw_name)
+        return await greeting(daemon, pwd.getpwuid(os.getuid()).pw_name)
     except (WardenError, KeyError) as e:
         return [f"warden: web console: no login link: {e}"]
 

@@ -177,6 +177,9 @@ class WebConsole:
                 return
             else:
                 await self.ws.send_json({kind: payload})
+            # An idle console waits for its next message here: not holding the last one (the
+            # scrollback sent on attach is up to 64 KiB per console).
+            del payload
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()

@@ -122,11 +122,11 @@ def install(daemon: "Daemon") -> WebServer:
     return server
 
 
-def greeting(daemon: "Daemon", host_user: str) -> list[str]:
+async def greeting(daemon: "Daemon", host_user: str) -> list[str]:
     """What `warden up` prints when the fleet serves the web console: a one-time
     administrator's link for the user who ran it (root on the host)."""
     server = next((s for s in daemon.services if isinstance(s, WebServer)), None)
-    if server is None or server.runner is None:
+    if server is None or not await server.listening():
         return []
     out = server.login_link(None, True, host_user, 0)
     lines = [

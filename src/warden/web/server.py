@@ -230,6 +230,13 @@ class WebServer:
         else:
             self.conf = conf
 
+    async def listening(self) -> bool:
+        """Whether the console listens, once a move to a new address (a fleet just applied)
+        is done."""
+        if self._restart is not None and not self._restart.done():
+            await asyncio.wait([self._restart])
+        return self.runner is not None
+
     async def _relisten(self) -> None:
         await self._close_listener("the web console moved")
         await self.start()
