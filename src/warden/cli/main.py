@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "warden.cli.logs",
     "warden.cli.mem",
     "warden.cli.net",
+    "warden.cli.honeypot",
 )
 
 
@@ -63,6 +64,7 @@ COMMANDS = {
     "mem": "warden.cli.mem",
     "top": "warden.cli.mem",
     "net": "warden.cli.net",
+    "honeypot": "warden.cli.honeypot",
 }
 
 
