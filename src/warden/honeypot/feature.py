@@ -54,6 +54,7 @@ def install(daemon: "Daemon") -> None:
         return web.json_response(service.status(request.match_info["name"])[0])
 
     daemon.add_route("GET", "honeypot", all_guests)
+
     async def score(request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
         report = await score_machine(daemon, request.match_info["name"], body)

@@ -16,19 +16,26 @@ kernel given by path that has its parameters):
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from warden import tasks
+from warden import persona, tasks
 from warden.console import logstore
 from warden.console import sessionlog as sl
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.errors import NotFound, WardenError
 from warden.honeypot import channels as ch
-from warden.honeypot.checks import NO_DISGUISE, check_machine, profile_ref, wants_honeypot
+from warden.honeypot.checks import (
+    NO_DISGUISE,
+    check_machine,
+    kernel_parameters,
+    profile_ref,
+    wants_honeypot,
+)
 from warden.honeypot.disguise_server import NOBODY, RECV_MAX, DisguiseServer, FilterBounds
 from warden.honeypot.guest import PotGuest, kernel_alive
 from warden.honeypot.ingest import TtyLogIngest
@@ -36,6 +43,8 @@ from warden.honeypot.profile import DisguiseError, Profile, load_profile
 from warden.honeypot.ttylog import RECORD_HEADER
 from warden.paths import Layout
 from warden.spec.fleet import Fleet
+from warden.uml import kernel as ukernel
+from warden.uml.cow import open_cow
 
 if TYPE_CHECKING:
     from warden.daemon.core import Daemon
@@ -127,7 +136,28 @@ class HoneypotService:
             extras.kernel_args.append(f"disguise_fd={dsg.kernel_fd}")
             pot.disguise = self._server(sup, profile, dsg.host)
             await pot.disguise.start()  # the rule set waits for the kernel in the socket
+            self._persona(sup, extras)
         self._booting[sup.name] = pot
+
+    def _persona(self, sup: "Supervisor", extras: BootExtras) -> None:
+        """A disguised guest on a kernel with kernel/0010-uml-persona.patch shows its persona:
+        the kernel reads it from a memfd at boot; its disks are sdX, so root is /dev/sda; the
+        seed gives it the persona's hostname; the net service gives its NICs the persona's
+        MACs (warden.persona.fleet_of, the same answer)."""
+        k = ukernel.resolve(self.daemon.layout, sup.spec.kernel)
+        if "persona" not in kernel_parameters(k.path):
+            return
+        p = persona.fleet_of(self.daemon.layout, self.ctx.fleet).get(sup.name)
+        if p is None:
+            return
+        root_uuid = ""
+        with contextlib.suppress(WardenError, OSError, ValueError):
+            root_uuid = persona.ext4_uuid(open_cow(sup.files.cow).header.backing_path)
+        p = dataclasses.replace(p, cmdline=persona.boot_cmdline(root_uuid))
+        fd = persona.memfd(persona.kernel_text(p))
+        extras.fds.append(fd)  # closed by the supervisor once the kernel has it
+        extras.kernel_args += [f"persona_fd={fd}", "root=/dev/sda"]
+        extras.hostname = p.hostname
 
     def _server(self, sup: "Supervisor", profile: Profile, sock: socket.socket) -> DisguiseServer:
         """A disguise server whose filter programs run as the guest's uid in its cgroups, and
