@@ -111,6 +111,8 @@ def prepare(
     if tty_log:
         boot.tty_log = TtyLogPipe(raw_log, on_record)
     if profile is not None:
+        if persona is not None:
+            profile = profile.with_cmdline(persona.cmdline)
         boot.disguise = DisguiseServer.pair(profile, name)
     if persona is not None:
         boot.persona_fd = memfd(kernel_text(persona))
