@@ -40,7 +40,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def _score(args: argparse.Namespace) -> int:
-    body = {"timeout": args.timeout, "force": args.force}
+    body = {"timeout": args.timeout, "force": args.force, "answers": args.answers}
     if args.line:
         body["line"] = args.line
     client = ApiClient(layout(), timeout=args.timeout + 60)
@@ -72,4 +72,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     s.add_argument("--timeout", type=float, default=180.0, help="seconds (default 180)")
     s.add_argument("--line", default="", help="the line to run on (default: the first)")
     s.add_argument("--force", action="store_true", help="take the line from its writer")
+    s.add_argument(
+        "--answers", action="store_true", help="with --json: also every probe's raw answer"
+    )
     s.set_defaults(func=_score)

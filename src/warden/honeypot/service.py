@@ -385,5 +385,21 @@ class HoneypotService:
                 raise NotFound(
                     f"{name} runs no honeypot channels (not running, or no tty_log/disguise)"
                 )
-            return [pot.status()]
-        return [p.status() for _, p in sorted(self.guests.items())]
+            return [self._status(pot)]
+        return [self._status(p) for _, p in sorted(self.guests.items())]
+
+    def _status(self, pot: PotGuest) -> dict[str, Any]:
+        """The guest's channels, and the persona it shows (if its disguise has one)."""
+        out = pot.status()
+        p = None
+        with contextlib.suppress(WardenError, OSError):
+            p = self._persona_of(pot.sup) if pot.disguise is not None else None
+        if p is not None:
+            out["persona"] = {
+                "hostname": p.hostname,
+                "product": f"{p.dmi['sys_vendor']} {p.dmi['product_name']}",
+                "serial": p.dmi["product_serial"],
+                "disk": f"{p.disk.model} {p.disk.serial}",
+                "macs": [n.mac for n in p.nics],
+            }
+        return out

@@ -59,6 +59,7 @@ class Report:
     verdicts: list[Verdict]
     user: str = ""
     complete: bool = True
+    answers: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         tells = [v for v in self.verdicts if v.verdict == "tell"]
@@ -265,4 +266,4 @@ def judge(
             verdicts.append(
                 judge_one(check, identity, results.get((check.probe, identity)), results, host)
             )
-    return Report(verdicts, user, complete)
+    return Report(verdicts, user, complete, results)

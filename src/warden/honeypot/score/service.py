@@ -31,6 +31,8 @@ async def score_machine(daemon: "Daemon", name: str, body: dict[str, Any]) -> di
     daemon.c.event(name, "honeypot-score", line=line_name, note="the battery runs on the console")
     report = await runner.score_line(line, float(timeout), bool(body.get("force", False)))
     out = report.to_json()
+    if body.get("answers"):  # the guest's raw answers, e.g. to record test data
+        out["answers"] = [[p, w, rc, text] for (p, w), (rc, text) in sorted(report.answers.items())]
     out.update(
         machine=name,
         kernel=sup.spec.kernel,
