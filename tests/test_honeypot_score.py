@@ -217,3 +217,19 @@ def test_the_script_runs_on_the_hosts_sh_and_its_answer_is_read(tmp_path: Path) 
     rc, out = answer.results[("self-exe", "user")]
     assert rc == 0 and re.search(r"177\s+E\s+L\s+F", out)
     assert uid != "0"
+
+
+def test_the_recorded_guest_after_the_fix_passes_every_hideable_check() -> None:
+    """The same example after kernel/0010, the persona and the image changes (recorded)."""
+    rec = json.loads((DATA / "pot-after.json").read_text())
+    results = {(p, w): (rc, out) for p, w, rc, out in rec["results"]}
+    report = j.judge(tb.load(), results, j.HostFacts(rec["host_ns_per_syscall"], True))
+    assert report.summary()["hideable_tells"] == 0, [
+        (v.id, v.evidence) for v in report.verdicts if v.verdict == "tell" and v.hideable
+    ]
+    tells = sorted(v.id for v in report.verdicts if v.verdict == "tell")
+    assert tells == ["dmidecode", "syscall-latency", "warden-names"]  # the documented ones
+    v = verdicts(report)
+    assert v[("syscall-latency", "user")].evidence[0].endswith("59.6x (more than 5x)")
+    lspci = results[("lspci", "user")][1]
+    assert "SATA controller" in lspci and "Ethernet controller" in lspci
