@@ -81,7 +81,7 @@ def main() -> int:
     try:
         base = build_base(work)
         c = write_through_guest(work, base)
-        written = cow.open_cow(c).written() * 512
+        written = cow.open_cow(c, base.stat().st_size).written() * 512
         print(
             f"base {base.stat().st_size >> 20} MiB ({base.stat().st_blocks >> 11} MiB on disk), "
             f"COW {c.stat().st_blocks >> 11} MiB on disk, {written >> 20} MiB written"

@@ -292,7 +292,7 @@ def test_open_cow_reads_header_and_bitmap(tmp_path: Path) -> None:
     with open(path, "r+b") as f:
         f.seek(h.bitmap_offset + 1)
         f.write(b"\x03")
-    c = cow.open_cow(path)
+    c = cow.open_cow(path, 64 << 20)
     assert c.header == h and c.length == h.file_size
     assert list(c.runs()) == [(8, 2)] and c.written() == 2
 
@@ -302,14 +302,15 @@ def test_bitmap_shorter_than_the_size_implies(tmp_path: Path) -> None:
     path = tmp_path / "short.cow"
     _write_cow(path, h, length=h.bitmap_offset + 100)
     with pytest.raises(CowFormatError, match="bitmap is shorter than the size implies"):
-        cow.open_cow(path)
+        cow.open_cow(path, 64 << 20)
 
 
 def test_open_cow_refuses_missing_and_non_files(tmp_path: Path) -> None:
-    with pytest.raises(CowFormatError, match="no such COW file"):
-        cow.open_cow(tmp_path / "nope.cow")
-    with pytest.raises(CowFormatError, match="is a directory"):
-        cow.open_cow(tmp_path)
-    (tmp_path / "empty.cow").write_bytes(b"")
-    with pytest.raises(CowFormatError, match="too short"):
-        cow.open_cow(tmp_path / "empty.cow")
+    for read in (cow.read_header, lambda p: cow.open_cow(p, 1 << 20)):
+        with pytest.raises(CowFormatError, match="no such COW file"):
+            read(tmp_path / "nope.cow")
+        with pytest.raises(CowFormatError, match="is a directory"):
+            read(tmp_path)
+        (tmp_path / "empty.cow").write_bytes(b"")
+        with pytest.raises(CowFormatError, match="too short"):
+            read(tmp_path / "empty.cow")

@@ -60,7 +60,7 @@ def test_backing_problems_name_both_values(
     make_base(base, 1 << 20)
     c = tmp_path / "d.cow"
     make_cow(c, base, [(0, 8)])
-    recorded = cow.open_cow(c).header.mtime
+    recorded = cow.read_header(c)[0].mtime
     os.utime(base, (recorded + 60, recorded + 60))
     code, _, err = run(capsys, "merge", str(c), str(tmp_path / "o.img"))
     assert code == 2 and f"mtime is {recorded + 60}" in err and f"records {recorded}" in err

@@ -75,7 +75,7 @@ def test_kernel_and_warden_read_each_others_files(home: Layout, minimal_image: P
         settle(g)
 
     # warden reads what the kernel wrote: the data disk's COW file (made by the kernel)
-    made = cow.open_cow(data_cow)
+    made = cow.open_cow(data_cow, DATA_SIZE)
     assert made.header.layout is cow.Layout.V3
     assert made.header.backing == os.fsencode(data_img)
     expected = bytearray(DATA_SIZE)
@@ -235,7 +235,7 @@ def test_warden_records_the_backing_path_as_the_kernel_does(
     given = d / "link" / "base.img"  # a symbolic link in the directory part
     with RawGuest(home, given, d / "kernel.cow") as g:
         g.wait_prompt()
-    by_kernel = cow.open_cow(d / "kernel.cow").header
+    by_kernel = cow.read_header(d / "kernel.cow")[0]
     by_warden = create.create(d / "warden.cow", given)
     assert by_kernel.backing == by_warden.backing == os.fsencode(d / "real" / "base.img")
     assert (by_kernel.mtime, by_kernel.size) == (by_warden.mtime, by_warden.size)

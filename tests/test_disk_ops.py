@@ -91,7 +91,7 @@ def _punch(path: Path, offset: int, length: int) -> None:
 
 def expected_merge(cow_path: Path, base: Path) -> bytes:
     """backing + COW, read the slow obvious way from the format doc."""
-    c = cow.open_cow(cow_path)
+    c = cow.open_cow(cow_path, base.stat().st_size)
     h = c.header
     out = bytearray(base.read_bytes()[: h.sectors * h.sectorsize])
     data = cow_path.read_bytes()
@@ -158,7 +158,7 @@ def test_create_writes_the_header_the_kernel_writes(tmp_path: Path) -> None:
     make_base(base, 64 << 20)
     path = tmp_path / "new.cow"
     h = create.create(path, base)
-    c = cow.open_cow(path)
+    c = cow.open_cow(path, 64 << 20)
     st = os.stat(base)
     assert c.header == h
     assert (h.layout, h.sectorsize, h.alignment) == (Layout.V3, 512, 4096)
@@ -253,14 +253,19 @@ def test_merge_refuses_a_missing_backing_file(pair: tuple[Path, Path], tmp_path:
     with pytest.raises(BackingMissing, match=f"backing file {base} does not exist.*rebase"):
         merge.merge(c, out)
     assert not out.exists()
-    # like uml_moo -b: the caller names where the backing file is now (checked all the same)
+    # Unlike uml_moo -b, naming another file than the header does is refused with both (a
+    # guest writes its own header): the header is pointed at the new place first.
+    with pytest.raises(BackingMismatch, match=f"names '{base}'.*you named {moved}.*rebase"):
+        merge.merge(c, out, backing_path=moved)
+    assert not out.exists()
+    rebase.rebase(c, moved)
     merge.merge(c, out, backing_path=moved)
     assert out.read_bytes() == expected_merge(c, moved)
 
 
 def test_merge_refuses_a_modified_backing_file(pair: tuple[Path, Path], tmp_path: Path) -> None:
     c, base = pair
-    recorded = cow.open_cow(c).header.mtime
+    recorded = cow.read_header(c)[0].mtime
     os.utime(base, (recorded + 3600, recorded + 3600))
     out = tmp_path / "out.img"
     with pytest.raises(BackingMismatch, match=rf"mtime is {recorded + 3600} .* records {recorded}"):
@@ -286,7 +291,7 @@ def test_merge_refuses_an_existing_output(pair: tuple[Path, Path], tmp_path: Pat
 
 def test_merge_refuses_a_truncated_data_area(pair: tuple[Path, Path], tmp_path: Path) -> None:
     c, _ = pair
-    h = cow.open_cow(c).header
+    h = cow.read_header(c)[0]
     os.truncate(c, h.data_offset + 1500 * 512)  # sectors 1000-1199 are written; cut inside
     with pytest.raises(CowFormatError, match="data area is truncated: sector 2047"):
         merge.merge(c, tmp_path / "out.img")

@@ -9,6 +9,11 @@ snapshots --cow COW [--json]       list its snapshots
 restore NAME --cow COW             put a snapshot back (guest stopped)
 snapshot-rm NAME --cow COW         delete a snapshot
 diff --cow COW [--base BASE] [--json]   files created, modified and deleted
+
+A COW path that is a machine's disk (WARDEN_HOME/machines/NAME/disk.cow, or a snapshot of it)
+is always used over the base warden recorded for that machine, never over the path its header
+names (the guest can write it): warden.disk.recorded. On any other path a --backing (or --base)
+that is not the file the header names is refused with both.
 """
 
 import argparse
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from warden.api.client import ApiClient
-from warden.disk import create, inspect, merge, rebase, snapshot
+from warden.disk import create, inspect, merge, rebase, recorded, snapshot
 from warden.disk import diff as diffmod
 from warden.disk.backing import show_time
 from warden.disk.errors import DiskError
@@ -37,21 +42,25 @@ def _print_json(value: Any) -> None:
 def _create(args: argparse.Namespace) -> int:
     h = create.create(Path(args.cow), Path(args.backing))
     print(
-        f"created {args.cow}: version {h.version} COW over {h.backing.decode(errors='replace')} "
+        f"created {args.cow}: version {h.version} COW over {diffmod.display(h.backing)} "
         f"({format_size(h.size)}), data at offset {h.data_offset}"
     )
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    i = inspect.inspect(Path(args.cow), Path(args.backing) if args.backing else None)
+    cow_path = Path(args.cow)
+    rec = recorded.lookup(cow_path)
+    i = inspect.inspect(cow_path, Path(args.backing) if args.backing else None, rec)
     if args.json:
         _print_json(i.as_json())
         return 0
     h, b = i.header, i.backing
     print(f"COW file       {i.path} (version {h.version}, {h.layout.value} layout)")
-    print(f"backing file   {h.backing.decode(errors='replace')}")
-    if b.path != h.backing_path:
+    print(f"backing file   {diffmod.display(h.backing)} (as the header names it)")
+    if rec is not None:
+        print(f"  recorded     {rec.base} (machine {rec.machine}: the file warden uses)")
+    elif b.path != h.backing_path:
         print(f"  checked      {b.path}")
     if not b.exists:
         print("  MISSING      the file does not exist (see `warden disk rebase`)")
@@ -63,10 +72,13 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{ok[b.mtime_ok]}"
         )
     print(f"sector size    {h.sectorsize} (alignment {h.alignment})")
-    print(
-        f"written        {i.sectors_written} of {h.sectors} sectors "
-        f"({i.percent_written:.2f}%, {format_size(i.bytes_written)})"
-    )
+    if i.sectors_written is None or i.percent_written is None or i.bytes_written is None:
+        print(f"written        unknown (of {h.sectors} sectors)")
+    else:
+        print(
+            f"written        {i.sectors_written} of {h.sectors} sectors "
+            f"({i.percent_written:.2f}%, {format_size(i.bytes_written)})"
+        )
     print(
         f"layout         bitmap at {h.bitmap_offset} ({h.bitmap_len} bytes), data at "
         f"{h.data_offset}"
@@ -81,15 +93,18 @@ def _inspect(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     cow_path = Path(args.cow)
     backing = Path(args.backing) if args.backing else None
+    if args.in_place and args.out:
+        raise DiskError("give either OUT or --in-place, not both")
+    if not args.in_place and not args.out:
+        raise DiskError("merge needs OUT (a new image file) or --in-place")
+    rec = recorded.lookup(cow_path)
     with progress(f"merge {cow_path.name}") as p:
         if args.in_place:
-            if args.out:
-                raise DiskError("give either OUT or --in-place, not both")
-            r = merge.merge_in_place(cow_path, backing_path=backing, progress=p)
+            r = merge.merge_in_place(cow_path, backing_path=backing, progress=p, recorded=rec)
         else:
-            if not args.out:
-                raise DiskError("merge needs OUT (a new image file) or --in-place")
-            r = merge.merge(cow_path, Path(args.out), backing_path=backing, progress=p)
+            r = merge.merge(
+                cow_path, Path(args.out), backing_path=backing, progress=p, recorded=rec
+            )
     print(
         f"merged {r.cow} into {r.output}: {format_size(r.size)} image, "
         f"{format_size(r.from_backing)} from the backing file, {format_size(r.from_cow)} from "
@@ -105,10 +120,16 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _rebase(args: argparse.Namespace) -> int:
-    r = rebase.rebase(Path(args.cow), Path(args.backing), check_mtime=not args.ignore_mtime)
+    cow_path = Path(args.cow)
+    r = rebase.rebase(
+        cow_path,
+        Path(args.backing),
+        check_mtime=not args.ignore_mtime,
+        recorded=recorded.lookup(cow_path),
+    )
     print(
-        f"rebased {r.path}: backing file {r.old.backing.decode(errors='replace')} -> "
-        f"{r.new.backing.decode(errors='replace')} ({r.bytes_written} header bytes written)"
+        f"rebased {r.path}: backing file {diffmod.display(r.old.backing)} -> "
+        f"{diffmod.display(r.new.backing)} ({r.bytes_written} header bytes written)"
     )
     return 0
 
@@ -140,7 +161,14 @@ def _snapshot(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="warden-mc-") as tmp:
         with mconsole.Client(Path(args.mconsole), Path(tmp) / "reply") as client:
             with progress(f"snapshot {args.name}") as p:
-                s = snapshot.take(cow_path, client, args.name, store=store, progress=p)
+                s = snapshot.take(
+                    cow_path,
+                    client,
+                    args.name,
+                    store=store,
+                    progress=p,
+                    recorded=recorded.lookup(cow_path),
+                )
     print(
         f"snapshot {s.name} of {cow_path}: {s.cow} ({s.sectors_written} sectors written), "
         f"guest paused {s.paused_seconds * 1000:.0f} ms"
@@ -178,8 +206,11 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"restored snapshot {args.name} of {args.machine}")
         return 0
     store = Path(args.store) if args.store else None
+    cow_path = Path(args.cow)
     with progress(f"restore {args.name}") as p:
-        s = snapshot.restore(Path(args.cow), args.name, store, progress=p)
+        s = snapshot.restore(
+            cow_path, args.name, store, progress=p, recorded=recorded.lookup(cow_path)
+        )
     print(f"restored snapshot {s.name} ({s.created}) into {args.cow}")
     return 0
 
@@ -201,8 +232,12 @@ def _diff(args: argparse.Namespace) -> int:
     if args.machine:
         report: dict[str, Any] = _api().get(f"/machines/{args.machine}/diff")
     else:
+        cow_path = Path(args.cow)
+        rec = recorded.lookup(cow_path)
         with progress("diff") as p:
-            r = diffmod.diff(Path(args.cow), Path(args.base) if args.base else None, progress=p)
+            r = diffmod.diff(
+                cow_path, Path(args.base) if args.base else None, progress=p, recorded=rec
+            )
         report = r.as_json()
     if args.json:
         _print_json(report)

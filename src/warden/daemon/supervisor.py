@@ -257,14 +257,24 @@ class Supervisor:
 
     # ---- launching ------------------------------------------------------------------------
     def _base_for_boot(self) -> Path:
-        """The base image this boot uses: the one the COW header records, checked as the kernel
-        checks it (size and mtime), so a corrupted COW or a changed base is refused with a clear
-        message instead of a kernel that cannot mount its root."""
+        """The base image this boot uses: the one warden recorded at create or reset (self.base,
+        kept in warden.db), never the file the COW header names, which the guest can rewrite.
+        Only the header is read, and its size and mtime must match that base, as the kernel
+        checks them: on a mismatch the kernel would fall back to the file the header names (or
+        panic), so the start is refused here, naming both files and the way out."""
         if not self.files.cow.exists():
             base = self.ctx.images.resolve(self.spec.image)
             disk_create.create(self.files.cow, base)
+            self.base = str(base)
             return base
-        return backing.require(cow.open_cow(self.files.cow))
+        if not self.base:
+            raise WardenError(
+                f"{self.name}: no base image is recorded for its disk {self.files.cow}; "
+                f"`warden reset {self.name}` makes a new disk over the image's current build"
+            )
+        header, _ = cow.read_header(self.files.cow)
+        recorded = backing.Recorded(self.name, Path(self.base))
+        return backing.require_header(self.files.cow, header, recorded=recorded)
 
     def _seed(self, extras: BootExtras) -> seedmod.Seed:
         self.guest_hostname = extras.hostname or self.name
@@ -431,7 +441,13 @@ class Supervisor:
         self.mconsole = mconsole.AsyncClient(
             self.files.mconsole, self.files.reply, relative_reply=True, accept=self._from_kernel
         )
-        os.chmod(self.files.reply, 0o666)  # a jailed kernel (another uid) must reach it
+        # The kernel must be able to send to both: a jailed kernel runs as the guest's uid and
+        # gid, which the jail hook made ctl/'s group (root:GID 1770); an unjailed one as root
+        # (ctl/ root:root 0700). Never world-writable: another guest's uid could flood them.
+        group = os.stat(self.files.ctl).st_gid
+        for sock in (self.files.notify, self.files.reply):
+            os.chown(sock, 0, group)
+            os.chmod(sock, 0o660 if group else 0o600)
         asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
 
     def _close_sockets(self) -> None:

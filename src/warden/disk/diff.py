@@ -302,17 +302,18 @@ def diff(
     *,
     progress: Progress | None = None,
     workdir: Path | None = None,
+    recorded: backing.Recorded | None = None,
 ) -> DiffReport:
     """What the guest that ran on `cow_path` changed in its file system, against `base`.
 
-    `base` defaults to the backing file the COW header records; either way it must match the
-    header's size and mtime. The COW file must not be in use (diff a snapshot of a running
-    guest). Temporary files (a merged image, dumped contents) go to `workdir` or $TMPDIR.
+    The base is the one warden recorded for a machine's disk (`recorded`), else `base` (the
+    header must name the same file), else the backing file the COW header records; it must
+    match the header's size and mtime. The COW file must not be in use (diff a snapshot of a
+    running guest). Temporary files (a merged image, dumped contents) go to `workdir` or $TMPDIR.
     """
     t0 = time.monotonic()
     p = progress or NullProgress()
-    c = cow.open_cow(cow_path)
-    base_path = backing.require(c, base)
+    c, base_path = backing.check(cow_path, base, recorded)
     backing.refuse_in_use(
         cow_path, f"diff {cow_path} (its guest is running: take a snapshot and diff that)"
     )
@@ -322,7 +323,7 @@ def diff(
             raise DiffError(f"{work}: debugfs cannot take this path (spaces or quotes)")
         merged = work / "guest.img"
         p.step("merging the guest's disk into a temporary image")
-        merge(cow_path, merged, backing_path=base_path, sync=False)
+        merge(cow_path, merged, backing_path=base, sync=False, recorded=recorded)
         guest, old = Debugfs(merged), Debugfs(base_path)
         geo = parse_stats(guest.run(["stats"])[0])
         written = _Blocks(c, geo.block_size)

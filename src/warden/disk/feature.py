@@ -14,6 +14,7 @@ for the copy of what it wrote.
 
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,6 +22,8 @@ from aiohttp import web
 from warden.daemon import machine as m
 from warden.disk import diff as diffmod
 from warden.disk import snapshot
+from warden.disk.backing import Recorded
+from warden.disk.errors import DiskError
 from warden.errors import Conflict
 
 if TYPE_CHECKING:
@@ -56,6 +59,17 @@ def _client(sup: "Supervisor") -> "snapshot.CommandClient":
     return _Stopped()
 
 
+def recorded(sup: "Supervisor") -> Recorded:
+    """The base warden recorded for the machine: every disk operation uses it, never the path
+    the guest-writable COW header names."""
+    if not sup.base:
+        raise DiskError(
+            f"{sup.name}: no base image is recorded for its disk; `warden reset {sup.name}` "
+            "makes a new disk over the image's current build"
+        )
+    return Recorded(sup.name, Path(sup.base))
+
+
 def install(daemon: "Daemon") -> None:
     async def take(request: web.Request) -> web.Response:
         sup = daemon.sup(request.match_info["name"])
@@ -63,7 +77,10 @@ def install(daemon: "Daemon") -> None:
         name = body.get("snapshot") or time.strftime("%Y%m%d-%H%M%S")
         client = _client(sup)
         loop = asyncio.get_running_loop()
-        s = await loop.run_in_executor(None, snapshot.take, sup.files.cow, client, name)
+        rec = recorded(sup)
+        s = await loop.run_in_executor(
+            None, lambda: snapshot.take(sup.files.cow, client, name, recorded=rec)
+        )
         daemon.c.event(
             sup.name, "snapshot", snapshot=s.name, paused_ms=round(s.paused_seconds * 1e3)
         )
@@ -80,7 +97,10 @@ def install(daemon: "Daemon") -> None:
             raise Conflict(f"{sup.name} is {sup.machine.state}; stop it before a restore")
         snap = request.match_info["snap"]
         loop = asyncio.get_running_loop()
-        s = await loop.run_in_executor(None, snapshot.restore, sup.files.cow, snap)
+        rec = recorded(sup)
+        s = await loop.run_in_executor(
+            None, lambda: snapshot.restore(sup.files.cow, snap, recorded=rec)
+        )
         daemon.c.event(sup.name, "snapshot-restored", snapshot=s.name)
         return web.json_response(s.as_json())
 
@@ -92,16 +112,21 @@ def install(daemon: "Daemon") -> None:
     async def diff(request: web.Request) -> web.Response:
         sup = daemon.sup(request.match_info["name"])
         loop = asyncio.get_running_loop()
+        rec = recorded(sup)
         if sup.machine.state in m.LIVE:
             client = _client(sup)
             temp = f"diff-{time.time_ns()}"
-            s = await loop.run_in_executor(None, snapshot.take, sup.files.cow, client, temp)
+            s = await loop.run_in_executor(
+                None, lambda: snapshot.take(sup.files.cow, client, temp, recorded=rec)
+            )
             try:
-                report = await loop.run_in_executor(None, diffmod.diff, s.cow)
+                report = await loop.run_in_executor(None, lambda: diffmod.diff(s.cow, recorded=rec))
             finally:
                 snapshot.delete(sup.files.cow, temp)
         else:
-            report = await loop.run_in_executor(None, diffmod.diff, sup.files.cow)
+            report = await loop.run_in_executor(
+                None, lambda: diffmod.diff(sup.files.cow, recorded=rec)
+            )
         out: dict[str, Any] = report.as_json()
         return web.json_response(out)
 

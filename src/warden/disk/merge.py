@@ -95,12 +95,15 @@ def merge(
     backing_path: Path | None = None,
     progress: Progress | None = None,
     sync: bool = True,
+    recorded: backing.Recorded | None = None,
 ) -> MergeResult:
-    """Write backing + COW as the new image `out` (which must not exist)."""
+    """Write backing + COW as the new image `out` (which must not exist).
+
+    The backing file is chosen by backing.check: the base warden recorded for a machine's disk,
+    else `backing_path` (which the header must name), else the file the header names."""
     t0 = time.monotonic()
     p = progress or NullProgress()
-    c = cow.open_cow(cow_path)
-    base = backing.require(c, backing_path)
+    c, base = backing.check(cow_path, backing_path, recorded)
     backing.refuse_in_use(cow_path, f"merge {cow_path}")
     if os.path.lexists(out):
         raise OutputExists(f"{out} already exists; warden never overwrites: choose a new name")
@@ -184,16 +187,18 @@ def merge_in_place(
     *,
     backing_path: Path | None = None,
     progress: Progress | None = None,
+    recorded: backing.Recorded | None = None,
 ) -> MergeResult:
     """Write the COW file's sectors into its backing file (the backing file changes!).
 
     Every other COW file over the same backing file becomes invalid (its mtime changes), so this
     refuses while any process holds a lock on the backing file. The COW file is not changed.
+    The only file written is the one backing.check chose and verified: for a machine's disk the
+    base warden recorded, never a path the (guest-writable) header names instead.
     """
     t0 = time.monotonic()
     p = progress or NullProgress()
-    c = cow.open_cow(cow_path)
-    base = backing.require(c, backing_path)
+    c, base = backing.check(cow_path, backing_path, recorded)
     backing.refuse_in_use(cow_path, f"merge {cow_path}")
     backing.refuse_in_use(base, f"merge {cow_path} into {base}")
     runs = _byte_runs(c)

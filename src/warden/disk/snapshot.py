@@ -31,7 +31,7 @@ from warden.uml import cow
 META_FORMAT = 1
 COW_NAME = "disk.cow"
 META_NAME = "meta.json"
-_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 class CommandClient(Protocol):
@@ -75,7 +75,7 @@ def default_store(cow_path: Path) -> Path:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise SnapshotError(
             f"snapshot name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - "
             "(not starting with a dot)"
@@ -102,11 +102,15 @@ def take(
     *,
     store: Path | None = None,
     progress: Progress | None = None,
+    recorded: backing.Recorded | None = None,
 ) -> Snapshot:
-    """Snapshot the running guest whose COW file is `cow_path` and whose mconsole is `client`."""
+    """Snapshot the running guest whose COW file is `cow_path` and whose mconsole is `client`.
+
+    The header is checked against the backing file first (the base warden recorded, for a
+    machine's disk), and must be the same once the guest is stopped."""
     p = progress or NullProgress()
     check_name(name)
-    c = cow.open_cow(cow_path)
+    c, _ = backing.check(cow_path, None, recorded)
     root = store or default_store(cow_path)
     directory = root / name
     if directory.exists():
@@ -124,7 +128,9 @@ def take(
             try:
                 client.request("stop")
                 stopped = True
-                c = cow.open_cow(cow_path)  # the bitmap as of the stop
+                before, c = c, cow.open_cow(cow_path, c.header.size)  # the bitmap at the stop
+                if c.header != before.header:
+                    raise SnapshotError(f"{cow_path}: its header changed while it was read")
                 _copy_cow(src, fd, c)
             finally:
                 _resume(client, stopped)
@@ -238,14 +244,17 @@ def get(cow_path: Path, name: str, store: Path | None = None) -> Snapshot:
 
 
 def restore(
-    cow_path: Path, name: str, store: Path | None = None, progress: Progress | None = None
+    cow_path: Path,
+    name: str,
+    store: Path | None = None,
+    progress: Progress | None = None,
+    recorded: backing.Recorded | None = None,
 ) -> Snapshot:
     """Put the snapshot back as `cow_path`; the guest must not be running."""
     p = progress or NullProgress()
     snap = get(cow_path, name, store)
     backing.refuse_in_use(cow_path, f"restore snapshot {name!r} over {cow_path}")
-    c = cow.open_cow(snap.cow)
-    backing.require(c)  # its backing file must still be the same image
+    c, _ = backing.check(snap.cow, None, recorded)  # over the same image, still unchanged
     if not cow_path.parent.is_dir():
         raise DiskError(f"{cow_path.parent}: no such directory")
     src = os.open(snap.cow, os.O_RDONLY | os.O_CLOEXEC)

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warden import persona, tasks
@@ -44,7 +45,6 @@ from warden.honeypot.ttylog import RECORD_HEADER
 from warden.paths import Layout
 from warden.spec.fleet import Fleet
 from warden.uml import kernel as ukernel
-from warden.uml.cow import open_cow
 from warden.uml.mconsole import proc_text
 
 if TYPE_CHECKING:
@@ -153,9 +153,9 @@ class HoneypotService:
         p = persona.fleet_of(self.daemon.layout, self.ctx.fleet).get(sup.name)
         if p is None:
             return None
-        root_uuid = ""
-        with contextlib.suppress(WardenError, OSError, ValueError):
-            root_uuid = persona.ext4_uuid(open_cow(sup.files.cow).header.backing_path)
+        # the root filesystem's UUID, for the command line (the base image warden recorded: a
+        # COW header's own path is the jail's, never trusted)
+        root_uuid = persona.ext4_uuid(Path(sup.base)) if sup.base else ""
         return dataclasses.replace(p, cmdline=persona.boot_cmdline(root_uuid))
 
     def _with_persona(self, sup: "Supervisor", profile: Profile) -> Profile:

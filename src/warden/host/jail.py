@@ -16,9 +16,12 @@ started a session):
     unshare         new mount, ipc, uts, network and cgroup namespaces (the pid namespace is
                     the launcher's own doing); the network namespace stays empty: a guest's
                     network is a passed fd (vecN:transport=fd)
-    enter (child)   the host's mounts made private; a tmpfs mounted on the jail directory
-                    becomes the root; each file is bind-mounted at its jail path with the least
-                    flags it needs (ro, noexec, nosuid, nodev); pivot_root; hostname = guest name
+    enter (child)   the host's mounts made private; a tiny tmpfs mounted on the jail directory
+                    becomes the root; each file is bind-mounted at its jail path (a neutral name:
+                    nothing in the jail is named after a host path) with the least flags it
+                    needs (ro, noexec, nosuid, nodev), a file marked `give` first handed to the
+                    guest's uid (0400); TMPDIR is a tmpfs of its own, the guest uid's alone,
+                    for UML's memory file; pivot_root; hostname = guest name
     seal (child)    every fd closed but the passed ones; ambient and bounding capability sets
                     cleared, supplementary groups dropped, gid and uid set (which clears the
                     permitted and effective sets), inheritable set cleared, no_new_privs, and
@@ -28,6 +31,10 @@ The kernel's working directory is the machine's ctl directory (bind-mounted): UM
 `uml_dir=.`, `mconsole=notify:notify` and the replies to warden's relative reply socket
 against it, so after `empty` detaches the ctl mount from the root, the guest can no longer
 reach it by any path (hostfs only builds absolute paths), yet the kernel still can.
+
+`empty` with nothing to keep also remounts the root read-only: root in the guest can always
+`mount -t hostfs none /mnt`, which shows the kernel's root, and then finds an empty, read-only
+tmpfs of a few KiB (docs/decisions/2026-12-07-hostile-disks-and-jail.md).
 """
 
 import contextlib
@@ -68,6 +75,13 @@ class Bind:
     writable: bool = False
     exec: bool = False
     until: str = AT_UP  # AT_UP or AT_DISKS: when `empty` detaches it
+    give: bool = False  # hand the file to the guest's uid (owner uid:gid, mode 0400) first
+
+
+# The root tmpfs holds only mount points, their directories and /proc/cpuinfo (about 2 KiB):
+# a few pages and inodes are all it may ever hold, whoever writes to it.
+ROOT_SIZE = 64 << 10
+ROOT_INODES = 64
 
 
 @dataclass
@@ -76,10 +90,15 @@ class JailPlan:
     uid: int
     gid: int
     mount_point: str  # host directory the jail's tmpfs root is mounted on (privately)
-    root_size: int  # bytes: the tmpfs also holds the kernel's memory file
+    root_size: int = ROOT_SIZE  # bytes of the root tmpfs
     binds: list[Bind] = field(default_factory=list)
     cwd: str = "/"  # the kernel's working directory, inside the jail (the ctl bind mount)
-    tmpdir: str = "/tmp"  # TMPDIR for UML's memory file, on the root tmpfs (exec allowed)
+    tmpdir: str = "/tmp"  # TMPDIR for UML's memory file: a tmpfs of its own (exec allowed)
+    tmpdir_size: int = 0  # bytes of that tmpfs (the guest's memory and some slack)
+    # A directory made 0711 once built: what is under it can be reached by its name (which the
+    # kernel is given) but not listed, so hostfs in the guest cannot find it (the memory tmpfs
+    # and the ctl directory are writable by the guest's uid until `empty` takes them away).
+    hidden: str = ""
     cpuinfo: str = ""  # the lines of /proc/cpuinfo UML parses; written at /proc/cpuinfo
     seccomp: str = ""  # hex of a compiled BPF program (warden.host.seccomp), "" for none
 
@@ -167,12 +186,15 @@ def _mkdirs(path: Path) -> None:
     path.mkdir(mode=0o755, parents=True, exist_ok=True)
 
 
-def _bind(fd: int, b: Bind, target: Path) -> None:
+def _bind(fd: int, b: Bind, target: Path, owner: tuple[int, int]) -> None:
     _mkdirs(target.parent)
     if b.kind == DIR:
         target.mkdir(mode=0o755, exist_ok=True)
     else:
         target.touch(mode=0o600, exist_ok=True)
+    if b.give:  # through the checked inode, not the path
+        os.chown(f"/proc/self/fd/{fd}", *owner)
+        os.chmod(f"/proc/self/fd/{fd}", 0o400)
     ns.mount(f"/proc/self/fd/{fd}", str(target), None, ns.MS_BIND)
     flags = ns.MS_REMOUNT | ns.MS_BIND | ns.MS_NOSUID
     if b.kind != DEV:
@@ -194,17 +216,31 @@ def enter(launch_plan: Any) -> None:
         str(root),
         "tmpfs",
         ns.MS_NOSUID | ns.MS_NODEV,
-        f"mode=0755,size={plan.root_size},nr_inodes=1024",
+        f"mode=0755,size={plan.root_size},nr_inodes={ROOT_INODES}",
     )
     for b, expect in zip(plan.binds, _checked, strict=True):
         fd = _open_checked(b, expect)
         try:
-            _bind(fd, b, root / b.dst.lstrip("/"))
+            _bind(fd, b, root / b.dst.lstrip("/"), (plan.uid, plan.gid))
         finally:
             os.close(fd)
     tmp = root / plan.tmpdir.lstrip("/")
     _mkdirs(tmp)
-    os.chmod(tmp, 0o1777)
+    if plan.tmpdir_size:
+        # Its own tmpfs, so that the root holds no open file (a read-only remount refuses
+        # while one is open for writing, or unlinked and open, as UML's O_TMPFILE memory file
+        # is) and so that `empty` can take it away at "up"; the guest's uid alone may use it.
+        ns.mount(
+            "warden-tmp",
+            str(tmp),
+            "tmpfs",
+            ns.MS_NOSUID | ns.MS_NODEV,
+            f"mode=0700,uid={plan.uid},gid={plan.gid},size={plan.tmpdir_size}",
+        )
+    else:
+        os.chmod(tmp, 0o1777)
+    if plan.hidden:
+        os.chmod(root / plan.hidden.lstrip("/"), 0o711)
     if plan.cpuinfo:
         cpu = root / "proc" / "cpuinfo"
         _mkdirs(cpu.parent)
@@ -322,7 +358,8 @@ def _remove_tree_on(dev: int, top: str, keep: set[str]) -> list[str]:
 
 
 def empty(pid: int, start_time: int, keep: list[str]) -> dict[str, Any]:
-    """Detach every mount of the jail of kernel `pid` but those at `keep`, and delete the rest.
+    """Detach every mount of the jail of kernel `pid` but those at `keep`, and delete the rest;
+    with nothing to keep, remount the (then empty) root read-only as well.
 
     Runs in a fresh single-threaded process (setns(CLONE_NEWNS) refuses threaded callers).
     `start_time` (field 22 of /proc/PID/stat) guards against a recycled pid.
@@ -352,7 +389,13 @@ def empty(pid: int, start_time: int, keep: list[str]) -> dict[str, Any]:
         raise RuntimeError(f"mounts still in the jail after detaching: {left}")
     removed = _remove_tree_on(os.lstat("/").st_dev, "/", keep_set)
     remaining = sorted(os.path.join(d, n) for d, dirs, files in os.walk("/") for n in dirs + files)
-    return {"detached": detached, "removed": removed, "remaining": remaining}
+    sealed = False
+    if not keep_set and not remaining:
+        # The tmpfs options are the superblock's; the mount flags must be given again.
+        flags = ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC
+        ns.mount(None, "/", None, flags, f"size={ROOT_SIZE},nr_inodes={ROOT_INODES}")
+        sealed = True
+    return {"detached": detached, "removed": removed, "remaining": remaining, "sealed": sealed}
 
 
 def main(argv: list[str]) -> int:

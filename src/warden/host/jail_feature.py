@@ -3,10 +3,13 @@ entry says `jail = false`, an empty jail (warden.host.jail) under a uid of its o
 
 install(daemon) adds:
 - JailHook, a BootHook: before each boot it sets the cgroup limits, removes the previous
-  boot's umid directory, and for a jailed guest checks every file the jail will hold, gives the
-  guest its uid (warden.host.uids), hands its COW file and ctl directory to that uid, and puts
-  the jail plan, TMPDIR, rlimits and the kernel's view of its paths into the boot's extras;
-  once the kernel is up it empties the jail (see Emptier);
+  boot's umid directory, points the COW header at the base warden recorded (as the kernel will
+  be told it: the header is guest-written, see docs/security.md), and for a jailed guest checks
+  every file the jail will hold, gives the guest its uid (warden.host.uids), hands its COW
+  file, seed and ctl directory to that uid, and puts the jail plan, TMPDIR, rlimits and the
+  kernel's view of its paths into the boot's extras; once the kernel is up it empties the jail
+  (see Emptier). Inside the jail every file has a neutral name (JAIL_*): nothing the guest
+  could ever see there is named after a host path;
 - JailService, which empties the jails of guests a restarted daemon re-attached to;
 - GET /v1/machines/{name}/jail: `warden jail audit` (warden.host.jail_audit).
 """
@@ -16,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -29,7 +33,9 @@ from aiohttp import web
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.disk import create as disk_create
+from warden.disk import rebase
 from warden.disk.backing import kernel_path
+from warden.disk.diff import display
 from warden.errors import MconsoleError, WardenError
 from warden.host import cgroup, jail, seccomp, uids
 from warden.spec.fleet import Fleet
@@ -58,7 +64,17 @@ JAIL_TMPFS_SLACK = 64 << 20
 SEED_WAIT = 120.0
 POLL = 0.2
 HELPER_TIMEOUT = 30.0
-JAIL_TMPDIR = "/tmp"
+# Where the kernel sees its files inside the jail: neutral names, the same for every guest, so
+# that nothing under the jail's root (which hostfs shows to root in the guest, and which the
+# kernel prints in messages the guest can read) tells a host path, a home or an image name.
+JAIL_KERNEL_DIR = "/kernel"  # the kernel binary and the xstate shim, under their file names
+JAIL_COW = "/disk/cow"
+JAIL_BASE = "/disk/base"
+JAIL_SEED = "/disk/seed"
+# Under a directory that cannot be listed (0711), with names drawn for each boot: the memory
+# file's tmpfs (TMPDIR) and the ctl directory (the kernel's working directory), which the
+# guest's uid can write to until "up" (the kernel makes its umid directory and memory file).
+JAIL_HIDDEN = "/run"
 
 
 _SECCOMP = seccomp.compile_filter().hex()
@@ -134,10 +150,6 @@ def check_image_link(image: Path, field: str) -> None:
         )
 
 
-def _bind_exec(path: str) -> jail.Bind:
-    return jail.Bind(src=os.path.realpath(path), dst=path, exec=True)
-
-
 def _check(b: jail.Bind, what: str) -> None:
     try:
         jail.check_source(b)
@@ -153,6 +165,7 @@ class JailHook:
         self.daemon = daemon
         self.emptiers: dict[str, asyncio.Task[None]] = {}
         self.status: dict[str, dict[str, Any]] = {}  # per guest: the jail's state this boot
+        self._repaired: dict[str, tuple[bytes, str]] = {}  # header names put back this boot
 
     async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
         spec = sup.spec
@@ -164,11 +177,37 @@ class JailHook:
         # namespace it always finds "1" alive (itself), so the previous boot's directory must go.
         shutil.rmtree(sup.files.ctl / sup.name, ignore_errors=True)
         self.status[sup.name] = {"jailed": spec.jail, "state": "booting" if spec.jail else "off"}
-        if not spec.jail:
-            return
         loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(None, self._plan, sup, extras, limits)
-        extras.jail = plan.to_dict()
+        try:
+            if not spec.jail:
+                await loop.run_in_executor(None, self._unjailed, sup)
+                return
+            plan = await loop.run_in_executor(None, self._plan, sup, extras, limits)
+            extras.jail = plan.to_dict()
+        finally:
+            repaired = self._repaired.pop(sup.name, None)  # an event is for the loop's thread
+            if repaired is not None:
+                old, new = repaired
+                sup.ctx.event(sup.name, "cow-header-repaired", named=display(old), now=new)
+
+    def _unjailed(self, sup: "Supervisor") -> None:
+        """A guest without a jail runs as root: its control directory is root's alone (its
+        sockets are 0600, see Supervisor._bind_sockets), its header names the recorded base."""
+        files = sup.files
+        os.chown(files.ctl, 0, 0)
+        os.chmod(files.ctl, 0o700)
+        self._name_base(sup, kernel_path(sup._base_for_boot()))
+
+    def _name_base(self, sup: "Supervisor", name: bytes) -> None:
+        """Point the COW header at the base as the kernel will be told it, so that the kernel
+        neither looks for nor prints any other path (path_requires_switch in ubd_kern.c).
+        Only the path is written: the caller has checked the size and mtime against the base
+        warden recorded (Supervisor._base_for_boot). A header that named neither that base nor
+        the jail's name for it was rewritten by someone else, the guest most likely: an event
+        records what it said."""
+        old = rebase.name_backing(sup.files.cow, name)
+        if old is not None and old not in {JAIL_BASE.encode(), kernel_path(Path(sup.base or "/"))}:
+            self._repaired[sup.name] = (old, display(name))
 
     def _plan(self, sup: "Supervisor", extras: BootExtras, limits: cgroup.Limits) -> jail.JailPlan:
         """Check everything, then claim the uid and hand the guest its files (blocking I/O)."""
@@ -177,32 +216,37 @@ class JailHook:
         k = sup.kernel_path or kernel.resolve(ctx.layout, spec.kernel).path
         shim = kernel.xstate_shim(ctx.layout)
         binds: list[jail.Bind] = []
+        named = {str(k): f"{JAIL_KERNEL_DIR}/{k.name}", str(shim): f"{JAIL_KERNEL_DIR}/{shim.name}"}
         for path in [str(k), *shared_objects(k), str(shim), *shared_objects(shim)]:
-            b = _bind_exec(path)
+            # the loader and libraries keep their paths: the loader looks for them there
+            b = jail.Bind(src=os.path.realpath(path), dst=named.get(path, path), exec=True)
             if all(x.dst != b.dst for x in binds):
                 _check(b, f"machine {spec.name!r}: kernel {spec.kernel!r}")
                 binds.append(b)
         base = sup._base_for_boot()
         check_image_link(base, f"machine {spec.name!r}: image {spec.image!r}")
-        base_seen = kernel_path(base).decode()
         if not files.cow.exists() and not files.cow.is_symlink():
             # The kernel would create it, but inside the jail, where it would not last.
             disk_create.create(files.cow, base)
         if files.cow.is_symlink() or not files.cow.is_file():
             raise JailError(f"{files.cow} must be a regular file (the guest's COW disk)")
+        self._name_base(sup, JAIL_BASE.encode())
+        tmpdir = f"{JAIL_HIDDEN}/{secrets.token_hex(12)}"
+        ctl = f"{JAIL_HIDDEN}/{secrets.token_hex(12)}"
         others = [
             jail.Bind("/dev/null", "/dev/null", kind=jail.DEV, writable=True),
             jail.Bind("/dev/random", "/dev/random", kind=jail.DEV),
-            jail.Bind(str(files.cow), str(files.cow), writable=True, until=jail.AT_DISKS),
-            jail.Bind(os.path.realpath(base), base_seen, until=jail.AT_DISKS),
-            jail.Bind(
-                str(files.ctl), str(files.ctl), kind=jail.DIR, writable=True, until=jail.AT_DISKS
-            ),
+            jail.Bind(str(files.cow), JAIL_COW, writable=True, until=jail.AT_DISKS),
+            jail.Bind(os.path.realpath(base), JAIL_BASE, until=jail.AT_DISKS),
+            # The kernel's working directory: it made NAME/{pid,mconsole} there by "up", and
+            # reaches notify and the replies by relative names afterwards, detached or not.
+            jail.Bind(str(files.ctl), ctl, kind=jail.DIR, writable=True),
         ]
         for b in others:
             _check(b, f"machine {spec.name!r}")
-        # The seed disk is (re)written after the hooks; the launcher checks it.
-        binds += [*others, jail.Bind(str(files.seed), str(files.seed), until=jail.AT_DISKS)]
+        # The seed disk is (re)written after the hooks; the launcher checks it and hands it to
+        # the guest's uid (0400: it holds password hashes and keys).
+        binds += [*others, jail.Bind(str(files.seed), JAIL_SEED, until=jail.AT_DISKS, give=True)]
         uid = uids.allocate(ctx.layout, spec.name, host.uid_base, host.uid_count, sup.uid)
         if not _readable_by(Path(os.path.realpath(base)), uid, uid):
             raise JailError(
@@ -219,10 +263,14 @@ class JailHook:
         mount_point = files.root / "jail"
         mount_point.mkdir(mode=0o700, exist_ok=True)
         cow_size = files.cow.stat().st_size
-        extras.env["TMPDIR"] = JAIL_TMPDIR
+        extras.env["TMPDIR"] = tmpdir
+        extras.env["LD_PRELOAD"] = named[str(shim)]
         extras.paths[str(files.ctl)] = "."
         extras.paths[str(files.notify)] = files.notify.name
-        extras.paths[str(base)] = base_seen
+        extras.paths[str(k)] = named[str(k)]
+        extras.paths[str(files.cow)] = JAIL_COW
+        extras.paths[str(base)] = JAIL_BASE
+        extras.paths[str(files.seed)] = JAIL_SEED
         fsize = max(cow_size, spec.memory + BRK_GAP_MAX + (16 << 20))
         extras.rlimits.update(
             {
@@ -237,10 +285,11 @@ class JailHook:
             uid=uid,
             gid=uid,
             mount_point=str(mount_point),
-            root_size=spec.memory + JAIL_TMPFS_SLACK,
             binds=binds,
-            cwd=str(files.ctl),
-            tmpdir=JAIL_TMPDIR,
+            cwd=ctl,
+            tmpdir=tmpdir,
+            tmpdir_size=spec.memory + JAIL_TMPFS_SLACK,
+            hidden=JAIL_HIDDEN,
             cpuinfo=_cpuinfo(),
             seccomp=_SECCOMP,
         )
@@ -271,13 +320,14 @@ class Emptier:
     """Takes everything out of one booted guest's jail, in two steps.
 
     At "up" (the mconsole notify, sent early in the kernel's boot) the kernel has exec'd and
-    mapped its binary, libraries and shim, created its memory file and opened /dev/random:
-    those go. Its disks it opens by path when a block device is first opened, the seed disk
-    only when the guest mounts it: those stay until the guest's hostname (read through the
-    mconsole) is its name, which warden's images set just after unmounting the seed, and the
-    kernel holds the COW and base open; or until SEED_WAIT has passed. Then the rest goes,
-    the ctl mount included: the root is empty, and the ctl directory stays only as the kernel's
-    working directory.
+    mapped its binary, libraries and shim, created its memory file (on its own tmpfs), opened
+    /dev/random and made its umid directory in ctl: those go, the ctl mount and the memory
+    tmpfs included (the kernel keeps both through its working directory and its fds). Its disks
+    it opens by path when a block device is first opened, the seed disk only when the guest
+    mounts it: those stay until the guest's hostname (read through the mconsole) is its name,
+    which warden's images set just after unmounting the seed, and the kernel holds the COW and
+    base open; or until SEED_WAIT has passed. Then the rest goes and the root is remounted
+    read-only: it is empty, and hostfs in the guest shows an empty, read-only directory.
     """
 
     def __init__(self, hook: JailHook, sup: "Supervisor"):
@@ -303,10 +353,7 @@ class Emptier:
             return
         t0 = time.monotonic()
         files = self.sup.files
-        keep = [str(files.cow), str(files.seed), str(files.ctl)]
-        base = self.sup.base
-        if base:
-            keep.append(kernel_path(Path(base)).decode())
+        keep = [JAIL_COW, JAIL_SEED, JAIL_BASE]
         try:
             first = await self._helper(keep)
             self._status(state="disks", detached_at_up=first.get("detached", []))
@@ -325,7 +372,12 @@ class Emptier:
             with contextlib.suppress(FileNotFoundError):
                 (files.ctl / self.sup.name / "pid").unlink()  # warden never reads it
             seconds = round(time.monotonic() - t0, 3)
-            self._status(state="empty", remaining=second.get("remaining", []), why=reason)
+            self._status(
+                state="empty",
+                remaining=second.get("remaining", []),
+                sealed=second.get("sealed", False),
+                why=reason,
+            )
             self.sup.ctx.event(
                 self.sup.name,
                 "jail-emptied",

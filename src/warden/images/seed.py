@@ -1,4 +1,9 @@
-"""Writes a guest's seed disk (docs/formats/seed.md)."""
+"""Writes a guest's seed disk (docs/formats/seed.md).
+
+The seed holds password hashes and authorized keys: it is root's, mode 0400, whenever warden
+has written or checked it; a jailed guest's launcher hands it to the guest's uid (still 0400)
+just before binding it into the jail (warden.host.jail, Bind.give).
+"""
 
 import hashlib
 import os
@@ -12,6 +17,7 @@ from warden.errors import ImageError
 
 SEED_SIZE_K = 1024
 SEED_FORMAT = 2  # 2: no filesystem label (a guest's blkid showed "warden-seed")
+SEED_MODE = 0o400
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,15 @@ def write(path: Path, seed: Seed) -> None:
     stamp = path.with_name(path.name + ".sha256")
     digest = hashlib.sha256(f"{SEED_FORMAT} {seed!r}".encode()).hexdigest()
     if path.exists() and stamp.exists() and stamp.read_text() == digest:
-        return  # unchanged since the last boot: skip mkfs
+        # unchanged since the last boot: skip mkfs, but take it back from the last jailed boot
+        os.chown(path, 0, 0, follow_symlinks=False)
+        os.chmod(path, SEED_MODE)
+        return
     stamp.unlink(missing_ok=True)
     _write(path, seed)
-    stamp.write_text(digest)
+    fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(digest)
 
 
 def _write(path: Path, seed: Seed) -> None:
@@ -78,6 +89,8 @@ def _write(path: Path, seed: Seed) -> None:
         if seed.network:
             (root / "network.env").write_text(_env(seed.network))
         partial = path.with_name(f".{path.name}.partial{os.getpid()}")
+        partial.unlink(missing_ok=True)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         res = subprocess.run(
             [
                 "mkfs.ext4",
@@ -96,4 +109,5 @@ def _write(path: Path, seed: Seed) -> None:
         if res.returncode != 0:
             partial.unlink(missing_ok=True)
             raise ImageError(f"writing the seed disk {path} failed: {res.stderr.strip()}")
+        os.chmod(partial, SEED_MODE)
         os.replace(partial, path)

@@ -18,16 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from warden.errors import SpecError
+from warden.uml import cmdline
 from warden.units import SIZE_HELP, parse_size
 
-MACHINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
-OWNER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-LINE_NAME = re.compile(r"^(con0|ssl\d{1,2})$")
+# Names and identifiers match in full: every check uses fullmatch, and the patterns are anchored
+# with \A and \Z (not ^ and $, which also match before a trailing newline) for callers that
+# use .match (console/access.py).
+MACHINE_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,30}\Z")
+OWNER_NAME = re.compile(r"\A[a-z_][a-z0-9_-]{0,31}\Z")
+LINE_NAME = re.compile(r"\A(con0|ssl\d{1,2})\Z")
 MAX_SERIAL_LINES = 8
 RESTART_POLICIES = ("no", "on-failure", "always")
-EGRESS_RATE = re.compile(r"^(\d+)/(second|minute|hour)$")
-FORWARD = re.compile(r"^(tcp|udp):(\d{1,5}):(\d{1,5})$")
-CRYPT_HASH = re.compile(r"^\$(1|5|6)\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}$")
+EGRESS_RATE = re.compile(r"\A(\d+)/(second|minute|hour)\Z")
+FORWARD = re.compile(r"\A(tcp|udp):(\d{1,5}):(\d{1,5})\Z")
+CRYPT_HASH = re.compile(r"\A\$(1|5|6)\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}\Z")
+NETNS_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+NETWORK_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,10}\Z")
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,7 @@ def _choice(*allowed: str) -> Check:
 
 def _pattern(rx: re.Pattern[str], what: str) -> Check:
     def check(v: Any) -> str:
-        if not isinstance(v, str) or not rx.match(v):
+        if not isinstance(v, str) or not rx.fullmatch(v):
             raise ValueError(f"expected {what}")
         return v
 
@@ -220,10 +226,29 @@ def _str_list(v: Any) -> tuple[str, ...]:
 def _ssh_keys(v: Any) -> tuple[str, ...]:
     keys = _str_list(v)
     for k in keys:
+        if any(not c.isprintable() for c in k):
+            raise ValueError(
+                "expected one OpenSSH public key per string, without line breaks or control "
+                f"characters; got {k[:40]!r}"
+            )
         parts = k.split()
         if len(parts) < 2 or not (parts[0].startswith("ssh-") or parts[0].startswith("ecdsa-")):
             raise ValueError('expected OpenSSH public keys such as "ssh-ed25519 AAAA... user@host"')
     return keys
+
+
+def _kernel_args(v: Any) -> str:
+    """Extra kernel parameters: words the kernel cannot re-split, none that warden sets or that
+    reaches the host (warden.uml.cmdline.RESERVED; init= is checked with the machine)."""
+    text = _str(v)
+    problems = []
+    for token in cmdline.split_kernel_args(text):
+        why = cmdline.reserved(token)
+        if why is not None:
+            problems.append(f"{cmdline.param_name(token)!r} is not allowed: {why}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return text
 
 
 def _listen(v: Any) -> str:
@@ -250,7 +275,7 @@ def _subnet(v: Any) -> str:
 
 
 def _egress(v: Any) -> str:
-    if v in ("allow", "deny") or (isinstance(v, str) and EGRESS_RATE.match(v)):
+    if v in ("allow", "deny") or (isinstance(v, str) and EGRESS_RATE.fullmatch(v)):
         return str(v)
     raise ValueError('expected "allow", "deny" or a rate such as "20/second"')
 
@@ -258,7 +283,7 @@ def _egress(v: Any) -> str:
 def _forwards(v: Any) -> tuple[Forward, ...]:
     out = []
     for item in _str_list(v):
-        m = FORWARD.match(item)
+        m = FORWARD.fullmatch(item)
         if not m or not (0 < int(m[2]) < 65536 and 0 < int(m[3]) < 65536):
             raise ValueError(f'{item!r}: expected "tcp:HOSTPORT:GUESTPORT" or "udp:..."')
         out.append(Forward(m[1], int(m[2]), int(m[3])))
@@ -285,7 +310,7 @@ def _nics(v: Any) -> tuple[Nic, ...]:
 HOST_FIELDS: dict[str, Check] = {
     "memory_budget": _size,
     "memory_reserve": _size,
-    "netns": _pattern(re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "a network namespace name"),
+    "netns": _pattern(NETNS_NAME, "a network namespace name"),
     "uid_base": _int_range(1000, 2**31 - 70000),
     "uid_count": _int_range(1, 65536),
     "balance_interval": _positive_number,
@@ -303,7 +328,7 @@ OWNER_FIELDS: dict[str, Check] = {
     "admin": _bool,
 }
 NETWORK_FIELDS: dict[str, Check] = {
-    "name": _pattern(re.compile(r"^[a-z0-9][a-z0-9-]{0,10}$"), "a short lower-case name"),
+    "name": _pattern(NETWORK_NAME, "a short lower-case name"),
     "subnet": _subnet,
     "nat": _bool,
 }
@@ -315,7 +340,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "memory_min": _size,
     "memory_weight": _int_range(1, 10000),
     "serial_lines": _int_range(0, MAX_SERIAL_LINES),
-    "kernel_args": _str,
+    "kernel_args": _kernel_args,
     "autostart": _bool,
     "kernel": _str,
     "restart": _choice(*RESTART_POLICIES),
@@ -497,6 +522,16 @@ def _check_machine(
             'tty_log and disguise need the honeypot kernel: set kernel = "honeypot" '
             "(built by `warden kernel build honeypot`)",
         )
+    if m.jail or m.tty_log:
+        setting = "jail = true" if m.jail else "tty_log = true"
+        for token in cmdline.user_args(m.kernel_args):
+            if cmdline.param_name(token) == cmdline.INIT_KEY:
+                problems.add(
+                    label,
+                    f"kernel_args: 'init' is not allowed with {setting}: warden's init reads "
+                    "the seed disk (hostname, passwords, keys) and the jail is emptied only "
+                    "once it has; set jail = false and tty_log = false to boot another init",
+                )
     nets = {n.name: n for n in networks}
     for nic in m.nics:
         net = nets.get(nic.network)

@@ -11,11 +11,117 @@ Parameters and where UML reads them (Debian's linux-source-6.1):
     vecN:transport=fd,fd=N,vec=0  arch/um/drivers/vector_kern.c (a tap fd; vec=0 because a
                     tap fd does not support recvmmsg/sendmmsg)
     pty.legacy_count=0  drivers/tty/pty.c (no BSD ptys: see argv())
+
+A fleet's `kernel_args` come last, and never with a key warden sets or one that reaches the
+host (RESERVED, checked by the fleet file's validation and dropped here again): UML's own
+parameters differ in how they treat a repeated key (umid= and ubdN= keep the first, mem= and
+mconsole= the last), so "put warden's last" alone would not make warden's win; leaving the
+reserved keys out does, whatever the order. docs/decisions/2026-12-07-hostile-disks-and-jail.md.
 """
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# The kernel joins its argv with spaces into one command line of at most 4096 bytes and exits
+# ("Too many command line arguments!") beyond it; warden's own arguments need a few hundred.
+MAX_KERNEL_ARGS = 1024
+# A token that cannot hide a second parameter once the kernel has joined and re-split the
+# command line: no blank, no quote (the generic parser honours "..."), printable ASCII only.
+_TOKEN = re.compile(r"[!#-~]+")
+
+_HOST = "reaches the host"
+_NIC = "give NICs with nics (warden passes their fds)"
+_SOUND = f"{_HOST}: it opens a host sound device"
+# Parameters a machine's kernel_args may not give, and why. A key matches every parameter that
+# starts with it, as the kernel matches them (UML's __uml_setup and the generic __setup compare
+# prefixes: __setup("con") also takes console=); a key in EXACT matches the whole parameter
+# name (the part before '='). '-' and '_' are the same character to the kernel (parameq()).
+RESERVED: dict[str, str] = {
+    "mem=": "warden sets it from the machine's memory (the balancer and cgroup limit use it)",
+    "ubd": "warden sets the disks (ubd0: the COW disk over the base warden recorded, ubd1: "
+    "the seed); another ubd names a host file",
+    "udb": "a misspelt ubd; warden sets the disks",
+    "fake_ide": "warden sets the disks",
+    "root=": "warden boots from ubd0 (root=/dev/ubda)",
+    "rw": "warden mounts the root read-write",
+    "ro": "warden mounts the root read-write",
+    "umid=": "warden names the guest's mconsole after the machine",
+    "uml_dir=": "warden puts the mconsole in the machine's ctl directory",
+    "mconsole=": "warden listens for the guest's notifications",
+    "con": f"warden wires the consoles to its relays; other channels {_HOST} (files, ports, "
+    "ptys, terminals, xterms)",
+    "ssl": f"warden wires the serial lines to its relays; other channels {_HOST}",
+    "xterm=": f"{_HOST}: it names a host program to run",
+    "stderr=": "warden keeps the kernel's messages in its kernel log",
+    "eth": f"{_HOST} (tuntap, daemon, mcast, slirp and vde helpers); {_NIC}",
+    "vec": f"{_HOST}; {_NIC}",
+    "hostfs=": f"{_HOST}: it sets the host directory hostfs shows",
+    "iomem=": f"{_HOST}: it maps a host file into the guest",
+    "initrd=": f"{_HOST}: it reads a host file",
+    "dtb=": f"{_HOST}: it reads a host file",
+    "dsp=": _SOUND,
+    "mixer=": _SOUND,
+    "hostaudio.": _SOUND,
+    "virtio_uml.": f"{_HOST}: it connects to a host socket",
+    "time_travel": f"{_HOST} (ext mode connects to a host socket) and changes the guest's clock",
+    "nosysemu": "the jail's seccomp filter relies on PTRACE_SYSEMU",
+    "tty_log_fd=": "warden passes the honeypot's tty log channel itself (tty_log)",
+    "disguise_fd=": "warden passes the honeypot's disguise channel itself (disguise)",
+    "pty.legacy_count=": "warden sets it (no BSD ptys)",
+    "-": "UML's options (--help, --version, --showconfig) print and exit, and after '--' "
+    "the kernel hands its arguments to init",
+}
+EXACT = frozenset({"rw", "ro", "nosysemu"})
+# Allowed unless the boot relies on warden's init (a jail or a tty log: see the fleet file).
+INIT_KEY = "init"
+
+
+def _fold(s: str) -> str:
+    return s.replace("-", "_")
+
+
+def param_name(token: str) -> str:
+    """The parameter a token sets: the part before '=' (the whole token for a flag)."""
+    return token.split("=", 1)[0]
+
+
+def reserved(token: str) -> str | None:
+    """Why `token` may not be among a machine's kernel_args, or None if it may."""
+    folded, name = _fold(token), _fold(param_name(token))
+    for key, why in RESERVED.items():
+        k = _fold(key)
+        if name == k if key in EXACT else (folded.startswith(k) or name == k.rstrip("=")):
+            return why
+    return None
+
+
+def split_kernel_args(text: str) -> list[str]:
+    """The tokens of a kernel_args string (shell-like quoting), or ValueError saying why not."""
+    if len(text) > MAX_KERNEL_ARGS:
+        raise ValueError(f"{len(text)} characters; at most {MAX_KERNEL_ARGS}")
+    try:
+        tokens = shlex.split(text)
+    except ValueError as e:
+        raise ValueError(f"cannot be split into words ({e})") from None
+    for t in tokens:
+        if not _TOKEN.fullmatch(t) or '"' in t:
+            raise ValueError(
+                f"argument {t!r}: only printable ASCII without blanks or double quotes (the "
+                "kernel joins its arguments with blanks and splits them again)"
+            )
+    return tokens
+
+
+def user_args(text: str) -> list[str]:
+    """A machine's kernel_args as they go on the command line: reserved keys left out (the
+    fleet file refuses them; this keeps warden's own whatever reached the daemon)."""
+    try:
+        tokens = split_kernel_args(text)
+    except ValueError:
+        return []
+    return [t for t in tokens if reserved(t) is None]
 
 
 @dataclass(frozen=True)
@@ -75,7 +181,7 @@ def argv(kernel: Path, plan: BootPlan) -> list[str]:
     args.append("pty.legacy_count=0")
     args.append(f"init={plan.init}")
     args += list(plan.extra)
-    args += shlex.split(plan.kernel_args)
+    args += user_args(plan.kernel_args)
     return args
 
 

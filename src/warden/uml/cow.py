@@ -351,21 +351,51 @@ def read_header_bytes(fd: int) -> bytes:
     return os.pread(fd, HEADER_READ, 0)
 
 
-def open_cow(path: Path) -> CowFile:
-    """Read and check the header and the whole bitmap of the COW file at `path`."""
+def _open(path: Path) -> tuple[int, int]:
+    """An fd of the regular file at `path` and its length."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise CowFormatError(f"{path}: no such COW file") from None
     except PermissionError:
         raise CowFormatError(f"{path}: permission denied") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CowFormatError(f"{path}: is {kind}, not a COW file")
+    return fd, st.st_size
+
+
+def read_header(path: Path) -> tuple[CowHeader, int]:
+    """The header of the COW file at `path` and the file's length, and nothing else.
+
+    At most HEADER_READ bytes are read, whatever the header claims: a guest can write its own
+    COW file, so nothing here is trusted until a caller has held it against a file it chose.
+    """
+    fd, length = _open(path)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise CowFormatError(f"{path}: is {kind}, not a COW file")
-        length = st.st_size
+        return parse_header(read_header_bytes(fd), str(path)), length
+    finally:
+        os.close(fd)
+
+
+def open_cow(path: Path, disk_size: int) -> CowFile:
+    """Read and check the header and the bitmap of the COW file at `path`.
+
+    `disk_size` is the length of the backing file the caller has chosen and checked: the header
+    must record exactly that size, so the bitmap read is bounded by a real file's size and never
+    by a number the guest wrote (a header claiming 2**60 bytes would otherwise ask for a bitmap
+    of petabytes, or of as many gigabytes as the sparse COW file is long).
+    """
+    fd, length = _open(path)
+    try:
         header = parse_header(read_header_bytes(fd), str(path))
+        if header.size != disk_size:
+            raise CowFormatError(
+                f"{path}: the header records a {header.size}-byte backing file, but the backing "
+                f"file is {disk_size} bytes: not read further"
+            )
         end = header.bitmap_offset + header.bitmap_len
         if length < end:
             raise CowFormatError(
