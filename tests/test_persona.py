@@ -99,7 +99,8 @@ def test_the_home_key_is_made_once_and_kept_private(home: Layout) -> None:
 
 
 def test_the_fleets_personas_are_its_disguised_machines(home: Layout) -> None:
-    text = FLEET_HEAD + machine_toml("pot", disguise="baremetal", kernel="honeypot") + machine_toml("web")
+    pot = machine_toml("pot", disguise="baremetal", kernel="honeypot")
+    text = FLEET_HEAD + pot + machine_toml("web")
     f = fleetmod.parse(text, "f.toml")
     got = pm.fleet_of(home, f)
     assert list(got) == ["pot"]
