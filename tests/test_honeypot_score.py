@@ -158,6 +158,9 @@ def test_the_other_judges() -> None:
     lat = CHECK + 'judge = "latency"\nmax_ratio = 5.0\n'
     dd = "100000+0 records in\n100000 bytes (100 kB, 98 KiB) copied, 0.5 s, 200 kB/s\n"
     assert j.ns_per_syscall(dd) == 2500.0
+    busybox = "100000+0 records in\n100000+0 records out\nuptime 12.30 12.80\n"
+    assert j.ns_per_syscall(busybox) == pytest.approx(2500.0)
+    assert j.ns_per_syscall("100000+0 records out\nuptime 12.30 12.30\n") is None
     assert _one(lat, 0, dd, j.HostFacts(1000.0)).verdict == "pass"  # 2.5x
     assert _one(lat, 0, dd, j.HostFacts(500.0)).verdict == "pass"  # 5x: the limit itself
     assert _one(lat, 0, dd, j.HostFacts(400.0)).evidence == [

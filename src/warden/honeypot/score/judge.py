@@ -163,8 +163,15 @@ def _dd_seconds(out: str) -> tuple[int, float] | None:
 
 
 def ns_per_syscall(dd_output: str) -> float | None:
+    """Nanoseconds a system call, from dd's own timing, or (busybox's dd prints none) from
+    the probe's two /proc/uptime readings around a dd of 1-byte records."""
     got = _dd_seconds(dd_output)
-    if got is None or got[0] == 0:
+    if got is None:
+        records = re.search(r"^(\d+)\+0 records out", dd_output, re.M)
+        up = re.search(r"^uptime ([0-9.]+) ([0-9.]+)$", dd_output, re.M)
+        if records and up:
+            got = int(records.group(1)), float(up.group(2)) - float(up.group(1))
+    if got is None or got[0] == 0 or got[1] <= 0:
         return None
     count, seconds = got
     return seconds * 1e9 / (2 * count)  # a read and a write per byte
