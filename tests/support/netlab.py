@@ -180,11 +180,25 @@ def guest_sh(d: Any, name: str, command: str, timeout: float = 30.0) -> str:
     return str(m.group(1)).replace("\r\n", "\n")
 
 
+def kernel_log_tail(d: Any, name: str, lines: int = 30) -> str:
+    """The end of a machine's last kernel log, for a failure message: why a kernel exited."""
+    logs = sorted(
+        (d.layout.machine(name) / "logs").glob("kernel-*.log"),
+        key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else 0,
+    )
+    if not logs:
+        return f"\n{name}: no kernel log"
+    tail = logs[-1].read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- {logs[-1]} (last {len(tail)} lines):\n" + "\n".join(tail)
+
+
 def wait_running(d: Any, *names: str, timeout: float = 120.0) -> None:
     def all_up() -> bool:
         ls = d.ls()
         bad = [n for n in names if ls[n]["state"] in ("crashed", "stopped")]
-        assert not bad, f"{bad} did not start: {[ls[n]['last_exit'] for n in bad]}"
+        assert not bad, f"{bad} did not start: {[ls[n]['last_exit'] for n in bad]}" + "".join(
+            kernel_log_tail(d, n) for n in bad
+        )
         return all(ls[n]["state"] == "running" for n in names)
 
     wait_for(f"{names} running", all_up, timeout)

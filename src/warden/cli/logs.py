@@ -189,6 +189,11 @@ def _search(args: argparse.Namespace) -> int:
     refs = logstore.find(lay, args.machine, args.line, args.boot)
     key = _key(lay) if refs else None
     hits: list[searchmod.Hit] = []
+    firsts: dict[tuple[str, str, int, bool], int | None] = {}
+    for ref in refs:  # replay offsets count from the first record of a boot's first part
+        at = (ref.machine, ref.line, ref.boot, ref.archived)
+        if ref.part == 1 and at not in firsts:
+            firsts[at] = searchmod.first_record_us(ref, key)
     for ref in refs:
         hits.extend(
             searchmod.search_file(
@@ -199,6 +204,7 @@ def _search(args: argparse.Namespace) -> int:
                 typed=not (args.printed or args.executed),
                 printed=not (args.typed or args.executed),
                 executed=not (args.typed or args.printed),
+                first_us=firsts.get((ref.machine, ref.line, ref.boot, ref.archived)),
             )
         )
     hits.sort(key=lambda h: h.time_us)
@@ -218,6 +224,7 @@ def _search(args: argparse.Namespace) -> int:
                         "user": h.user,
                         "context": h.context.decode("utf-8", "replace"),
                         "path": h.path,
+                        "offset": h.offset,
                     }
                     for h in hits
                 ],
@@ -231,7 +238,7 @@ def _search(args: argparse.Namespace) -> int:
             ctx = export.strip_controls(h.context.decode("utf-8", "replace")).replace("\n", "⏎")
             print(
                 f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}"
-                f"{termsafe.line(who)}  record {h.seq}: …{termsafe.line(ctx)}…"
+                f"{termsafe.line(who)}  record {h.seq} (--at {h.offset}): …{termsafe.line(ctx)}…"
             )
     return 0 if hits else 1
 
@@ -269,8 +276,13 @@ def _replay(args: argparse.Namespace) -> int:
     lay = layout()
     _flush_daemon(lay)
     name, _, line = args.name.partition(":")
+    if args.start and args.at:
+        raise WardenError("replay: give --from or --at, not both")
     try:
-        start = replay.parse_time(args.start) if args.start else 0.0
+        if args.at:
+            start = replay.parse_time(args.at, "--at")
+        else:
+            start = replay.parse_time(args.start) if args.start else 0.0
     except ValueError as e:
         raise WardenError(str(e)) from None
     if args.speed <= 0:
@@ -356,6 +368,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--speed", type=float, default=1.0, help="2: twice as fast")
     p.add_argument(
         "--from", dest="start", help="start at T (seconds or [H:]M:S); earlier output at once"
+    )
+    p.add_argument(
+        "--at",
+        metavar="OFFSET",
+        help="start playing at the record OFFSET seconds (µs precision) after the log's first: "
+        "the `offset` of `warden timeline` and `warden logs search`; earlier output at once",
     )
     p.add_argument(
         "--max-idle", type=float, default=2.0, help="shorten pauses to this (0: keep them)"

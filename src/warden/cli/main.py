@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "warden.cli.logs",
     "warden.cli.mem",
     "warden.cli.net",
+    "warden.cli.forensics",
     "warden.cli.honeypot",
 )
 
@@ -64,6 +65,9 @@ COMMANDS = {
     "mem": "warden.cli.mem",
     "top": "warden.cli.mem",
     "net": "warden.cli.net",
+    "timeline": "warden.cli.forensics",
+    "evidence": "warden.cli.forensics",
+    "recycle": "warden.cli.forensics",
     "honeypot": "warden.cli.honeypot",
 }
 

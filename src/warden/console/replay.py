@@ -53,10 +53,12 @@ def schedule(
     streams = TtyStreams(tty)
     first: int | None = None
     prev: float | None = None  # log time of the last step played with timing
+    start_us = round(start * 1e6)  # compared in whole µs: `--at` names a record exactly
     for r in records:
         if first is None:
             first = r.time_us
         at = (r.time_us - first) / 1e6
+        early = r.time_us - first < start_us
         parts: list[tuple[bytes, bool]] = []  # (bytes, is a note), in order
         if r.type == sl.OUTPUT:
             parts.append((r.data, False))
@@ -78,7 +80,7 @@ def schedule(
                 continue
         else:
             continue
-        if at < start:
+        if early:
             delay = 0.0
         elif prev is None:
             delay = 0.0
@@ -121,14 +123,22 @@ def _write_all(fd: int, data: bytes) -> int:
     return len(data)
 
 
-def parse_time(text: str) -> float:
-    """--from: seconds ("90", "1.5") or [[H:]M:]S ("1:30", "0:01:30")."""
+def replay_offset(time_us: int, first_us: int) -> str:
+    """The `--at` value that starts playing at a record of this time: seconds, with µs
+    precision, after the log's first record (`warden timeline` and `logs search` give it)."""
+    us = max(0, time_us - first_us)
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}"
+
+
+def parse_time(text: str, option: str = "--from") -> float:
+    """--from / --at: seconds ("90", "1.5") or [[H:]M:]S ("1:30", "0:01:30")."""
+    wrong = f"{option} {text!r}: expected seconds or [H:]M:S, e.g. 90 or 1:30"
     try:
         parts = [float(p) for p in text.split(":")]
     except ValueError:
-        raise ValueError(f"--from {text!r}: expected seconds or [H:]M:S, e.g. 90 or 1:30") from None
+        raise ValueError(wrong) from None
     if len(parts) > 3 or any(p < 0 for p in parts):
-        raise ValueError(f"--from {text!r}: expected seconds or [H:]M:S, e.g. 90 or 1:30")
+        raise ValueError(wrong)
     total = 0.0
     for p in parts:
         total = total * 60 + p

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from warden.console import logstore
 from warden.console import sessionlog as sl
+from warden.console.replay import replay_offset
 from warden.honeypot.ttyview import TtyStreams
+
+
+def first_record_us(ref: logstore.LogRef, key: bytes | None) -> int | None:
+    """The time of the first record of one file (part 1 of a boot: where offsets count from)."""
+    with logstore.reading(ref, key) as reader:
+        for r in reader:
+            return r.time_us
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class Hit:
     user: str
     context: bytes
     path: str
+    offset: str = ""  # `warden replay --at OFFSET` starts playing at this hit's record
 
 
 class _Stream:
@@ -58,11 +68,16 @@ def search_file(
     printed: bool = True,
     context: int = 30,
     executed: bool = True,
+    first_us: int | None = None,
 ) -> Iterator[Hit]:
+    """Hits in one file. `first_us`: the time of the first record of the boot's log (part 1's
+    first record), from which replay offsets count; by default this file's first record."""
     out, inp, run = _Stream(), _Stream(), _Stream()
     tty = TtyStreams()
     with logstore.reading(ref, key) as reader:
         for r in reader:
+            if first_us is None:
+                first_us = r.time_us
             if r.type == sl.OUTPUT and printed:
                 out.add(r)
             elif r.type == sl.INPUT and typed:
@@ -92,5 +107,6 @@ def search_file(
                 rec.user,
                 bytes(stream.data[lo:hi]),
                 str(ref.path),
+                replay_offset(rec.time_us, first_us or rec.time_us),
             )
             pos = hay.find(pattern, pos + max(1, len(pattern)))

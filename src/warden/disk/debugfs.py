@@ -32,6 +32,7 @@ _STAT_HEAD = re.compile(
     rb"Links: (\d+)\s+Blockcount: (\d+)\n"
 )
 _MTIME = re.compile(rb"^ ?mtime: 0x([0-9a-f]+)(?::([0-9a-f]+))?", re.MULTILINE)
+_CTIME = re.compile(rb"^ ?ctime: 0x([0-9a-f]+)(?::([0-9a-f]+))?", re.MULTILINE)
 _FAST_LINK = b'Fast link dest: "'
 
 
@@ -63,6 +64,15 @@ class InodeInfo:
     links: int
     mtime: tuple[int, int]  # raw seconds field and the extra (nanoseconds + epoch bits) field
     fast_link: bytes | None  # the target of a fast symlink
+    ctime: tuple[int, int] = (0, 0)  # as mtime: when the inode last changed (guest clock)
+
+    @property
+    def ctime_ns(self) -> int:
+        """The change time in ns since the epoch (ext4: a signed 32-bit second count, the
+        extra field's low 2 bits extending it, its upper 30 bits the nanoseconds)."""
+        raw, extra = self.ctime
+        secs = (raw - (1 << 32) if raw & (1 << 31) else raw) + ((extra & 3) << 32)
+        return secs * 1_000_000_000 + (extra >> 2)
 
 
 def parse_ls(out: bytes, where: str) -> list[Entry]:
@@ -92,6 +102,8 @@ def parse_stat(out: bytes, where: str) -> InodeInfo:
     if not t:
         raise DiffError(f"{where}: inode {int(ino)} has no mtime line")
     mtime = (int(t.group(1), 16), int(t.group(2) or b"0", 16))
+    c = _CTIME.search(out, m.end())
+    ctime = (int(c.group(1), 16), int(c.group(2) or b"0", 16)) if c else (0, 0)
     fast: bytes | None = None
     n = int(size)
     if kind == b"symlink" and n < 60:
@@ -99,7 +111,7 @@ def parse_stat(out: bytes, where: str) -> InodeInfo:
         tail = out[-(len(_FAST_LINK) + n + 2) :]
         if tail.startswith(_FAST_LINK) and tail.endswith(b'"\n'):
             fast = tail[len(_FAST_LINK) : len(_FAST_LINK) + n]
-    return InodeInfo(int(ino), int(mode, 8), int(uid), int(gid), n, int(links), mtime, fast)
+    return InodeInfo(int(ino), int(mode, 8), int(uid), int(gid), n, int(links), mtime, fast, ctime)
 
 
 def parse_blocks(out: bytes, where: str) -> list[int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from warden.errors import SpecError
+from warden.spec import recycle as recyclemod
 from warden.uml import cmdline
 from warden.units import SIZE_HELP, parse_size
 
@@ -98,6 +99,11 @@ class Machine:
     tty_log: bool = False
     disguise: str = ""
     jail: bool = True
+    recycle: str = ""  # "" or a warden.spec.recycle policy: on-logout, idle:D, every:D
+
+    @property
+    def recycle_policy(self) -> recyclemod.RecyclePolicy | None:
+        return recyclemod.parse(self.recycle)
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -280,6 +286,11 @@ def _egress(v: Any) -> str:
     raise ValueError('expected "allow", "deny" or a rate such as "20/second"')
 
 
+def _recycle(v: Any) -> str:
+    recyclemod.parse(_str(v))  # ValueError says what is allowed
+    return str(v)
+
+
 def _forwards(v: Any) -> tuple[Forward, ...]:
     out = []
     for item in _str_list(v):
@@ -354,6 +365,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "tty_log": _bool,
     "disguise": _str,
     "jail": _bool,
+    "recycle": _recycle,
 }
 TOP_LEVEL = ("host", "concentrator", "logs", "owner", "network", "machine")
 MIN_MEMORY = 32 << 20
