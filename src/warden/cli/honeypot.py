@@ -28,7 +28,10 @@ def render(report: dict[str, Any]) -> str:
     lines = [termsafe.line(head)]
     checks = sorted(report["checks"], key=lambda c: (ORDER.get(c["verdict"], 9), c["id"]))
     for c in checks:
-        note = "" if c["hideable"] else "  (cannot be hidden)"
+        note = ""
+        if not c["hideable"]:
+            done = not c.get("why_not_hideable", "").startswith("not done")
+            note = "  (cannot be hidden)" if done else "  (not hidden yet)"
         lines.append(termsafe.line(f"{MARK.get(c['verdict'], '?'):<5} {c['id']:<22} "
                                    f"{c['identity']:<4} {c['title']}{note}"))  # fmt: skip
         if c["verdict"] != "pass":
