@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "warden.cli.mem",
     "warden.cli.net",
     "warden.cli.forensics",
+    "warden.cli.honeypot",
 )
 
 
@@ -67,6 +68,7 @@ COMMANDS = {
     "timeline": "warden.cli.forensics",
     "evidence": "warden.cli.forensics",
     "recycle": "warden.cli.forensics",
+    "honeypot": "warden.cli.honeypot",
 }
 
 

@@ -69,6 +69,7 @@ class Supervisor:
         self.uid: int | None = None
         self.pid_start: int | None = None
         self.kernel_path: Path | None = None
+        self.guest_hostname = self.name  # what the seed names the guest (a persona's, or this)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
@@ -290,8 +291,9 @@ class Supervisor:
         return backing.require_header(self.files.cow, header, recorded=recorded)
 
     def _seed(self, extras: BootExtras) -> seedmod.Seed:
+        self.guest_hostname = extras.hostname or self.name
         return seedmod.Seed(
-            hostname=self.name,
+            hostname=self.guest_hostname,
             lines=tuple(cmdline.guest_tty(line) for line in self.spec.lines),
             root_hash=self.spec.root_password_hash,
             network=extras.network,
