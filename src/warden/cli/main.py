@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "warden.cli.mem",
     "warden.cli.net",
     "warden.cli.forensics",
+    "warden.cli.honeypot",
     "warden.cli.web",
 )
 
@@ -68,6 +69,7 @@ COMMANDS = {
     "timeline": "warden.cli.forensics",
     "evidence": "warden.cli.forensics",
     "recycle": "warden.cli.forensics",
+    "honeypot": "warden.cli.honeypot",
     "web": "warden.cli.web",
 }
 

@@ -41,6 +41,7 @@ class BootExtras:
     paths: dict[str, str] = field(default_factory=dict)
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    hostname: str = ""  # the guest's hostname if not the machine's name (a honeypot persona)
 
     def view(self, path: Path) -> Path:
         """Where the kernel sees host file `path` (itself, unless a hook remapped it)."""

@@ -129,6 +129,7 @@ class Daemon:
         for svc in self.services:
             self.started_services.append(svc)  # one that fails half-way is stopped too
             await svc.start()
+        await self._finish_prunes()
         if up is not None:
             return self.apply(up.text, up.source, up.prune, start_all=True)
         self._autostart()
@@ -153,6 +154,34 @@ class Daemon:
                     continue  # that feature is not part of this build
                 raise
             module.install(self)
+
+    async def _finish_prunes(self) -> None:
+        """A machine with a row that the stored fleet does not name was being pruned when a
+        daemon died: `apply --prune` saves the new fleet, kills the machine and destroys it
+        once it is down (`_forget`). Finish it as the prune would have: kill what still runs,
+        archive its logs, remove its files and its row. Left alone, its files stayed for good
+        and a later fleet naming it again started from the stale row. Runs after the services
+        started: the log service closes the logs no daemon writes any more (END) at its start,
+        and that is waited for before their folder is archived."""
+        names = {spec.name for spec in self.c.fleet.machines}
+        rows = [row for row in self.c.store.machines() if row.name not in names]
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        for svc in self.services:
+            writer = getattr(svc, "writer", None)  # the session-log writer thread
+            if writer is not None and hasattr(writer, "flush"):
+                await loop.run_in_executor(None, writer.flush, 30.0)
+        for row in rows:
+            sup = Supervisor(self.c, fleetmod.Machine(name=row.name, owner=""))
+            sup.restore(row)
+            if sup.cgroup.exists() and sup.cgroup.populated():
+                sup.cgroup.kill()
+            await loop.run_in_executor(None, sup.cgroup.wait_empty, 5.0)
+            sup.machine.pid = None
+            sup.machine.handle(m.Exited(None, None), time.time())  # no longer live
+            sup.destroy()
+            self.c.event(row.name, "pruned", note="finished after a daemon died while pruning it")
 
     def _add(self, spec: fleetmod.Machine) -> Supervisor:
         sup = Supervisor(self.c, spec)

@@ -170,6 +170,8 @@ class Persist:
 Action = Launch | Mconsole | KillGroup | Freeze | Thaw | StartTimer | CancelTimer | Persist
 
 BOOT_TIMEOUT = 120.0
+REATTACH_CAD_TIMEOUT = 30.0  # a stop resumed by a new daemon: the defaults of `warden stop`
+REATTACH_HALT_TIMEOUT = 10.0
 KILL_GRACE = 5.0
 RESTART_MAX_DELAY = 60.0
 HEALTHY_AFTER = 60.0
@@ -237,9 +239,11 @@ class Machine:
                 return self._timeout(timer, now)
             case Reattached(pid=pid):
                 self.pid = pid
-                self.desired = "running"
                 self._up_since = now
+                if self.state is State.STOPPING:
+                    return self._resume_stop(pid)
                 if self.state not in (State.RUNNING, State.PAUSED):
+                    self.desired = "running"
                     return self._to(State.RUNNING, "reattached", pid=pid)
                 return [Persist("reattached", (("pid", str(pid)),))]
         raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
@@ -298,6 +302,19 @@ class Machine:
             *self._to(State.STOPPING, "stopping"),
             Mconsole("cad"),
             StartTimer("stop", ev.cad_timeout),
+        ]
+
+    def _resume_stop(self, pid: int) -> list[Action]:
+        """A daemon died while stopping this guest; its timers died with it. The stop goes on
+        from the polite step: ctrl-alt-del again is harmless to a guest already shutting
+        down, and the escalation (halt, then kill) is armed again."""
+        self.desired = "stopped"
+        self._stop_phase = "cad"
+        self._halt_timeout = REATTACH_HALT_TIMEOUT
+        return [
+            Persist("reattached", (("pid", str(pid)), ("stop", "resumed"))),
+            Mconsole("cad"),
+            StartTimer("stop", REATTACH_CAD_TIMEOUT),
         ]
 
     def _kill(self) -> list[Action]:
@@ -371,6 +388,11 @@ class Machine:
             state, kind = State.STOPPED, "killed"
         elif phase in ("cad", "halt"):
             exit_info["reason"] = "stopped" if phase == "cad" else "halted after timeout"
+            state, kind = State.STOPPED, "stopped"
+        elif self.state is State.STOPPING:
+            # Read back from the database: the daemon that was stopping it died, and the guest
+            # ended before another one came. It was asked to stop, and it stopped.
+            exit_info["reason"] = "stopped while no daemon ran"
             state, kind = State.STOPPED, "stopped"
         elif self._panic:
             exit_info["reason"] = "panic"

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from warden.daemon import machine as m
 from warden.daemon.context import BootExtras, Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
 from warden.daemon.lines import Line
-from warden.disk import backing
+from warden.disk import backing, snapshot
 from warden.disk import create as disk_create
 from warden.errors import Conflict, WardenError
 from warden.host import cgroup
@@ -68,6 +69,7 @@ class Supervisor:
         self.uid: int | None = None
         self.pid_start: int | None = None
         self.kernel_path: Path | None = None
+        self.guest_hostname = self.name  # what the seed names the guest (a persona's, or this)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
@@ -103,6 +105,9 @@ class Supervisor:
         self.base = row.base
         self.uid = row.uid
         self.pid_start = row.pid_start
+        # A snapshot that an earlier daemon was killed in the middle of (kill -9) is only a
+        # hidden staging directory: this daemon's start is when it is known to be dead.
+        snapshot.sweep(self.files.cow)
 
     def row(self) -> MachineRow:
         return MachineRow(
@@ -161,9 +166,19 @@ class Supervisor:
             case m.CancelTimer(timer=timer):
                 self._cancel_timer(timer)
             case m.Persist(kind=kind, detail=detail):
-                self.ctx.store.put_machine(self.row())
-                self.ctx.event(self.name, kind, state=str(self.machine.state), **dict(detail))
+                self._persist(kind, detail)
                 spawn(self._notify_changed(), f"changed:{self.name}")
+
+    def _persist(self, kind: str, detail: tuple[tuple[str, str], ...]) -> None:
+        """Write the machine's row and the event. A write that fails (WARDEN_HOME full) is
+        logged and the transition goes on: the actions after it (the launch, the timers that
+        end every transitional state) must run, or the guest stays "starting" with nothing to
+        come. The next Persist writes the whole row again."""
+        try:
+            self.ctx.store.put_machine(self.row())
+            self.ctx.event(self.name, kind, state=str(self.machine.state), **dict(detail))
+        except sqlite3.Error as e:
+            log.warning("%s: %s: the state could not be saved: %s", self.name, kind, e)
 
     def _timer_fired(self, timer: str) -> None:
         self._timers.pop(timer, None)
@@ -276,8 +291,9 @@ class Supervisor:
         return backing.require_header(self.files.cow, header, recorded=recorded)
 
     def _seed(self, extras: BootExtras) -> seedmod.Seed:
+        self.guest_hostname = extras.hostname or self.name
         return seedmod.Seed(
-            hostname=self.name,
+            hostname=self.guest_hostname,
             lines=tuple(cmdline.guest_tty(line) for line in self.spec.lines),
             root_hash=self.spec.root_password_hash,
             network=extras.network,
@@ -653,7 +669,18 @@ class Supervisor:
                 line.on_output = [self._watch_reboot]
                 line.open_boot(self.ctx.logs(self.name, name, self.boot, True), reattach=True)
         self.post(m.Reattached(pid))
+        spawn(self._go_after_reattach(), f"go:{self.name}")
         return True
+
+    async def _go_after_reattach(self) -> None:
+        """A snapshot stops the kernel over its mconsole and sends `go` after the copy: a
+        daemon killed in between leaves the guest frozen, and nothing else would ever resume
+        it. `go` to a kernel that is not stopped only answers "Not stopped" (an error)."""
+        try:
+            await self.request("go", timeout=5)
+        except WardenError:
+            return  # not stopped (the usual answer), or not answering: nothing to resume
+        self.ctx.event(self.name, "resumed", reason="its kernel had been left stopped")
 
     def detach(self) -> None:
         """The daemon is leaving and the guest stays: release our ends only."""

@@ -7,13 +7,18 @@
   a read lock on its backing file while it runs (docs/formats/ubd-cow.md, "Locks").
 - temp_file / publish: a result is written to a hidden temporary file next to its final name and
   published with link(2), which fails instead of overwriting a file that appeared meanwhile.
+  A temporary's name carries its writer's pid: what a killed writer left (kill -9 of a merge or
+  of the daemon during a snapshot, found by the fault campaign) is swept by the next writer of
+  the same name, since a writer that is gone never finishes it.
 """
 
 import contextlib
 import errno
 import fcntl
 import os
+import re
 import secrets
+import shutil
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,11 +108,61 @@ def holder(path: Path) -> int | None:
     return None if l_type == fcntl.F_UNLCK else pid
 
 
+_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)-[0-9a-f]+")
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temps(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries of `name` (of any name: None) in `directory` whose writer is
+    gone; returns them. (A reused pid keeps a leftover until that process ends: never a live
+    writer's file.)"""
+    swept: list[Path] = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return swept
+    for entry in entries:
+        m = _TEMP.fullmatch(entry.name)
+        if m is None or (name is not None and m["name"] != name) or _alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        swept.append(entry)
+    return swept
+
+
 def temp_file(directory: Path, name: str) -> tuple[int, Path]:
-    """A new hidden file in `directory` (same file system as the final name), open for writing."""
-    path = directory / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    """A new hidden file in `directory` (same file system as the final name), open for writing.
+    Leftovers of killed writers of the same name go first."""
+    sweep_temps(directory, name)
+    path = directory / _temp_name(name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     return fd, path
+
+
+def temp_dir(directory: Path, name: str) -> Path:
+    """A new hidden directory in `directory` for a result made of several files, renamed to
+    `name` once whole. Leftovers of killed writers of the same name go first."""
+    sweep_temps(directory, name)
+    path = directory / _temp_name(name)
+    path.mkdir(mode=0o755)
+    return path
 
 
 def publish(temp: Path, final: Path) -> None:

@@ -13,6 +13,7 @@ the machine's COW path and mconsole client.
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import re
@@ -116,10 +117,12 @@ def take(
     if directory.exists():
         raise SnapshotError(f"snapshot {name!r} already exists in {root}")
     root.mkdir(parents=True, exist_ok=True)
-    directory.mkdir()
+    # Made whole in a hidden directory and renamed: a writer killed half-way (the daemon, by
+    # kill -9) leaves no half snapshot under the name, and its leftover is swept next time.
+    staging = hostfile.temp_dir(root, name)
     fd = -1
     try:
-        fd, temp = hostfile.temp_file(directory, COW_NAME)
+        fd, temp = hostfile.temp_file(staging, COW_NAME)
         src = os.open(cow_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             p.step(f"stopping the guest and copying {cow_path.name}")
@@ -140,7 +143,7 @@ def take(
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.rename(temp, directory / COW_NAME)
+        os.rename(temp, staging / COW_NAME)
         snap = Snapshot(
             name=name,
             directory=directory,
@@ -152,13 +155,20 @@ def take(
             sectors_written=c.written(),
             paused_seconds=paused,
         )
-        _write_meta(directory, snap.as_json())
-        hostfile.fsync_dir(directory)
+        _write_meta(staging, snap.as_json())
+        hostfile.fsync_dir(staging)
+        try:
+            os.rename(staging, directory)  # refused if a snapshot of that name appeared
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise SnapshotError(f"snapshot {name!r} already exists in {root}") from None
+            raise
+        hostfile.fsync_dir(root)
         return snap
     except BaseException as e:
         if fd >= 0:
             os.close(fd)
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in hostfile.FULL_ERRNOS:
             raise DiskFull(
                 f"{root}: no space left for snapshot {name!r}; nothing was kept"
@@ -166,6 +176,12 @@ def take(
         if isinstance(e, OSError):
             raise SnapshotError(f"snapshot {name!r} of {cow_path} failed: {e}") from None
         raise
+
+
+def sweep(cow_path: Path, store: Path | None = None) -> list[Path]:
+    """Remove the staging directories of snapshots whose writer was killed (the daemon starts
+    with this for every machine: no half snapshot outlives the daemon that made it)."""
+    return hostfile.sweep_temps(store or default_store(cow_path))
 
 
 def _resume(client: CommandClient, stopped: bool) -> None:

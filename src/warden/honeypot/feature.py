@@ -4,7 +4,8 @@
 - the service checks fleets before they are applied, re-attaches the channels of guests that
   outlived the previous daemon, and applies changed disguise profiles to running guests;
 - API: GET /v1/honeypot (every honeypot guest), GET /v1/honeypot/NAME: the tty log's and the
-  disguise's state and counters, the kernel's own tty-log counters from its last poll.
+  disguise's state and counters, the kernel's own tty-log counters from its last poll;
+  POST /v1/honeypot/NAME/score: the detection score (warden.honeypot.score), run on its console.
 """
 
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from warden.daemon.context import BootExtras
+from warden.honeypot.score.service import score_machine
 from warden.honeypot.service import HoneypotService
 
 if TYPE_CHECKING:
@@ -52,4 +54,11 @@ def install(daemon: "Daemon") -> None:
         return web.json_response(service.status(request.match_info["name"])[0])
 
     daemon.add_route("GET", "honeypot", all_guests)
+
+    async def score(request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        report = await score_machine(daemon, request.match_info["name"], body)
+        return web.json_response(report)
+
     daemon.add_route("GET", "honeypot/{name}", one_guest)
+    daemon.add_route("POST", "honeypot/{name}/score", score)

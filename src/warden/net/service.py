@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from warden import persona
 from warden.daemon import machine as m
 from warden.daemon.context import BootExtras
 from warden.errors import Conflict, NotFound, SpecError, WardenError
@@ -338,15 +339,20 @@ class NetService:
         cmds = rules.build(self.instance, nets, self.state.live_guests(), set(self.state.cut))
         await self.agent.acall("nft", cmds=cmds)
 
+    def _mac(self, fleet: Fleet, machine: str, nic: int) -> str:
+        """A disguised machine's NICs carry its persona's MACs (a real NIC vendor's OUI)."""
+        p = persona.fleet_of(self.daemon.layout, fleet).get(machine)
+        if p is not None and nic < len(p.nics):
+            return p.nics[nic].mac
+        return names.mac(self.instance, machine, nic)
+
     def _hosts(self, fleet: Fleet, net: str) -> list[dnsmasq.Host]:
         out = []
         for mm in fleet.machines:
             addrs = self.state.addresses.get(mm.name, [])
             for i, nic in enumerate(mm.nics):
                 if nic.network == net and i < len(addrs):
-                    out.append(
-                        dnsmasq.Host(names.mac(self.instance, mm.name, i), addrs[i], mm.name)
-                    )
+                    out.append(dnsmasq.Host(self._mac(fleet, mm.name, i), addrs[i], mm.name))
         return out
 
     async def _build_network(self, agent: AgentClient, net: NetPlan, fleet: Fleet) -> None:
@@ -560,8 +566,13 @@ class NetService:
                         f"{spec.name}: forward {f}: {f.proto} port {f.host_port} is already "
                         f"bound in {where}; free it or choose another host port"
                     )
+            fleet = self.daemon.c.fleet
             g = plan.guest(
-                self.instance, spec, self.state.addresses[spec.name], self.state.marks[spec.name]
+                self.instance,
+                spec,
+                self.state.addresses[spec.name],
+                self.state.marks[spec.name],
+                [self._mac(fleet, spec.name, i) for i in range(len(spec.nics))],
             )
             for p in g.nics:
                 _, fds = await agent.acall_fds(
@@ -722,7 +733,7 @@ class NetService:
                         "network": nic.network,
                         "ip": addrs[i] if i < len(addrs) else "",
                         "dhcp": not nic.ip,
-                        "mac": names.mac(self.instance, mm.name, i),
+                        "mac": self._mac(fleet, mm.name, i),
                         "tap": tap if link is not None else None,
                         "rx_bytes": link["rx_bytes"] if link else None,
                         "tx_bytes": link["tx_bytes"] if link else None,
