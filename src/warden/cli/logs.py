@@ -45,7 +45,7 @@ def _when(us: int) -> str:
 def _records(
     lay: Layout, name: str, line: str, boot: int | None
 ) -> tuple[list[sl.Record], dict[str, Any]]:
-    records, meta, problems = logstore.read_boot(lay, name, line, boot, _key(lay))
+    records, meta, problems = logstore.read_boot(lay, name, line, boot)
     for text in problems:
         print(f"warden: {text}", file=sys.stderr)
     return records, meta

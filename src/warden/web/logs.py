@@ -60,9 +60,7 @@ def listing(layout: Layout, machine: str, archived: bool) -> list[dict[str, Any]
 
 def cast(layout: Layout, machine: str, line: str, boot: int) -> str:
     try:
-        records, meta, _problems = logstore.read_boot(
-            layout, machine, line, boot, logstore.load_key(layout)
-        )
+        records, meta, _problems = logstore.read_boot(layout, machine, line, boot)
     except NotFound:
         # Not the reader's own message: it lists every guest that has logs.
         raise NotFound(f"{machine} has no log of {line} boot {boot}") from None
