@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "warden.cli.net",
     "warden.cli.forensics",
     "warden.cli.honeypot",
+    "warden.cli.web",
 )
 
 
@@ -69,6 +70,7 @@ COMMANDS = {
     "evidence": "warden.cli.forensics",
     "recycle": "warden.cli.forensics",
     "honeypot": "warden.cli.honeypot",
+    "web": "warden.cli.web",
 }
 
 

@@ -13,10 +13,11 @@ scp/sftp/rsync, port forwarding (local, remote, UNIX), agent and X11 forwarding,
 
 Logins are limited (warden.console.authlimit): a connection is closed after MAX_TRIES failed
 attempts, a source address that keeps guessing passwords is slowed and then refused, and
-crypt(3) runs on one worker thread of the concentrator's own with a bounded queue, so a flood
-of passwords waits for itself and never for the daemon's shared executor (a full queue refuses
-the attempt). Each connection remembers the key or password hash it logged in with; when the
-fleet file no longer holds it, the connection is closed.
+crypt(3) runs on one worker thread of the concentrator's own with a bounded queue
+(authlimit.CryptChecker), so a flood of passwords waits for itself and never for the daemon's
+shared executor (a full queue refuses the attempt). Each connection remembers the key or
+password hash it logged in with; when the fleet file no longer holds it, the connection is
+closed.
 
 A spy's terminal gets the guest's output through warden.termsafe.TerminalFilter (no OSC, DCS,
 APC, PM, SOS or terminal queries), as does any scrollback; the writer gets the raw stream (its
@@ -28,16 +29,14 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
-from passlib.context import CryptContext  # type: ignore[import-untyped]
 
 from warden import termsafe
 from warden.console import access, authlimit
+from warden.console.screen import ClientScreen
 from warden.daemon import machine as m
 from warden.daemon.lines import CLIENT_QUEUE, Client, Line
 from warden.errors import Conflict
@@ -54,38 +53,6 @@ LOGIN_TIMEOUT = 30
 KEEPALIVE = 60
 INPUT_HIGH = 256 << 10  # pause reading a client while this much input waits for the guest
 INPUT_POLL = 0.02
-# Only the crypt(3) schemes the fleet schema accepts ($1$, $5$, $6$). passlib (the maintained
-# libpass fork) verifies them in pure Python or via libcrypt, with no shelling out.
-HASHES = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt"])
-# Verified for unknown users too, so a wrong user name costs the same time as a wrong password.
-DUMMY_HASH = "$6$wardenwardenwar$" + "x" * 86
-CRYPT_WORKERS = 1  # crypt() threads; the builtin sha512_crypt holds the GIL anyway
-CRYPT_QUEUE = 8  # password checks running or waiting; more are refused at once
-CAN = b"\x18"  # cancels any escape sequence a terminal is in the middle of
-# CPU a spy's output filter may use per second on the daemon's loop. Ordinary output filters
-# at ~50 MB/s, but output made of nothing but escape sequences only at ~1.5 MB/s
-# (benchmarks/terminal_filter.py): past this budget a spy's output is skipped, and said so,
-# rather than a guest's flood slowing the loop that serves every other guest.
-FILTER_CPU = 0.2
-
-
-class CpuBudget:
-    """At most `per_second` seconds spent per one-second window (sans-io: times are given)."""
-
-    def __init__(self, per_second: float):
-        self.per_second = per_second
-        self.window = 0.0
-        self.spent = 0.0
-
-    def allow(self, now: float) -> bool:
-        if now - self.window >= 1.0:
-            self.window, self.spent = now, 0.0
-        return self.spent < self.per_second
-
-    def spend(self, seconds: float) -> None:
-        self.spent += seconds
-
-
 # A login credential: ("key", the key's public data) or ("password", the stored hash).
 Credential = tuple[str, bytes | str]
 
@@ -131,8 +98,7 @@ class Concentrator:
         self.sessions: set[Session] = set()
         self._restart: asyncio.Task[None] | None = None
         self.limiter = authlimit.SourceLimiter()
-        self.crypt: ThreadPoolExecutor | None = None  # made on the first password check
-        self.crypt_pending = 0
+        self.crypt = authlimit.CryptChecker("concentrator")
 
     @property
     def fleet(self) -> Fleet:
@@ -184,9 +150,7 @@ class Concentrator:
         for c in list(self.conns):
             c.close()
         self.conns.clear()
-        if self.crypt is not None:
-            self.crypt.shutdown(wait=False, cancel_futures=True)
-            self.crypt = None
+        self.crypt.close()
 
     def fleet_changed(self) -> None:
         # Who may reach what is read from the fleet at every request; sessions whose user
@@ -231,30 +195,11 @@ class Concentrator:
         owner = self.fleet.owner(user)
         return owner is not None and bool(owner.password_hash) and owner.password_hash == value
 
-    def password_ok(self, stored: str, password: str) -> bool:
-        """crypt(3) check (blocking: run on self.crypt); `stored` empty: no such password."""
-        try:
-            ok = bool(HASHES.verify(password, stored or DUMMY_HASH))
-        except (ValueError, TypeError):
-            ok = False
-        return ok and bool(stored)
-
     async def check_password(self, user: str, password: str) -> tuple[bool, str]:
         """(ok, the hash it matched); refused at once when CRYPT_QUEUE checks are pending."""
         owner = self.fleet.owner(user)
         stored = owner.password_hash if owner is not None else ""
-        if self.crypt_pending >= CRYPT_QUEUE:
-            log.warning("concentrator: %d password checks pending; one refused", CRYPT_QUEUE)
-            return False, stored
-        if self.crypt is None:
-            self.crypt = ThreadPoolExecutor(CRYPT_WORKERS, thread_name_prefix="warden-crypt")
-        self.crypt_pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self.crypt, self.password_ok, stored, password)
-        finally:
-            self.crypt_pending -= 1
-        return ok, stored
+        return bool(await self.crypt.check(stored, password)), stored
 
     def passwords_offered(self) -> bool:
         return any(o.password_hash for o in self.fleet.owners)
@@ -411,11 +356,7 @@ class Session(asyncssh.SSHServerSession[bytes]):
         self.line: Line | None = None
         self.client: Client | None = None
         self.escape = access.EscapeFilter()
-        self.raw = False  # --raw: a spy gets the guest's bytes unfiltered
-        self.screen: termsafe.TerminalFilter | None = None  # made when first needed
-        self.sent_raw = False  # raw bytes went out (as the writer) before any filtering
-        self.budget = CpuBudget(FILTER_CPU)
-        self.skipped = 0  # output bytes not shown since the budget ran out
+        self.screen = ClientScreen()  # raw for the writer, filtered for spies
         self.last_input = 0.0
         self._idle: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
@@ -506,7 +447,7 @@ class Session(asyncssh.SSHServerSession[bytes]):
             self.end(f"warden: {e}", 1, notice=False)
             return
         self.line, self.client, self.attached = line, client, req.machine
-        self.raw = req.raw
+        self.screen.raw = req.raw
         if self.size is not None:
             line.resize(client, *self.size)
         mode = "a spy (read-only)" if req.spy else "the writer"
@@ -548,24 +489,9 @@ class Session(asyncssh.SSHServerSession[bytes]):
     def _screen(self, data: bytes) -> bytes:
         """What this client's terminal may get: raw for the writer (and --raw), else
         filtered; a writer demoted to spy is filtered from then on."""
-        if self.raw or (self.client is not None and self.client.writer):
-            self.sent_raw = True
-            return data
-        start = time.perf_counter()
-        if not self.budget.allow(start):
-            if not self.skipped:
-                self._notice("[warden: output too fast to filter for a spy: skipping some]")
-            self.skipped += len(data)
-            return b""
-        if self.skipped:
-            self._notice(f"[warden: {self.skipped} bytes skipped; the session log has them]")
-            self.skipped = 0
-        prefix = b""
-        if self.screen is None:
-            self.screen = termsafe.TerminalFilter()
-            prefix = CAN if self.sent_raw else b""  # CAN ends what the raw stream left open
-        out = prefix + self.screen.feed(data)
-        self.budget.spend(time.perf_counter() - start)
+        out, notices = self.screen.feed(data, self.client is not None and self.client.writer)
+        for text in notices:
+            self._notice(text)
         return out
 
     def _notice(self, text: str) -> None:

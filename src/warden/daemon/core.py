@@ -144,7 +144,8 @@ class Daemon:
             "warden.net.feature",
             "warden.memory.feature",
             "warden.honeypot.feature",
-            "warden.forensics.feature",  # last: it taps the session logs the others set up
+            "warden.forensics.feature",  # it taps the session logs the others set up
+            "warden.web.glue",  # last: a front end over the others' services
         ):
             try:
                 module = __import__(name, fromlist=["install"])

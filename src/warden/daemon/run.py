@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from warden import termsafe
 from warden.api.server import Api
 from warden.daemon.core import Daemon, FleetFile
-from warden.errors import Conflict
+from warden.errors import Conflict, WardenError
 from warden.paths import Layout
 from warden.tasks import spawn
 
@@ -133,6 +133,8 @@ async def serve(
                 f"warden: fleet {fleet_path}: {len(daemon.sups)} machines "
                 f"({', '.join(report['started']) or 'none'} starting); Ctrl-C stops them all"
             )
+            for text in await _web_greeting(daemon):
+                _say(text)
         await stop.wait()
     finally:
         if printer is not None:
@@ -149,6 +151,18 @@ async def serve(
             loop.remove_signal_handler(sig)
         os.close(lock)
     return 0
+
+
+async def _web_greeting(daemon: Daemon) -> list[str]:
+    """The web console's login link for whoever ran `warden up` (none without [web])."""
+    import pwd
+
+    from warden.web.glue import greeting
+
+    try:
+        return await greeting(daemon, pwd.getpwuid(os.getuid()).pw_name)
+    except (WardenError, KeyError) as e:
+        return [f"warden: web console: no login link: {e}"]
 
 
 def run(
