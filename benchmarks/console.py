@@ -176,6 +176,25 @@ def _keystrokes(proc: subprocess.Popen[bytes]) -> list[float]:
     return samples
 
 
+def echo_block(argv: list[str], env: dict[str, str]) -> list[float]:
+    """Run a console client (`argv`), time KEYS keystrokes through it, end it."""
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        return _keystrokes(proc)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def echo_rtt(d: DaemonProc, port: int, alice: SshUser) -> tuple[list[float], list[float]]:
     d.apply(fleet(port, alice, 1))
     d.cli("start", "g0")
@@ -189,25 +208,7 @@ def echo_rtt(d: DaemonProc, port: int, alice: SshUser) -> tuple[list[float], lis
                 argv = alice.argv(port, "g0", tty=True)  # -tt: an interactive ssh
             else:
                 argv = [sys.executable, "-m", "warden", "console", "g0", "--timeout", "0.2"]
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=d.env,
-            )
-            try:
-                samples = _keystrokes(proc)
-            finally:
-                assert proc.stdin is not None
-                proc.stdin.close()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+            samples = echo_block(argv, d.env)
             if block < 0:
                 continue
             (ssh_ms if path == "ssh" else direct_ms).extend(samples)
@@ -258,16 +259,27 @@ def many_sessions(d: DaemonProc, port: int, alice: SshUser) -> tuple[int, float]
             s.close()
 
 
-def main() -> int:
+def scratch() -> tuple[DaemonProc, SshUser]:
+    """A running daemon in a scratch WARDEN_HOME with the minimal image, and alice's SSH key
+    in a scratch directory (`drop` removes both)."""
     home = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
     os.environ["WARDEN_HOME"] = str(home)
     lay = layout(home)
     lay.ensure()
     minimal.build(ImageStore(lay), NullProgress())
     keys = Path(tempfile.mkdtemp(prefix="wbk-", dir="/tmp"))
-    alice = SshUser(keys, "alice")
+    return DaemonProc(lay).start(), SshUser(keys, "alice")
+
+
+def drop(d: DaemonProc, alice: SshUser) -> None:
+    d.close()
+    shutil.rmtree(d.layout.home, ignore_errors=True)
+    shutil.rmtree(alice.dir, ignore_errors=True)
+
+
+def main() -> int:
+    d, alice = scratch()
     port = free_port()
-    d = DaemonProc(lay).start()
     try:
         if "1" in ONLY:
             claim_throughput(d, port, alice)
@@ -276,9 +288,7 @@ def main() -> int:
         if "3" in ONLY:
             claim_sessions(d, port, alice)
     finally:
-        d.close()
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(keys, ignore_errors=True)
+        drop(d, alice)
     return 0
 
 

@@ -26,7 +26,12 @@ packages=(
     iproute2 nftables dnsmasq-base tcpdump tshark iputils-ping openssh-client
     # building the honeypot kernel from Debian's source
     linux-source-6.1 make bc bison flex libssl-dev libelf-dev libvdeplug-dev xz-utils
+    # the web console's tests: a real browser and its WebDriver
+    chromium chromium-driver
 )
+# npm fetches the web console's browser libraries (below). A host that has npm already (e.g.
+# with NodeSource's nodejs) keeps it: Debian's npm would pull Debian's nodejs over it.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -52,6 +57,23 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$venv/bin/pip" install -q -e "$here[dev]"
     echo "$want" > "$stamp"
 fi
+# The web console's browser libraries (xterm.js, asciinema-player) from the npm registry, at the
+# versions src/warden/web/assets/package-lock.json pins, into the shared cache keyed by that
+# lock (warden.web.assets): a new lock is a new directory, filled aside and renamed into place.
+assets="$here/src/warden/web/assets"
+cache_root=${WARDEN_CACHE:-/var/cache/warden}
+web_cache="$cache_root/web/$(sha256sum "$assets/package-lock.json" | cut -c1-16)"
+if [ ! -f "$web_cache/.complete" ]; then
+    say "fetching the web console's browser libraries with npm ci into $web_cache"
+    mkdir -p "$cache_root/web"
+    tmp=$(mktemp -d "$web_cache.tmp.XXXXXX")
+    cp "$assets/package.json" "$assets/package-lock.json" "$tmp/"
+    (cd "$tmp" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    touch "$tmp/.complete"
+    rm -rf "$web_cache"
+    mv "$tmp" "$web_cache"
+fi
+
 # benchmarks/ reuse the tests' helpers (tests.support): make the repository importable.
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$here" > "$site/warden-repository.pth"

@@ -35,3 +35,12 @@ class MconsoleError(WardenError):
 
 class DaemonNotRunning(WardenError):
     """The CLI found no daemon on the control socket."""
+
+
+def http_status(e: WardenError) -> int:
+    """The HTTP status an error is answered with (the daemon's API and the web console's)."""
+    if isinstance(e, NotFound):
+        return 404
+    if isinstance(e, Conflict):
+        return 409
+    return 400

@@ -83,7 +83,8 @@ def test_a_password_flood_queues_on_its_own_executor_and_is_bounded() -> None:
     executor (shared with everything else in the daemon) stays free meanwhile."""
     with warnings.catch_warnings():  # asyncssh names DSA types; cryptography deprecates DSA
         warnings.simplefilter("ignore")
-        from warden.console.concentrator import CRYPT_QUEUE, Concentrator
+        from warden.console.authlimit import CRYPT_QUEUE
+        from warden.console.concentrator import Concentrator
 
     f = fleet.parse('[[owner]]\nname = "carol"\npassword_hash = "$6$saltsalt$' + "a" * 86 + '"\n')
     conc = Concentrator(SimpleNamespace(fleet=f))  # type: ignore[arg-type]
@@ -95,7 +96,7 @@ def test_a_password_flood_queues_on_its_own_executor_and_is_bounded() -> None:
         release.wait(10)
         return False
 
-    conc.password_ok = slow_ok  # type: ignore[method-assign]
+    conc.crypt.verify = slow_ok
 
     async def flood() -> tuple[list[tuple[bool, str]], float]:
         loop = asyncio.get_running_loop()
@@ -113,17 +114,14 @@ def test_a_password_flood_queues_on_its_own_executor_and_is_bounded() -> None:
         results, shared = asyncio.run(flood())
     finally:
         release.set()
-        if conc.crypt is not None:
-            conc.crypt.shutdown(wait=True)
+        conc.crypt.close(wait=True)
     assert all(ok is False for ok, _ in results)
     assert len(threads) == CRYPT_QUEUE and set(threads) == {"warden-crypt_0"}
     assert shared < 1.0  # the shared executor answered while crypt was busy
 
 
 def test_a_spys_filter_has_a_cpu_budget_per_second() -> None:
-    with warnings.catch_warnings():  # asyncssh names DSA types; cryptography deprecates DSA
-        warnings.simplefilter("ignore")
-        from warden.console.session import CpuBudget
+    from warden.console.screen import CpuBudget
 
     b = CpuBudget(0.2)
     assert b.allow(10.0)

@@ -197,7 +197,10 @@ def test_an_intruders_ssh_session_is_replayed_and_nothing_in_the_guest_names_uml
     # The intruder's session: a pty in the guest, commands typed one by one.
     s = intruder.session(2022)
     try:
-        s.expect(rb"admin@pot:~\$ ", 120)
+        # the guest shows its persona's hostname (warden.persona), not the machine's name
+        host = status(daemon, "pot")["persona"]["hostname"]
+        assert host != "pot"
+        s.expect(rf"admin@{host}:~\$ ".encode(), 120)
         s.send("echo marker-$((6*7))\n")
         s.expect(b"\rmarker-42\r\n")  # bash ends bracketed paste: ESC[?2004l\r
         s.send("id -un\n")

@@ -169,7 +169,7 @@ def guest_sh(d: Any, name: str, command: str, timeout: float = 30.0) -> str:
     import re
 
     tag = f"m{time.monotonic_ns()}"
-    rx = re.compile(rf"\n{tag}-a\r?\n(.*?){tag}-b", re.S)
+    rx = re.compile(rf"\n\r?{tag}-a\r?\n(.*?){tag}-b", re.S)  # bash: \r after a paste
     deadline = time.monotonic() + timeout
     out = d.console(name, f"echo {tag}-a; {command}; echo {tag}-b\n", timeout=min(1.0, timeout))
     m = rx.search(out)

@@ -18,6 +18,7 @@ from warden.jail.feature import JailFeature
 from warden.memory.feature import MemoryFeature
 from warden.net.feature import NetFeature
 from warden.snapshots.feature import SnapshotFeature
+from warden.web.server import WebServer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Features:
     honeypot: HoneypotFeature
     snapshots: SnapshotFeature
     forensics: ForensicsFeature
+    web: WebServer  # the web console (a front end; warden.app.web puts it on the seam)
 
 
 @dataclass(frozen=True)

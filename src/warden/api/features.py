@@ -5,7 +5,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from warden.api.common import Ctx, body, client_gone, float_arg, int_arg
+from warden.api.common import Ctx, body, client_gone, float_arg, int_arg, peer_user
 from warden.errors import SpecError, WardenError
 from warden.units import parse_size
 
@@ -83,6 +83,11 @@ async def honeypot_all(c: Ctx, request: web.Request) -> web.Response:
 
 async def honeypot_one(c: Ctx, request: web.Request) -> web.Response:
     return web.json_response(c.features.honeypot.status(request.match_info["name"])[0])
+
+
+async def honeypot_score(c: Ctx, request: web.Request) -> web.Response:
+    b = await body(request)
+    return web.json_response(await c.features.honeypot.score(request.match_info["name"], b))
 
 
 # ---- net
@@ -165,3 +170,16 @@ async def recycle(c: Ctx, request: web.Request) -> web.Response:
         wait_evidence=bool(b.get("wait_evidence", False)),
     )
     return web.json_response(result)
+
+
+# ---- web console
+async def web_link(c: Ctx, request: web.Request) -> web.Response:
+    """A one-time login link for the web console (`warden web link`)."""
+    b = await body(request)
+    owner, ttl = b.get("owner"), b.get("ttl", 0)
+    if owner is not None and not isinstance(owner, str):
+        raise SpecError('expected {"owner": NAME or null, "admin": bool, "ttl": seconds}')
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise SpecError(f"ttl {ttl!r}: expected a number of seconds")
+    out = c.features.web.login_link(owner, bool(b.get("admin")), peer_user(request), float(ttl))
+    return web.json_response(out)

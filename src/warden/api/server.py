@@ -21,12 +21,14 @@ answer. Errors are {"error": message} with 400 bad input, 404 unknown name, 409 
     -- snapshots: GET|POST /machines/{name}/snapshots, POST .../snapshots/{snap}/restore,
                   DELETE .../snapshots/{snap}, GET /machines/{name}/diff
     -- memory:    GET /memory (warden top), POST /memory/{name} {"size": "256M" | "auto"}
-    -- honeypot:  GET /honeypot, GET /honeypot/{name}
+    -- honeypot:  GET /honeypot, GET /honeypot/{name}, POST /honeypot/{name}/score
     -- net:       GET /net, POST /net/{name}/cut, POST /net/{name}/restore,
                   GET /net/{name}/capture?nic=N&count=N&duration=S   (a pcap stream)
     -- forensics: GET /machines/{name}/timeline?boot=B&since=SNAP&sync=1,
                   POST /machines/{name}/evidence {"out": PATH?, "sync": bool},
                   POST /machines/{name}/recycle {"sync": bool, "wait_evidence": bool}
+    -- web:       POST /web/link {"owner": NAME | null, "admin": bool, "ttl": seconds}
+                  -> {"url", "expires", "user", "fingerprint"}   (`warden web link`)
 
 Console websocket frames: binary both ways are terminal bytes; text frames are JSON:
 server -> client {"notice": "..."} or {"closed": "reason"}; client -> server
@@ -46,7 +48,7 @@ from warden.api import machines as mh
 from warden.api.attach import attach
 from warden.api.common import Ctx, Features
 from warden.daemon.core import Daemon
-from warden.errors import Conflict, NotFound, WardenError
+from warden.errors import WardenError, http_status
 
 log = logging.getLogger("warden.api")
 
@@ -77,6 +79,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "memory/{name}", fh.memory_set),
     ("GET", "honeypot", fh.honeypot_all),
     ("GET", "honeypot/{name}", fh.honeypot_one),
+    ("POST", "honeypot/{name}/score", fh.honeypot_score),
     ("GET", "net", fh.net_ls),
     ("POST", "net/{name}/cut", fh.net_cut),
     ("POST", "net/{name}/restore", fh.net_restore),
@@ -84,16 +87,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "machines/{name}/timeline", fh.timeline),
     ("POST", "machines/{name}/evidence", fh.evidence),
     ("POST", "machines/{name}/recycle", fh.recycle),
+    ("POST", "web/link", fh.web_link),
     ("POST", "machines/{name}/{action}", mh.action),
 )
-
-
-def _status_for(e: WardenError) -> int:
-    if isinstance(e, NotFound):
-        return 404
-    if isinstance(e, Conflict):
-        return 409
-    return 400
 
 
 @web.middleware
@@ -102,7 +98,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         resp: web.StreamResponse = await handler(request)
         return resp
     except WardenError as e:
-        return web.json_response({"error": str(e)}, status=_status_for(e))
+        return web.json_response({"error": str(e)}, status=http_status(e))
     except TimeoutError:
         return web.json_response({"error": "timed out waiting for the guest"}, status=504)
     except web.HTTPException:

@@ -14,8 +14,10 @@ each other):
     console    last to start: its log service closes every session log that nobody has
                re-opened by then (finalize_stale), the honeypot's tty logs among them
     snapshots  no hooks: snapshots and diffs by machine name
-    forensics  last: timeline, evidence, recycle; its recycle policy taps the session logs
-               the console makes
+    forensics  timeline, evidence, recycle; its recycle policy taps the session logs the
+               console makes
+    web        last: the web console (warden.app.web), a front end over the others (its
+               pages show the balancer's numbers and the timelines)
 
 The console provides the log of every terminal line (Core.logs), wired here, through the
 forensics feature's tap.
@@ -24,6 +26,7 @@ forensics feature's tap.
 from dataclasses import dataclass
 
 from warden.api.server import Api, Features
+from warden.app.web import DaemonBackend, WebFeature
 from warden.console.feature import ConsoleFeature
 from warden.daemon.context import Context
 from warden.daemon.core import Daemon
@@ -35,12 +38,14 @@ from warden.memory.feature import MemoryFeature
 from warden.net.feature import NetFeature
 from warden.paths import Layout
 from warden.snapshots.feature import SnapshotFeature
+from warden.web.server import WebServer
 
 
 @dataclass(frozen=True)
 class App:
     daemon: Daemon
     api: Api
+    web: WebServer
 
 
 def build(layout: Layout) -> App:
@@ -54,7 +59,17 @@ def build(layout: Layout) -> App:
     snapshots = SnapshotFeature(ctx)
     forensics = ForensicsFeature(ctx)
     ctx.logs = forensics.tap(console.line_log)
-    order: tuple[Feature, ...] = (jail, net, memory, honeypot, console, snapshots, forensics)
+    web = WebServer(DaemonBackend(ctx, console, memory, forensics))
+    order: tuple[Feature, ...] = (
+        jail,
+        net,
+        memory,
+        honeypot,
+        console,
+        snapshots,
+        forensics,
+        WebFeature(web),
+    )
     daemon = Daemon(ctx, order)
     features = Features(
         console=console,
@@ -64,5 +79,6 @@ def build(layout: Layout) -> App:
         honeypot=honeypot,
         snapshots=snapshots,
         forensics=forensics,
+        web=web,
     )
-    return App(daemon, Api(daemon, features))
+    return App(daemon, Api(daemon, features), web)

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import pwd
 import signal
 import sys
 from collections.abc import Callable
@@ -19,10 +20,12 @@ from typing import Any, TextIO
 
 from warden import termsafe
 from warden.app.compose import build
+from warden.app.web import greeting
 from warden.daemon.core import FleetFile
-from warden.errors import Conflict
+from warden.errors import Conflict, WardenError
 from warden.paths import Layout
 from warden.tasks import spawn
+from warden.web.server import WebServer
 
 
 def _lock(layout: Layout) -> int:
@@ -133,6 +136,8 @@ async def serve(
                 f"warden: fleet {fleet_path}: {len(daemon.sups)} machines "
                 f"({', '.join(report['started']) or 'none'} starting); Ctrl-C stops them all"
             )
+            for text in await _web_greeting(app.web):
+                _say(text)
         await stop.wait()
     finally:
         if printer is not None:
@@ -149,6 +154,14 @@ async def serve(
             loop.remove_signal_handler(sig)
         os.close(lock)
     return 0
+
+
+async def _web_greeting(web: WebServer) -> list[str]:
+    """The web console's login link for whoever ran `warden up` (none without [web])."""
+    try:
+        return await greeting(web, pwd.getpwuid(os.getuid()).pw_name)
+    except (WardenError, KeyError) as e:
+        return [f"warden: web console: no login link: {e}"]
 
 
 def run(

@@ -46,19 +46,9 @@ def _when(us: int) -> str:
 def _records(
     lay: Layout, name: str, line: str, boot: int | None
 ) -> tuple[list[sl.Record], dict[str, Any]]:
-    refs = logstore.select_one(lay, name, line, boot)
-    key = _key(lay)
-    records: list[sl.Record] = []
-    meta: dict[str, Any] = {}
-    for ref in refs:
-        with logstore.reading(ref, key) as reader:
-            meta = meta or dict(reader.header.meta)
-            records.extend(reader)
-            if reader.state.problem:
-                print(
-                    f"warden: {ref.path}: {reader.state.problem}; showing the records before it",
-                    file=sys.stderr,
-                )
+    records, meta, problems = logstore.read_boot(lay, name, line, boot)
+    for text in problems:
+        print(f"warden: {text}", file=sys.stderr)
     return records, meta
 
 
@@ -189,26 +179,15 @@ def _search(args: argparse.Namespace) -> int:
         raise WardenError("search: the string is empty")
     refs = logstore.find(lay, args.machine, args.line, args.boot)
     key = _key(lay) if refs else None
-    hits: list[searchmod.Hit] = []
-    firsts: dict[tuple[str, str, int, bool], int | None] = {}
-    for ref in refs:  # replay offsets count from the first record of a boot's first part
-        at = (ref.machine, ref.line, ref.boot, ref.archived)
-        if ref.part == 1 and at not in firsts:
-            firsts[at] = searchmod.first_record_us(ref, key)
-    for ref in refs:
-        hits.extend(
-            searchmod.search_file(
-                ref,
-                key,
-                needle,
-                ignore_case=args.ignore_case,
-                typed=not (args.printed or args.executed),
-                printed=not (args.typed or args.executed),
-                executed=not (args.typed or args.printed),
-                first_us=firsts.get((ref.machine, ref.line, ref.boot, ref.archived)),
-            )
-        )
-    hits.sort(key=lambda h: h.time_us)
+    hits = searchmod.search_refs(
+        refs,
+        key,
+        needle,
+        ignore_case=args.ignore_case,
+        typed=not (args.printed or args.executed),
+        printed=not (args.typed or args.executed),
+        executed=not (args.typed or args.printed),
+    )
     if args.json:
         print(
             json.dumps(
@@ -236,7 +215,7 @@ def _search(args: argparse.Namespace) -> int:
         for h in hits:
             who = f" by {h.user}" if h.direction == "typed" and h.user else ""
             who = " (exec)" if h.direction == "executed" else who
-            ctx = export.strip_controls(h.context.decode("utf-8", "replace")).replace("\n", "⏎")
+            ctx = h.context_text()
             print(
                 f"{_when(h.time_us)}  {h.machine} {h.line} boot {h.boot}  {h.direction}"
                 f"{termsafe.line(who)}  record {h.seq} (--at {h.offset}): …{termsafe.line(ctx)}…"

@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "warden.cli.mem",
     "warden.cli.net",
     "warden.cli.forensics",
+    "warden.cli.honeypot",
+    "warden.cli.web",
 )
 
 
@@ -84,6 +86,8 @@ COMMANDS = {
     "timeline": "warden.cli.forensics",
     "evidence": "warden.cli.forensics",
     "recycle": "warden.cli.forensics",
+    "honeypot": "warden.cli.honeypot",
+    "web": "warden.cli.web",
 }
 
 

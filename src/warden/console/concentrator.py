@@ -13,10 +13,11 @@ scp/sftp/rsync, port forwarding (local, remote, UNIX), agent and X11 forwarding,
 
 Logins are limited (warden.console.authlimit): a connection is closed after MAX_TRIES failed
 attempts, a source address that keeps guessing passwords is slowed and then refused, and
-crypt(3) runs on one worker thread of the concentrator's own with a bounded queue, so a flood
-of passwords waits for itself and never for the daemon's shared executor (a full queue refuses
-the attempt). Each connection remembers the key or password hash it logged in with; when the
-fleet file no longer holds it, the connection is closed.
+crypt(3) runs on one worker thread of the concentrator's own with a bounded queue
+(authlimit.CryptChecker), so a flood of passwords waits for itself and never for the daemon's
+shared executor (a full queue refuses the attempt). Each connection remembers the key or
+password hash it logged in with; when the fleet file no longer holds it, the connection is
+closed.
 
 A spy's terminal gets the guest's output through warden.termsafe.TerminalFilter (no OSC, DCS,
 APC, PM, SOS or terminal queries), as does any scrollback; the writer gets the raw stream (its
@@ -28,11 +29,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncssh
-from passlib.context import CryptContext  # type: ignore[import-untyped]
 
 from warden.console import access, authlimit
 from warden.console.session import Session
@@ -45,13 +44,6 @@ log = logging.getLogger("warden.concentrator")
 HOST_KEY = "ssh_host_ed25519_key"
 LOGIN_TIMEOUT = 30
 KEEPALIVE = 60
-# Only the crypt(3) schemes the fleet schema accepts ($1$, $5$, $6$). passlib (the maintained
-# libpass fork) verifies them in pure Python or via libcrypt, with no shelling out.
-HASHES = CryptContext(schemes=["sha512_crypt", "sha256_crypt", "md5_crypt"])
-# Verified for unknown users too, so a wrong user name costs the same time as a wrong password.
-DUMMY_HASH = "$6$wardenwardenwar$" + "x" * 86
-CRYPT_WORKERS = 1  # crypt() threads; the builtin sha512_crypt holds the GIL anyway
-CRYPT_QUEUE = 8  # password checks running or waiting; more are refused at once
 
 
 # A login credential: ("key", the key's public data) or ("password", the stored hash).
@@ -99,8 +91,7 @@ class Concentrator:
         self.sessions: set[Session] = set()
         self._restart: asyncio.Task[None] | None = None
         self.limiter = authlimit.SourceLimiter()
-        self.crypt: ThreadPoolExecutor | None = None  # made on the first password check
-        self.crypt_pending = 0
+        self.crypt = authlimit.CryptChecker("concentrator")
 
     @property
     def fleet(self) -> Fleet:
@@ -152,9 +143,7 @@ class Concentrator:
         for c in list(self.conns):
             c.close()
         self.conns.clear()
-        if self.crypt is not None:
-            self.crypt.shutdown(wait=False, cancel_futures=True)
-            self.crypt = None
+        self.crypt.close()
 
     def fleet_changed(self) -> None:
         # Who may reach what is read from the fleet at every request; sessions whose user
@@ -199,30 +188,11 @@ class Concentrator:
         owner = self.fleet.owner(user)
         return owner is not None and bool(owner.password_hash) and owner.password_hash == value
 
-    def password_ok(self, stored: str, password: str) -> bool:
-        """crypt(3) check (blocking: run on self.crypt); `stored` empty: no such password."""
-        try:
-            ok = bool(HASHES.verify(password, stored or DUMMY_HASH))
-        except (ValueError, TypeError):
-            ok = False
-        return ok and bool(stored)
-
     async def check_password(self, user: str, password: str) -> tuple[bool, str]:
         """(ok, the hash it matched); refused at once when CRYPT_QUEUE checks are pending."""
         owner = self.fleet.owner(user)
         stored = owner.password_hash if owner is not None else ""
-        if self.crypt_pending >= CRYPT_QUEUE:
-            log.warning("concentrator: %d password checks pending; one refused", CRYPT_QUEUE)
-            return False, stored
-        if self.crypt is None:
-            self.crypt = ThreadPoolExecutor(CRYPT_WORKERS, thread_name_prefix="warden-crypt")
-        self.crypt_pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self.crypt, self.password_ok, stored, password)
-        finally:
-            self.crypt_pending -= 1
-        return ok, stored
+        return bool(await self.crypt.check(stored, password)), stored
 
     def passwords_offered(self) -> bool:
         return any(o.password_hash for o in self.fleet.owners)

@@ -2,19 +2,20 @@
 refusal, or one terminal attached to one guest line as the writer or a spy.
 
 The guest's output reaches a spy through warden.termsafe.TerminalFilter within a CPU budget
-(see FILTER_CPU); the writer gets the raw stream. Input flows back under SSH flow control: a
-guest that reads slower than its writer types pauses the channel instead of dropping input.
+(warden.console.screen, shared with the web console); the writer gets the raw stream. Input
+flows back under SSH flow control: a guest that reads slower than its writer types pauses the
+channel instead of dropping input.
 """
 
 import asyncio
 import contextlib
-import time
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from warden import termsafe
 from warden.console import access
+from warden.console.screen import ClientScreen
 from warden.daemon import machine as m
 from warden.daemon.lines import CLIENT_QUEUE, Client, Line
 from warden.errors import Conflict
@@ -24,29 +25,6 @@ if TYPE_CHECKING:
 
 INPUT_HIGH = 256 << 10  # pause reading a client while this much input waits for the guest
 INPUT_POLL = 0.02
-CAN = b"\x18"  # cancels any escape sequence a terminal is in the middle of
-# CPU a spy's output filter may use per second on the daemon's loop. Ordinary output filters
-# at ~50 MB/s, but output made of nothing but escape sequences only at ~1.5 MB/s
-# (benchmarks/terminal_filter.py): past this budget a spy's output is skipped, and said so,
-# rather than a guest's flood slowing the loop that serves every other guest.
-FILTER_CPU = 0.2
-
-
-class CpuBudget:
-    """At most `per_second` seconds spent per one-second window (sans-io: times are given)."""
-
-    def __init__(self, per_second: float):
-        self.per_second = per_second
-        self.window = 0.0
-        self.spent = 0.0
-
-    def allow(self, now: float) -> bool:
-        if now - self.window >= 1.0:
-            self.window, self.spent = now, 0.0
-        return self.spent < self.per_second
-
-    def spend(self, seconds: float) -> None:
-        self.spent += seconds
 
 
 class Session(asyncssh.SSHServerSession[bytes]):
@@ -65,11 +43,7 @@ class Session(asyncssh.SSHServerSession[bytes]):
         self.line: Line | None = None
         self.client: Client | None = None
         self.escape = access.EscapeFilter()
-        self.raw = False  # --raw: a spy gets the guest's bytes unfiltered
-        self.screen: termsafe.TerminalFilter | None = None  # made when first needed
-        self.sent_raw = False  # raw bytes went out (as the writer) before any filtering
-        self.budget = CpuBudget(FILTER_CPU)
-        self.skipped = 0  # output bytes not shown since the budget ran out
+        self.screen = ClientScreen()  # raw for the writer, filtered for spies
         self.last_input = 0.0
         self._idle: asyncio.TimerHandle | None = None
         self._resume: asyncio.TimerHandle | None = None
@@ -160,7 +134,7 @@ class Session(asyncssh.SSHServerSession[bytes]):
             self.end(f"warden: {e}", 1, notice=False)
             return
         self.line, self.client, self.attached = line, client, req.machine
-        self.raw = req.raw
+        self.screen.raw = req.raw
         if self.size is not None:
             line.resize(client, *self.size)
         mode = "a spy (read-only)" if req.spy else "the writer"
@@ -202,24 +176,9 @@ class Session(asyncssh.SSHServerSession[bytes]):
     def _screen(self, data: bytes) -> bytes:
         """What this client's terminal may get: raw for the writer (and --raw), else
         filtered; a writer demoted to spy is filtered from then on."""
-        if self.raw or (self.client is not None and self.client.writer):
-            self.sent_raw = True
-            return data
-        start = time.perf_counter()
-        if not self.budget.allow(start):
-            if not self.skipped:
-                self._notice("[warden: output too fast to filter for a spy: skipping some]")
-            self.skipped += len(data)
-            return b""
-        if self.skipped:
-            self._notice(f"[warden: {self.skipped} bytes skipped; the session log has them]")
-            self.skipped = 0
-        prefix = b""
-        if self.screen is None:
-            self.screen = termsafe.TerminalFilter()
-            prefix = CAN if self.sent_raw else b""  # CAN ends what the raw stream left open
-        out = prefix + self.screen.feed(data)
-        self.budget.spend(time.perf_counter() - start)
+        out, notices = self.screen.feed(data, self.client is not None and self.client.writer)
+        for text in notices:
+            self._notice(text)
         return out
 
     def _notice(self, text: str) -> None:

@@ -71,9 +71,12 @@ def passed_fds(extras: BootExtras, k: KernelInputs) -> list[int]:
     return kept_fds(extras, k) + [k.out.write]
 
 
-def seed_for(spec: Spec, network: dict[str, str], fpu_safe: bool) -> seedmod.Seed:
+def seed_for(
+    spec: Spec, network: dict[str, str], fpu_safe: bool, hostname: str = ""
+) -> seedmod.Seed:
+    """`hostname`: a persona's, when the guest is not to be named after its machine."""
     return seedmod.Seed(
-        hostname=spec.name,
+        hostname=hostname or spec.name,
         lines=tuple(cmdline.guest_tty(line) for line in spec.lines),
         root_hash=spec.root_password_hash,
         network=network,

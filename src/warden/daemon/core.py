@@ -367,6 +367,9 @@ class _Control:
     def start(self, name: str) -> None:
         self.daemon.start_machine(name)
 
+    async def stop(self, name: str, wait: bool = True) -> None:
+        await self.daemon.stop_machine(name, wait=wait)
+
     async def kill(self, name: str, wait: bool = True) -> None:
         await self.daemon.kill_machine(name, wait=wait)
 

@@ -58,6 +58,7 @@ class BootExtras:
     paths: dict[str, str] = field(default_factory=dict)
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    hostname: str = ""  # the guest's hostname if not the machine's name (a honeypot persona)
 
     def view(self, path: Path) -> Path:
         """Where the kernel sees host file `path` (itself, unless a feature remapped it)."""
@@ -98,6 +99,10 @@ class Guest(Protocol):
         """The base image of its COW disk."""
 
     @property
+    def guest_hostname(self) -> str:
+        """The hostname the seed gave the guest this boot (its name, or a persona's)."""
+
+    @property
     def kernel_path(self) -> Path | None: ...
     @property
     def cgroup(self) -> Cgroup: ...
@@ -132,6 +137,9 @@ class Control(Protocol):
 
     def start(self, name: str) -> None:
         """As `warden start NAME` without waiting: admission, files, the start."""
+
+    async def stop(self, name: str, wait: bool = True) -> None:
+        """As `warden stop NAME`: ctrl-alt-del, then halt, then kill."""
 
     async def kill(self, name: str, wait: bool = True) -> None: ...
     def reset(self, name: str) -> None:

@@ -54,6 +54,7 @@ class Supervisor:
         self.uid: int | None = None
         self.pid_start: int | None = None
         self.kernel_path: Path | None = None
+        self.guest_hostname = self.name  # what the seed names the guest (a persona's, or this)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
@@ -310,9 +311,11 @@ class Supervisor:
             for feature in self.ctx.features:
                 await feature.before_boot(self, extras)
 
+            self.guest_hostname = extras.hostname or self.name
+
             def write_seed() -> None:  # reads /proc/cpuinfo and the kernel's meta.json, writes
                 fpu_safe = xstate.guest_needs_fpu_safe(k.path)
-                seed = bootplan.seed_for(spec, extras.network, fpu_safe)
+                seed = bootplan.seed_for(spec, extras.network, fpu_safe, self.guest_hostname)
                 seedmod.write(self.files.seed, seed)
 
             await loop.run_in_executor(None, write_seed)

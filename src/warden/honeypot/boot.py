@@ -8,12 +8,14 @@ makes the tty log pipe and the disguise socketpair, and returns a HoneypotBoot w
 `kernel_started()` once it runs, and `stop()` when the guest is gone.
 """
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from warden.honeypot.disguise_server import DisguiseServer
 from warden.honeypot.profile import DisguiseError, Profile, load_profile
+from warden.persona import Persona, kernel_text, memfd
 from warden.sessionlog.ttylog import Record, TtyLogPipe
 
 HONEYPOT_KERNEL = "honeypot"
@@ -36,6 +38,7 @@ def check(kernel: str, tty_log: bool, disguise: str) -> Profile | None:
 class HoneypotBoot:
     tty_log: TtyLogPipe | None = None
     disguise: DisguiseServer | None = None
+    persona_fd: int = -1  # a memfd with warden.persona.kernel_text (kernel/0010)
     _started: bool = field(default=False, repr=False)
 
     @property
@@ -46,6 +49,8 @@ class HoneypotBoot:
             args.append(self.tty_log.kernel_arg)
         if self.disguise is not None:
             args.append(self.disguise.kernel_arg)
+        if self.persona_fd >= 0:
+            args += [f"persona_fd={self.persona_fd}", "root=/dev/sda"]  # disks are sdX
         return tuple(args)
 
     @property
@@ -55,6 +60,8 @@ class HoneypotBoot:
             fds.append(self.tty_log.kernel_fd)
         if self.disguise is not None and self.disguise.kernel_sock is not None:
             fds.append(self.disguise.kernel_fd)
+        if self.persona_fd >= 0:
+            fds.append(self.persona_fd)
         return tuple(fds)
 
     async def start(self) -> None:
@@ -69,6 +76,9 @@ class HoneypotBoot:
             self.tty_log.kernel_started()
         if self.disguise is not None:
             self.disguise.kernel_started()
+        if self.persona_fd >= 0:
+            os.close(self.persona_fd)
+            self.persona_fd = -1
 
     async def stop(self) -> None:
         if self.tty_log is not None:
@@ -92,12 +102,18 @@ def prepare(
     raw_log: Path | None = None,
     on_record: Callable[[Record], None] | None = None,
     name: str = "guest",
+    persona: Persona | None = None,
 ) -> HoneypotBoot:
-    """Everything a honeypot boot needs; DisguiseError (before anything is made) if wrong."""
+    """Everything a honeypot boot needs; DisguiseError (before anything is made) if wrong.
+    `persona`: the machine to show (needs the kernel's persona_fd=, kernel/0010)."""
     profile = check(kernel, tty_log, str(disguise))
     boot = HoneypotBoot()
     if tty_log:
         boot.tty_log = TtyLogPipe(raw_log, on_record)
     if profile is not None:
+        if persona is not None:
+            profile = profile.with_cmdline(persona.cmdline)
         boot.disguise = DisguiseServer.pair(profile, name)
+    if persona is not None:
+        boot.persona_fd = memfd(kernel_text(persona))
     return boot

@@ -19,6 +19,8 @@ from warden.uml import kernel as ukernel
 # The kernel's host-only boot parameters (kernel/0001-tty-log.patch, 0002-proc-disguise.patch):
 # their __uml_setup strings are in any kernel that has the patches, stripped or not.
 PARAMETERS = {"tty_log": b"tty_log_fd=", "disguise": b"disguise_fd="}
+# kernel/0010-uml-persona.patch: the machine a disguised guest shows (warden.persona)
+KNOWN = {**PARAMETERS, "persona": b"persona_fd="}
 NO_DISGUISE = Profile(name="none", source="(no disguise)")
 
 
@@ -57,7 +59,7 @@ def kernel_parameters(path: Path) -> frozenset[str]:
         with path.open("rb") as f:
             while block := f.read(1 << 20):
                 data = tail + block
-                found.update(k for k, v in PARAMETERS.items() if v in data)
+                found.update(k for k, v in KNOWN.items() if v in data)
                 tail = data[-32:]
         _supported[seen] = frozenset(found)
     return _supported[seen]

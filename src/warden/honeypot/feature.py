@@ -8,7 +8,9 @@
   come before the console feature in the composition root, whose start closes every log that
   nobody has re-opened by then (the tty logs among them);
 - a re-applied fleet puts changed disguise profiles in force in running guests;
-- for the API: `status` (every honeypot guest, or one).
+- a disguised guest on a kernel with kernel/0010 shows its persona (warden.persona);
+- for the API: `status` (every honeypot guest, or one), `score` (the detection score,
+  warden.honeypot.score, run on the guest's console).
 
 Its boot hooks need the guest's uid, which the jail feature gives in its before_boot: it comes
 after the jail in the composition root.
@@ -18,6 +20,7 @@ import asyncio
 from typing import Any
 
 from warden.daemon.seam import BootExtras, Core, Feature, Guest
+from warden.honeypot.score.service import score_machine
 from warden.honeypot.service import HoneypotService
 from warden.spec.fleet import Fleet
 
@@ -26,6 +29,7 @@ class HoneypotFeature(Feature):
     name = "honeypot"
 
     def __init__(self, core: Core):
+        self.core = core
         self.service = HoneypotService(core)
 
     async def check_fleet(self, fleet: Fleet) -> None:
@@ -52,3 +56,6 @@ class HoneypotFeature(Feature):
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         return self.service.status(name)
+
+    async def score(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await score_machine(self.core, name, body)

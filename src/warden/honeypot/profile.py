@@ -8,7 +8,7 @@ requests (`Profile.filter_content`), which may run a host program (`FilterSpec.c
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,25 @@ class Profile:
 
     def timeout_of(self, rule: ProcRule) -> float:
         return (rule.timeout_ms or self.timeout_ms) / 1000
+
+    def with_cmdline(self, cmdline: str) -> "Profile":
+        """This profile with `cmdline` wherever it replaces the command line (/proc/cmdline and
+        the boot log's "Kernel command line:"), so a machine's persona (warden.persona) and its
+        disguise tell the same story."""
+        proc = tuple(
+            replace(r, text=(cmdline + "\n").encode())
+            if r.path == "cmdline" and r.action is Action.REPLACE
+            else r
+            for r in self.proc
+        )
+        line = f"Kernel command line: {cmdline}".encode()[:KMSG_TEXT_MAX]
+        kmsg = tuple(
+            KmsgRule(k.action, k.match, line)
+            if k.action is KmsgAction.REPLACE and k.match.startswith(b"Kernel command line")
+            else k
+            for k in self.kmsg
+        )
+        return replace(self, proc=proc, kmsg=kmsg)
 
 
 # ---- generators: content made on the host when the profile loads ------------------------

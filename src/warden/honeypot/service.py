@@ -16,17 +16,25 @@ kernel given by path that has its parameters):
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from warden import proc, tasks
+from warden import persona, proc, tasks
 from warden.daemon import machine as m
 from warden.daemon.seam import BootExtras, Core, Guest
 from warden.errors import NotFound, WardenError
 from warden.honeypot import channels as ch
-from warden.honeypot.checks import NO_DISGUISE, check_machine, profile_ref, wants_honeypot
+from warden.honeypot.checks import (
+    NO_DISGUISE,
+    check_machine,
+    kernel_parameters,
+    profile_ref,
+    wants_honeypot,
+)
 from warden.honeypot.disguise_server import NOBODY, RECV_MAX, DisguiseServer, FilterBounds
 from warden.honeypot.guest import PotGuest
 from warden.honeypot.ingest import TtyLogIngest
@@ -36,9 +44,12 @@ from warden.sessionlog import codec as sl
 from warden.sessionlog import store as logstore
 from warden.sessionlog.ttylog import RECORD_HEADER
 from warden.spec.fleet import Fleet
+from warden.uml import kernel as ukernel
+from warden.uml.mconsole import proc_text
 
 log = logging.getLogger("warden.honeypot")
 STALE_MAX = 4096  # stale disguise messages dropped at re-attach
+SEED_DROP_WAIT = 180.0  # seconds a persona guest has to read its seed disk
 
 
 def last_stored_seq(layout: Layout, machine: str, boot: int) -> int | None:
@@ -62,6 +73,7 @@ class HoneypotService:
         self.core = core
         self.guests: dict[str, PotGuest] = {}
         self._booting: dict[str, PotGuest] = {}
+        self._personas: set[str] = set()  # machines whose boot shows a persona
 
     # ---- apply -------------------------------------------------------------------------------
     def check_fleet(self, new: Fleet) -> None:
@@ -91,7 +103,7 @@ class HoneypotService:
             except DisguiseError as e:  # changed on disk since check_fleet
                 self.core.event(name, "disguise-refused", profile=ref, error=str(e))
                 continue
-            pot.set_profile(profile, ref)
+            pot.set_profile(self._with_persona(pot.guest, profile), ref)
 
     # ---- a boot ------------------------------------------------------------------------------
     async def prepare(self, sup: Guest, extras: BootExtras) -> None:
@@ -117,9 +129,48 @@ class HoneypotService:
             state.disguise = ch.ChannelState(dsg.kernel_fd, dsg.spare_fd, dsg.inode)
             extras.fds += dsg.kernel_fds()
             extras.kernel_args.append(f"disguise_fd={dsg.kernel_fd}")
+            cmdline = self._persona(sup, extras)
+            if cmdline:
+                profile = profile.with_cmdline(cmdline)
             pot.disguise = self._server(sup, profile, dsg.host)
             await pot.disguise.start()  # the rule set waits for the kernel in the socket
         self._booting[sup.name] = pot
+
+    def _persona_of(self, sup: Guest) -> persona.Persona | None:
+        """The machine's persona if its kernel can show one (kernel/0010), with the command
+        line naming its root filesystem's UUID; None otherwise."""
+        k = ukernel.resolve(self.core.layout, sup.spec.kernel)
+        if "persona" not in kernel_parameters(k.path):
+            return None
+        p = persona.fleet_of(self.core.layout, self.core.fleet).get(sup.name)
+        if p is None:
+            return None
+        # the root filesystem's UUID, for the command line (the base image warden recorded: a
+        # COW header's own path is the jail's, never trusted)
+        root_uuid = persona.ext4_uuid(Path(sup.base)) if sup.base else ""
+        return dataclasses.replace(p, cmdline=persona.boot_cmdline(root_uuid))
+
+    def _with_persona(self, sup: Guest, profile: Profile) -> Profile:
+        try:
+            p = self._persona_of(sup)
+        except (WardenError, OSError):
+            return profile
+        return profile if p is None else profile.with_cmdline(p.cmdline)
+
+    def _persona(self, sup: Guest, extras: BootExtras) -> str:
+        """A disguised guest on a kernel with kernel/0010-uml-persona.patch shows its persona:
+        the kernel reads it from a memfd at boot; its disks are sdX, so root is /dev/sda; the
+        seed gives it the persona's hostname; the net service gives its NICs the persona's
+        MACs (warden.persona.fleet_of, the same answer)."""
+        p = self._persona_of(sup)
+        if p is None:
+            return ""
+        fd = persona.memfd(persona.kernel_text(p))
+        extras.fds.append(fd)  # closed by the supervisor once the kernel has it
+        extras.kernel_args += [f"persona_fd={fd}", "root=/dev/sda"]
+        extras.hostname = p.hostname
+        self._personas.add(sup.name)
+        return p.cmdline
 
     def _server(self, sup: Guest, profile: Profile, sock: socket.socket) -> DisguiseServer:
         """A disguise server whose filter programs run as the guest's uid in its cgroups, and
@@ -164,6 +215,29 @@ class HoneypotService:
             )
         if pot.disguise is not None:
             pot.watch_ack(pot.disguise.generation, pot.disguise.profile)
+        if sup.name in self._personas:
+            self._personas.discard(sup.name)
+            pot.spawn(self._drop_seed_disk(pot), "seed disk")
+
+    async def _drop_seed_disk(self, pot: PotGuest) -> None:
+        """A physical server has no 1 MiB disk: once the guest has read its seed (its hostname
+        is the one the seed gives), unplug the seed disk (ubd1) through the mconsole. The
+        guest's udev may still hold it open for a moment (EBUSY): try again."""
+        sup = pot.guest
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEED_DROP_WAIT
+        while loop.time() < deadline and sup.state in m.LIVE:
+            await asyncio.sleep(0.5)
+            try:
+                name = proc_text(await sup.request("proc sys/kernel/hostname", 2.0)).strip()
+                if name != sup.guest_hostname:
+                    continue
+                await sup.request("remove ubd1", 2.0)
+            except (WardenError, OSError):
+                continue  # not up yet, or the disk is busy
+            pot.note("seed-disk-removed", True)
+            return
+        pot.note("seed-disk-kept", True, reason=f"not removable within {SEED_DROP_WAIT:g}s")
 
     async def exited(self, sup: Guest) -> None:
         pot = self.guests.pop(sup.name, None) or self._booting.pop(sup.name, None)
@@ -272,7 +346,7 @@ class HoneypotService:
                 stale += 1
             except BlockingIOError:
                 break
-        server = self._server(sup, profile, sock)
+        server = self._server(sup, self._with_persona(sup, profile), sock)
         server.generation = pot.state.generation
         pot.disguise = server
         await server.start()
@@ -303,5 +377,21 @@ class HoneypotService:
                 raise NotFound(
                     f"{name} runs no honeypot channels (not running, or no tty_log/disguise)"
                 )
-            return [pot.status()]
-        return [p.status() for _, p in sorted(self.guests.items())]
+            return [self._status(pot)]
+        return [self._status(p) for _, p in sorted(self.guests.items())]
+
+    def _status(self, pot: PotGuest) -> dict[str, Any]:
+        """The guest's channels, and the persona it shows (if its disguise has one)."""
+        out = pot.status()
+        p = None
+        with contextlib.suppress(WardenError, OSError):
+            p = self._persona_of(pot.guest) if pot.disguise is not None else None
+        if p is not None:
+            out["persona"] = {
+                "hostname": p.hostname,
+                "product": f"{p.dmi['sys_vendor']} {p.dmi['product_name']}",
+                "serial": p.dmi["product_serial"],
+                "disk": f"{p.disk.model} {p.disk.serial}",
+                "macs": [n.mac for n in p.nics],
+            }
+        return out

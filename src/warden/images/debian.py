@@ -36,7 +36,7 @@ from warden.progress import Progress
 from warden.units import format_size
 
 SUITE = "bookworm"
-BUILDER_VERSION = "2"  # bump when build() changes what ends up in the image
+BUILDER_VERSION = "3"  # bump when build() changes what ends up in the image
 DEFAULT_SIZE = 2 << 30
 MIN_SIZE = 512 << 20  # the tree is about 210 MB; leave guests room to work
 NAME = "debian"
@@ -57,6 +57,12 @@ PACKAGES = (
     "dbus",  # with libpam-systemd: logind sessions, hostnamectl, systemctl for non-root users
     "libpam-systemd",
     "libnss-myhostname",  # resolves the guest's own hostname without writing /etc/hosts
+    # what a Debian server has and honeypot detectors look for (potsnitch counts a honeypot
+    # when two of openssl, strace and lsof are missing); lspci for the persona's PCI bus
+    "openssl",
+    "strace",
+    "lsof",
+    "pciutils",
 )
 
 # name in the package (debian/) -> (path in the image, mode)

@@ -108,7 +108,7 @@ class Emptier:
             name = mconsole.proc_text(await self.guest.request("proc sys/kernel/hostname", 2.0))
         except (MconsoleError, WardenError):
             return False
-        if name.strip() != self.guest.name:
+        if name.strip() != self.guest.guest_hostname:
             return False
         return await asyncio.get_running_loop().run_in_executor(None, self._disks_held)
 

@@ -103,6 +103,8 @@ def read_log(directory: Path, since: float = 0.0) -> Iterator[dict[str, Any]]:
     """Every record from `since` on, in file order; cut or foreign lines are skipped."""
     for path in log_files(directory):
         try:
+            if since and path.stat().st_mtime < since:
+                continue  # last written before `since`: none of its records is wanted
             fh = path.open(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             continue  # pruned meanwhile

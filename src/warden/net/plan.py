@@ -135,13 +135,19 @@ def assign_marks(fleet: Fleet, previous: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def guest(instance: str, spec: Machine, addresses: list[str], mark_index: int) -> GuestPlan:
+def guest(
+    instance: str,
+    spec: Machine,
+    addresses: list[str],
+    mark_index: int,
+    macs: list[str] | None = None,  # a disguised machine's persona gives its NICs' MACs
+) -> GuestPlan:
     nics = tuple(
         NicPlan(
             index=i,
             network=nic.network,
             tap=names.tap(spec.name, i),
-            mac=names.mac(instance, spec.name, i),
+            mac=macs[i] if macs and i < len(macs) else names.mac(instance, spec.name, i),
             ip=addresses[i],
             dhcp=not nic.ip,
         )

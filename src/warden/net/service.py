@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from warden import persona
 from warden.daemon import machine as m
 from warden.daemon.seam import BootExtras, Core, Guest
 from warden.errors import Conflict, NotFound, WardenError
@@ -257,15 +258,20 @@ class NetService:
         cmds = rules.build(self.instance, nets, self.state.live_guests(), set(self.state.cut))
         await self.agent.acall("nft", cmds=cmds)
 
+    def _mac(self, fleet: Fleet, machine: str, nic: int) -> str:
+        """A disguised machine's NICs carry its persona's MACs (a real NIC vendor's OUI)."""
+        p = persona.fleet_of(self.core.layout, fleet).get(machine)
+        if p is not None and nic < len(p.nics):
+            return p.nics[nic].mac
+        return names.mac(self.instance, machine, nic)
+
     def _hosts(self, fleet: Fleet, net: str) -> list[dnsmasq.Host]:
         out = []
         for mm in fleet.machines:
             addrs = self.state.addresses.get(mm.name, [])
             for i, nic in enumerate(mm.nics):
                 if nic.network == net and i < len(addrs):
-                    out.append(
-                        dnsmasq.Host(names.mac(self.instance, mm.name, i), addrs[i], mm.name)
-                    )
+                    out.append(dnsmasq.Host(self._mac(fleet, mm.name, i), addrs[i], mm.name))
         return out
 
     async def _build_network(self, agent: AgentClient, net: NetPlan, fleet: Fleet) -> None:
@@ -417,7 +423,11 @@ class NetService:
                         f"bound in {where}; free it or choose another host port"
                     )
             g = plan.guest(
-                self.instance, spec, self.state.addresses[spec.name], self.state.marks[spec.name]
+                self.instance,
+                spec,
+                self.state.addresses[spec.name],
+                self.state.marks[spec.name],
+                [self._mac(fleet, spec.name, i) for i in range(len(spec.nics))],
             )
             for p in g.nics:
                 _, fds = await agent.acall_fds(
@@ -546,13 +556,19 @@ class NetService:
         if self.agent is not None and self.agent.alive():
             with contextlib.suppress(NetError):
                 stats = {link["name"]: link for link in await self.agent.acall("links")}
+        fleet = self.core.fleet
         states = {g.name: str(g.state) for g in self.core.guests}
+        macs = {
+            mm.name: [self._mac(fleet, mm.name, i) for i in range(len(mm.nics))]
+            for mm in fleet.machines
+        }
         return status(
             self.instance,
-            self.core.fleet,
+            fleet,
             self.state,
             stats,
             states,
+            macs,
             self.br_netfilter,
             self.last_error,
         )

@@ -16,11 +16,13 @@ def status(
     state: State,
     stats: Mapping[str, dict[str, Any]],
     machine_states: Mapping[str, str],
+    macs: Mapping[str, list[str]],
     br_netfilter: bool | None,
     error: str,
 ) -> dict[str, Any]:
     """`stats`: the helper's links by name ({} when it is not running); `machine_states`:
-    each machine's state by name (a machine missing from it is "absent")."""
+    each machine's state by name (a machine missing from it is "absent"); `macs`: each
+    machine's NICs' MACs (names.mac, or its persona's: warden.persona)."""
     networks = []
     for n in fleet.networks:
         p = NetPlan.of(n)
@@ -52,7 +54,7 @@ def status(
                     "network": nic.network,
                     "ip": addrs[i] if i < len(addrs) else "",
                     "dhcp": not nic.ip,
-                    "mac": names.mac(instance, mm.name, i),
+                    "mac": macs[mm.name][i],
                     "tap": tap if link is not None else None,
                     "rx_bytes": link["rx_bytes"] if link else None,
                     "tx_bytes": link["tx_bytes"] if link else None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from warden.sessionlog import codec as sl
 from warden.sessionlog import store as logstore
+from warden.sessionlog.export import strip_controls
 from warden.sessionlog.replay import replay_offset
 from warden.sessionlog.ttyview import TtyStreams
 
@@ -40,6 +41,19 @@ class Hit:
     context: bytes
     path: str
     offset: str = ""  # `warden replay --at OFFSET` starts playing at this hit's record
+    # The moment the hit is whole: for typed text the record that ended its line (Enter, or
+    # the hit's last byte when no line end follows within LINE_MAX), for other text the
+    # record holding its last byte. A player shows the command typed from there on.
+    end_offset: str = ""
+
+    def context_text(self) -> str:
+        """The context as one line of plain text: terminal controls removed, line ends shown
+        as ⏎. Typed text keeps what came before a carriage return (Enter), where a screen
+        would have moved back over it."""
+        text = self.context.decode("utf-8", "replace")
+        if self.direction == "typed":
+            text = text.replace("\r", "\n")
+        return strip_controls(text).replace("\n", " ⏎ ")
 
 
 class _Stream:
@@ -95,6 +109,11 @@ def search_file(
         pos = hay.find(pattern)
         while pos >= 0:
             rec = stream.record_at(pos)
+            end = pos + max(0, len(pattern) - 1)
+            if direction == "typed":
+                eol = _line_end(stream.data, pos + len(pattern))
+                end = eol if eol >= 0 else end
+            last = stream.record_at(end)
             lo, hi = max(0, pos - context), pos + len(pattern) + context
             yield Hit(
                 ref.machine,
@@ -108,5 +127,55 @@ def search_file(
                 bytes(stream.data[lo:hi]),
                 str(ref.path),
                 replay_offset(rec.time_us, first_us or rec.time_us),
+                replay_offset(last.time_us, first_us or rec.time_us),
             )
             pos = hay.find(pattern, pos + max(1, len(pattern)))
+
+
+LINE_MAX = 4096  # how far after a typed hit its line end is looked for
+
+
+def _line_end(data: bytearray, start: int) -> int:
+    ends = [
+        i
+        for i in (
+            data.find(b"\r", start, start + LINE_MAX),
+            data.find(b"\n", start, start + LINE_MAX),
+        )
+        if i >= 0
+    ]
+    return min(ends) if ends else -1
+
+
+def search_refs(
+    refs: list[logstore.LogRef],
+    key: bytes | None,
+    needle: bytes,
+    ignore_case: bool = False,
+    typed: bool = True,
+    printed: bool = True,
+    executed: bool = True,
+) -> list[Hit]:
+    """Hits in every file of `refs`, by time; replay offsets count from the first record of
+    each boot's first part (as `warden replay --at` and the asciicast export do)."""
+    firsts: dict[tuple[str, str, int, bool], int | None] = {}
+    for ref in refs:
+        at = (ref.machine, ref.line, ref.boot, ref.archived)
+        if ref.part == 1 and at not in firsts:
+            firsts[at] = first_record_us(ref, key)
+    hits: list[Hit] = []
+    for ref in refs:
+        hits.extend(
+            search_file(
+                ref,
+                key,
+                needle,
+                ignore_case=ignore_case,
+                typed=typed,
+                printed=printed,
+                executed=executed,
+                first_us=firsts.get((ref.machine, ref.line, ref.boot, ref.archived)),
+            )
+        )
+    hits.sort(key=lambda h: h.time_us)
+    return hits

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from warden.errors import NotFound, WardenError
 from warden.paths import Layout
@@ -221,3 +222,27 @@ def reading(ref: LogRef, key: bytes | None) -> Iterator[sl.LogReader]:
     """A reader over one file, closed when the block ends."""
     with sl.open_raw(ref.path) as f:
         yield sl.LogReader(f, key, str(ref.path))
+
+
+def read_boot(
+    layout: Layout, machine: str, line: str, boot: int | None, key: bytes | None = None
+) -> tuple[list[sl.Record], dict[str, Any], list[str]]:
+    """Every record of one boot's log of a line, all parts in order (the latest boot if `boot`
+    is None): (records, the first part's header meta, a problem per part that stopped early).
+    NotFound names the logs there are before anything else is read (the key included: by
+    default the home's)."""
+    refs = select_one(layout, machine, line, boot)
+    if key is None:
+        key = load_key(layout)
+    records: list[sl.Record] = []
+    meta: dict[str, Any] = {}
+    problems: list[str] = []
+    for ref in refs:
+        with reading(ref, key) as reader:
+            meta = meta or dict(reader.header.meta)
+            records.extend(reader)
+            if reader.state.problem:
+                problems.append(
+                    f"{ref.path}: {reader.state.problem}; showing the records before it"
+                )
+    return records, meta, problems

@@ -35,6 +35,9 @@ FORWARD = re.compile(r"\A(tcp|udp):(\d{1,5}):(\d{1,5})\Z")
 CRYPT_HASH = re.compile(r"\A\$(1|5|6)\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}\Z")
 NETNS_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 NETWORK_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,10}\Z")
+WEB_URL = re.compile(
+    r"\A(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?/?\Z"
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,27 @@ class Concentrator:
 
 
 @dataclass(frozen=True)
+class Web:
+    """The web console (warden.web): off when `listen` is empty."""
+
+    listen: str = ""  # "" : no web console
+    url: str = ""  # the address browsers use (login links); default: from listen
+    cert: str = ""  # PEM certificate chain; "" : warden makes one in WARDEN_HOME/keys
+    key: str = ""  # its PEM private key
+    insecure_http: bool = False  # plain HTTP: loopback listen addresses only
+    idle_timeout: int = 900  # seconds without a request before a login session ends
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
+
+
+@dataclass(frozen=True)
 class Logs:
     quota: int = 64 << 20  # per guest, all of its session logs together
     enabled: bool = True  # false: no session logs (consoles still work)
@@ -143,6 +167,7 @@ class Fleet:
     source: str
     host: Host = field(default_factory=Host)
     concentrator: Concentrator = field(default_factory=Concentrator)
+    web: Web = field(default_factory=Web)
     logs: Logs = field(default_factory=Logs)
     owners: tuple[Owner, ...] = ()
     networks: tuple[Network, ...] = ()
@@ -331,6 +356,36 @@ CONCENTRATOR_FIELDS: dict[str, Check] = {
     "listen": _listen,
     "idle_timeout": _int_range(0, 7 * 86400),
 }
+
+
+def _url(v: Any) -> str:
+    """The web console's address as browsers use it: scheme, host and optional port only."""
+    text = _str(v)
+    m = WEB_URL.fullmatch(text)
+    if not m:
+        raise ValueError(
+            'expected "https://HOST[:PORT]" (no path), e.g. "https://warden.example:8443"'
+        )
+    if m["port"] and not 0 < int(m["port"]) < 65536:
+        raise ValueError("expected a port from 1 to 65535")
+    return text
+
+
+def _pem_path(v: Any) -> str:
+    text = _str(v)
+    if not text.startswith("/"):
+        raise ValueError("expected an absolute path to a PEM file")
+    return text
+
+
+WEB_FIELDS: dict[str, Check] = {
+    "listen": _listen,
+    "url": _url,
+    "cert": _pem_path,
+    "key": _pem_path,
+    "insecure_http": _bool,
+    "idle_timeout": _int_range(60, 7 * 86400),
+}
 LOGS_FIELDS: dict[str, Check] = {"quota": _size, "enabled": _bool}
 OWNER_FIELDS: dict[str, Check] = {
     "name": _pattern(OWNER_NAME, "a lower-case name of up to 32 characters"),
@@ -367,7 +422,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "jail": _bool,
     "recycle": _recycle,
 }
-TOP_LEVEL = ("host", "concentrator", "logs", "owner", "network", "machine")
+TOP_LEVEL = ("host", "concentrator", "web", "logs", "owner", "network", "machine")
 MIN_MEMORY = 32 << 20
 
 
@@ -437,6 +492,8 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
     conc = Concentrator(
         **_table(doc.get("concentrator", {}), CONCENTRATOR_FIELDS, "[concentrator]", problems, ())
     )
+    web = Web(**_table(doc.get("web", {}), WEB_FIELDS, "[web]", problems, ()))
+    _check_web(web, problems)
     logs = Logs(**_table(doc.get("logs", {}), LOGS_FIELDS, "[logs]", problems, ()))
 
     owners: list[Owner] = []
@@ -490,6 +547,7 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
         source=source,
         host=host,
         concentrator=conc,
+        web=web,
         logs=logs,
         owners=tuple(owners),
         networks=tuple(networks),
@@ -505,6 +563,45 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
             )
     problems.raise_if_any()
     return fleet
+
+
+def _check_web(web: Web, problems: _Problems) -> None:
+    """What no single [web] key can say alone."""
+    if not web.listen:
+        for key in ("url", "cert", "key", "insecure_http"):
+            if getattr(web, key):
+                problems.add("[web]", f"{key} is set but listen is not: the web console is off")
+        return
+    host, _ = web.host_port
+    ip = ipaddress.ip_address(host)
+    if bool(web.cert) != bool(web.key):
+        problems.add(
+            "[web]",
+            "cert and key go together: give both PEM files, or neither "
+            "(warden then makes a self-signed certificate in WARDEN_HOME/keys)",
+        )
+    if web.insecure_http:
+        if not ip.is_loopback:
+            problems.add(
+                "[web]",
+                f"insecure_http = true with listen = {web.listen!r}: plain HTTP is only served on "
+                'a loopback address (e.g. "127.0.0.1:8443"); elsewhere logins and consoles need '
+                "HTTPS",
+            )
+        if web.cert:
+            problems.add("[web]", "insecure_http = true and cert/key: choose HTTPS or plain HTTP")
+    if web.url and web.url.split("://", 1)[0] != web.scheme:
+        problems.add(
+            "[web]",
+            f"url = {web.url!r} does not match the scheme served ({web.scheme}; "
+            "insecure_http decides)",
+        )
+    if ip.is_unspecified and not web.url:
+        problems.add(
+            "[web]",
+            f"listen = {web.listen!r} serves every address: set url = "
+            '"https://NAME:PORT" to the address browsers use (login links are made for it)',
+        )
 
 
 def _check_machine(

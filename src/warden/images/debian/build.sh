@@ -22,5 +22,9 @@ rm "$tree/tmp/warden-customize.sh"
 echo "warden: making a $WARDEN_SIZE ext4 image from $(du -sm "$tree" | cut -f1)M of files"
 # Inode tables and journal are initialised now: with lazy init each guest's kernel would zero
 # them after its first mount, writing tens of MiB into every guest's COW file.
-mkfs.ext4 -q -F -L warden-debian -E lazy_itable_init=0,lazy_journal_init=0 \
+# No label, and /etc/fstab names the root by UUID, as Debian's installer leaves a server: the
+# disk is /dev/ubda on a stock kernel and /dev/sda when the kernel shows a persona.
+uuid=$(cat /proc/sys/kernel/random/uuid)
+sed -i "s/@ROOT_UUID@/$uuid/" "$tree/etc/fstab"
+mkfs.ext4 -q -F -U "$uuid" -E lazy_itable_init=0,lazy_journal_init=0 \
     -d "$tree" "$WARDEN_IMAGE" "${WARDEN_SIZE_K}k"

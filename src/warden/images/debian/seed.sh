@@ -18,9 +18,12 @@ WARDEN_ADMIN_HASH=
 WARDEN_SSH_KEYS=
 WARDEN_FPU_SAFE=
 mnt=$RUN/seed.mnt
-if [ -b /dev/ubdb ]; then
+# /dev/ubdb on a stock kernel; /dev/sdb when the kernel shows a persona (disks are sdX there)
+seed=/dev/ubdb
+[ -b "$seed" ] || seed=/dev/sdb
+if [ -b "$seed" ]; then
     mkdir -p "$mnt"
-    if mount -t ext4 -o ro,nodev,nosuid,noexec /dev/ubdb "$mnt"; then
+    if mount -t ext4 -o ro,nodev,nosuid,noexec "$seed" "$mnt"; then
         if [ -f "$mnt/seed.env" ]; then
             . "$mnt/seed.env"
         else
@@ -29,11 +32,11 @@ if [ -b /dev/ubdb ]; then
         [ -f "$mnt/network.env" ] && cp "$mnt/network.env" "$RUN/network.env"
         umount "$mnt"
     else
-        say "/dev/ubdb is not a seed disk; using defaults"
+        say "$seed is not a seed disk; using defaults"
     fi
     rmdir "$mnt"
 else
-    say "no seed disk (/dev/ubdb); using defaults"
+    say "no seed disk (/dev/ubdb or /dev/sdb); using defaults"
 fi
 
 # Hostname (/etc/hostname is a link to $RUN/hostname; libnss-myhostname resolves it).
