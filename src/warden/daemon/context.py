@@ -22,6 +22,7 @@ from warden.store import Store
 
 if TYPE_CHECKING:
     from warden.daemon.supervisor import Supervisor
+    from warden.uml.mconsole import Notify
 
 log = logging.getLogger("warden.daemon")
 
@@ -107,6 +108,9 @@ class Context:
     hooks: list[BootHook] = field(default_factory=list)
     zygote: Any = None  # warden.host.zygote.Zygote: forks launchers without a Python start-up
     logs: LogFactory = null_logs
+    # Notify types a feature takes (int: warden.uml.mconsole.NotifyType), called at once
+    # from the socket's reader; anything else becomes a guest-notify event.
+    on_notify: dict[int, Callable[["Supervisor", "Notify"], None]] = field(default_factory=dict)
 
     def event(self, machine: str | None, kind: str, **detail: Any) -> None:
         self.store.event(machine, kind, **detail)

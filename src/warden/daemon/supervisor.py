@@ -458,6 +458,8 @@ class Supervisor:
                 asyncio.get_running_loop().call_later(
                     PANIC_GRACE, self._kill_after_panic, self.boot
                 )
+            elif (handler := self.ctx.on_notify.get(note.type)) is not None:
+                handler(self, note)
             else:
                 self.ctx.event(self.name, "guest-notify", type=note.type.name, text=note.text)
 
