@@ -90,9 +90,16 @@ def oom_kills(d: DaemonProc, name: str) -> int:
     return parse_vmstat(proc(d, name, "vmstat")).oom_kill
 
 
+def running(d: DaemonProc, name: str) -> bool:
+    info = d.ls()[name]
+    if info["state"] == "crashed":
+        raise AssertionError(f"{name} did not start: {info['last_exit']}")
+    return info["state"] == "running"
+
+
 def prepare(d: DaemonProc, names: tuple[str, ...] = NAMES, mib: int = HOG) -> None:
     for n in names:
-        wait_for(f"{n} running", lambda n=n: d.ls()[n]["state"] == "running", timeout=300)
+        wait_for(f"{n} running", lambda n=n: running(d, n), timeout=300)
     for n in names:
         # The minimal image mounts a tmpfs on /tmp (half the boot size); Debian's is on disk.
         wait_for(

@@ -240,11 +240,17 @@ class Balancer:
         while self.ledger.free(include_holds=False) < size:
             if sup.machine.state is not m.State.STARTING:
                 raise Conflict(f"{name}: the start was cancelled while it waited for memory")
-            booting = [n for n, e in self.ledger.entries.items() if e.booting or n in self.settle]
+            # Guests still booting, or up but not yet assessed (nothing is known of what they
+            # can give: one just up, before its first plan, would count as giving nothing).
+            unknown = [
+                n
+                for n, e in self.ledger.entries.items()
+                if n != name and (e.booting or n in self.settle or n not in self.assessed)
+            ]
             spare = self._spare(exclude=name)
             free = self.ledger.free(include_holds=False)
             # Not while unplugs run: they are making room, and their guests are in no plan.
-            hopeless = not booting and not self.acting and free + spare < size
+            hopeless = not unknown and not self.acting and free + spare < size
             if hopeless or time.monotonic() > deadline:
                 msg = (
                     f"cannot start {name}: it boots with all of its memory "
