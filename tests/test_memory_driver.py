@@ -141,6 +141,8 @@ class Sup:
     def request(self, command: str, timeout: float | None = None) -> Awaitable[str]:
         return self.kernel.request(command, timeout)
 
+    request_intr = request
+
 
 class World:
     def __init__(self, home: Path, budget: int, kernels: list[Kernel], floors: dict[str, int]):

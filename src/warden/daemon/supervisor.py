@@ -69,6 +69,7 @@ class Supervisor:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
+        self.mconsole_intr: mconsole.AsyncClient | None = None
         self._notify: mconsole.NotifyListener | None = None
         self._changed = asyncio.Condition()
         self._rebooting = False
@@ -199,6 +200,15 @@ class Supervisor:
         if self.mconsole is None or self.machine.state not in m.LIVE:
             raise Conflict(f"{self.name} is {self.machine.state}: its mconsole is not listening")
         return await self.mconsole.request(command, timeout)
+
+    async def request_intr(self, command: str, timeout: float | None = None) -> str:
+        """For commands the guest answers in its interrupt handler (`oomplug`): a client of
+        their own, because a client serializes its requests, and a `proc` or `config` the
+        guest's work queue has not served yet (it may be waiting for memory) would hold
+        them back."""
+        if self.mconsole_intr is None or self.machine.state not in m.LIVE:
+            raise Conflict(f"{self.name} is {self.machine.state}: its mconsole is not listening")
+        return await self.mconsole_intr.request(command, timeout)
 
     # ---- create, reset, destroy -----------------------------------------------------------
     def create(self) -> None:
@@ -426,6 +436,10 @@ class Supervisor:
             self.files.mconsole, self.files.reply, relative_reply=True
         )
         os.chmod(self.files.reply, 0o666)  # a jailed kernel (another uid) must reach it
+        self.mconsole_intr = mconsole.AsyncClient(
+            self.files.mconsole, self.files.reply_intr, relative_reply=True
+        )
+        os.chmod(self.files.reply_intr, 0o666)
         asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
 
     def _close_sockets(self) -> None:
@@ -437,6 +451,9 @@ class Supervisor:
         if self.mconsole is not None:
             self.mconsole.close()
             self.mconsole = None
+        if self.mconsole_intr is not None:
+            self.mconsole_intr.close()
+            self.mconsole_intr = None
 
     def _notified(self) -> None:
         assert self._notify is not None

@@ -306,7 +306,7 @@ class Balancer:
         # its hook never waits for one).
         self.counters.pop(name, None)
         e.hook = await self._speaks_oomplug(sup)
-        c = await self.act.sync(name, sup.request) if e.hook else None
+        c = await self.act.sync(name, sup.request_intr) if e.hook else None
         if c is not None:
             self.counters[name] = c
         self._record(
@@ -436,8 +436,8 @@ class Balancer:
             await self._execute(plan, running)
         await self._arm(plan, running)
         await self._deny_hopeless(plan, running)
+        self._peak(None)
         total = self.ledger.total()
-        self.peak_total = max(self.peak_total, total)
         if total > self.ledger.budget:
             self.over += 1
             if full:
@@ -512,7 +512,7 @@ class Balancer:
     async def _settle(self, name: str, sup: "Supervisor") -> None:
         """The kernel's own counters: what it plugged back, its credit and (with no action
         in flight) what is plugged, exactly."""
-        c = await self.act.sync(name, sup.request)
+        c = await self.act.sync(name, sup.request_intr)
         if c is None:
             return
         self.counters[name] = c
@@ -534,7 +534,7 @@ class Balancer:
                 continue
             if c.amount < 0 and self._rescuing(c.guest):
                 continue  # a rescue may just have granted it; a later calm plan takes it
-            await self.act.credit(c.guest, sup.request, c.amount, c.why)
+            await self.act.credit(c.guest, sup.request_intr, c.amount, c.why)
             self._dirty = True
         for name in list(self.emergency):
             sup = running.get(name)
@@ -572,7 +572,7 @@ class Balancer:
     async def _rescue(self, name: str, sup: "Supervisor") -> None:
         while name in self.hinted:
             self.hinted.discard(name)
-            c = await self.act.sync(name, sup.request)
+            c = await self.act.sync(name, sup.request_intr)
             e = self.ledger.entries.get(name)
             if c is None or e is None:
                 return
@@ -581,7 +581,7 @@ class Balancer:
             room = min(self.ledger.free(include_holds=False), e.max - e.hi - e.credit)
             amount = pages(min(want - e.credit, room))
             if amount >= PAGE:
-                got = await self.act.credit(name, sup.request, amount, "it ran out of memory")
+                got = await self.act.credit(name, sup.request_intr, amount, "it ran out of memory")
                 c = got or c
                 if got is not None:
                     self.counters[name] = got
@@ -606,7 +606,7 @@ class Balancer:
             c = self.counters.get(name)
             sup = running.get(name)
             if sup is not None and c is not None and c.waiting:
-                await self.act.deny(name, sup.request, "the budget cannot hold it")
+                await self.act.deny(name, sup.request_intr, "the budget cannot hold it")
                 self.emergency.pop(name, None)
 
     def _input(self, name: str, running: dict[str, "Supervisor"], full: bool) -> GuestInput:
@@ -672,9 +672,17 @@ class Balancer:
             self._wake.set()
 
     # ---- records --------------------------------------------------------------------------
+    def _peak(self, g: str | None) -> None:
+        """The budget's high-water mark, at every action and boot, not only every tick."""
+        total = self.ledger.total()
+        if total > self.peak_total and total > self.ledger.budget and self.log is not None:
+            # A new high above the budget: who held what, for the one who reads the log.
+            held = {n: [e.hi // 1024, e.credit // 1024] for n, e in self.ledger.entries.items()}
+            self.log.write("ev", g=g, what="peak", kib=total // 1024, held=held)
+        self.peak_total = max(self.peak_total, total)
+
     def _record(self, kind: str, **fields: Any) -> None:
-        # The budget's high-water mark, at every action and boot, not only every tick.
-        self.peak_total = max(self.peak_total, self.ledger.total())
+        self._peak(fields.get("g"))
         if self.log is not None:
             self.log.write(kind, **fields)
         self.recent.append({"k": kind, "t": round(time.time(), 3), **fields})

@@ -131,6 +131,8 @@ class Memo:
     vm_t: float | None = None
     cache_keep: int = 0
     signals: tuple[str, ...] = ()  # of the last full tick (watch ticks keep them)
+    cut_t: float | None = None  # last time a contention cut took it below its target
+    cut_used: int = 0  # its `used` then
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def keep_free(mem: Meminfo, marks: Watermarks | None, amount: int, cfg: Config) 
 
 
 NUDGE_STEP = 256 * 1024  # a step that only takes free memory below low (to wake kswapd)
+CUT_GROWTH = 2 * MIB  # growth of `used` after a contention cut that is growth again
 
 
 # How long one unplug step can take from the meminfo read to its last page (a 70 MiB
@@ -294,7 +297,14 @@ def unplug_step(
 
 
 def _signals(
-    g: GuestInput, memo: Memo, used: int, buffer: int, safety: int, now: float, cfg: Config
+    g: GuestInput,
+    memo: Memo,
+    used: int,
+    buffer: int,
+    safety: int,
+    now: float,
+    cfg: Config,
+    at_cut: bool = False,
 ) -> tuple[str, ...]:
     assert g.mem is not None
     out: list[str] = []
@@ -316,6 +326,12 @@ def _signals(
             out.append("majflt")
     # On watch ticks (no vmstat) only MemAvailable speaks: counters' deltas are per interval
     # and acting on them again every watch tick would loosen ten times for one stall.
+    # A guest a contention cut took to its `must`, and which has not grown since, shows
+    # MemAvailable about its safety margin (less the high watermark, which MemAvailable
+    # leaves out): that is where it was put, not a shortage (read as one, it was plugged
+    # back and cut again on every tick).
+    if at_cut:
+        return tuple(out)
     if g.mem.available < safety:
         out.append("oom-risk")
     elif g.mem.available < buffer // 2:
@@ -350,7 +366,8 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     # A guest that has grown fast keeps room for its next burst: what it grows in the time
     # the balancer needs to see and answer it (a third of its boot size at most).
     buffer = max(buffer_of(peak, cfg), min(int(burst * cfg.burst_horizon), g.max // 3))
-    signals = _signals(g, memo, used, buffer, safety, now, cfg)
+    at_cut = _recently(memo.cut_t, now, cfg.hold) and used <= memo.cut_used + CUT_GROWTH
+    signals = _signals(g, memo, used, buffer, safety, now, cfg, at_cut)
 
     cache = mem.file_cache
     keep = memo.cache_keep
@@ -424,6 +441,8 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         vm_t=now if full else memo.vm_t,
         cache_keep=keep,
         signals=signals if full else memo.signals,
+        cut_t=memo.cut_t,
+        cut_used=memo.cut_used,
     )
     a = Assessment(
         name=g.name,
@@ -504,6 +523,10 @@ def _cut(
 LEVEL_ORDER = {"emergency": 0, "pressure": 1, "pinned": 2, "calm": 3}
 
 
+def _recently(t: float | None, now: float, within: float) -> bool:
+    return t is not None and now - t < within
+
+
 def decide(
     guests: list[GuestInput],
     memos: dict[str, Memo],
@@ -540,6 +563,12 @@ def decide(
         new_memos[g.name] = memo
         fastest = max(fastest, min(memo.burst, MAX_RATE))
         grants[g.name] = a.target
+        if not a.busy and a.target > a.plugged and _recently(memo.cut_t, now, cfg.hold):
+            # Cut by contention within `hold` seconds and idle since: not refilled the moment
+            # the budget looks free (a credit granted or a guest stepping down flips it), or
+            # it is cut and refilled on every tick (seen: 120 MiB each way, ten times a
+            # second).
+            grants[g.name] = a.plugged
         musts[g.name] = a.floor if a.level != "pinned" else a.target
     committed = fixed + sum(grants.values())
     short = 0
@@ -576,6 +605,7 @@ def decide(
                 assessments[n] = replace(
                     a, target=grant, reason=f"shares: cut {format_size(a.target - grant)}"
                 )
+                new_memos[n] = replace(new_memos[n], cut_t=now, cut_used=a.used)
         committed = fixed + sum(grants.values())
 
     by_name_g = {g.name: g for g in guests}
