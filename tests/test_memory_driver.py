@@ -64,7 +64,7 @@ class Kernel:
             self.plugged += back
             self.credit -= back
             self.selfplugged += back
-            self.waiting = self.free < MIN and self.plugged < self.size
+        self.waiting = self.free < MIN and self.plugged < self.size
 
     def meminfo(self) -> str:
         free = max(0, self.free)
@@ -110,6 +110,7 @@ class Kernel:
             else:
                 done = min(n, self.size - self.plugged)
                 self.plugged += done
+                self.fill(0)  # a plug wakes a waiting OOM call too
             return f"done={done // KIB} unplugged={(self.size - self.plugged) // KIB}"
         if command.startswith("oomplug"):
             arg = command[len("oomplug") :].strip()
@@ -325,11 +326,14 @@ def test_a_guest_no_plan_can_serve_is_denied(tmp_path: Path) -> None:
         a.fill(a.free + a.credit + 64 * MIB)  # more than the budget has left
         assert a.waiting
         w.b.memory_notified(w.daemon.sups["a"], b"oom waiting=1")
-        for i in range(30):
+        for i in range(40):  # 4 s: it waited DENY_AFTER (2 s) before the host gave up
             await w.tick(full=i % 10 == 0)
             await w.drain()
             if not a.waiting:
                 break
+            if i == 10:
+                assert "oomplug deny" not in a.log  # not before it waited DENY_AFTER
+            await asyncio.sleep(0.1)
         assert "oomplug deny" in a.log and a.oom_kill == 1
         w.check()
 
@@ -408,3 +412,30 @@ def test_a_boot_waits_for_a_guest_that_is_up_but_not_yet_looked_at(tmp_path: Pat
         assert w.b.ledger.free(include_holds=False) >= nxt.size
 
     asyncio.run(main())
+
+
+def test_four_guests_filling_at_once_are_all_served_and_none_is_denied(tmp_path: Path) -> None:
+    """Seen on real guests: four filled 110 MiB each at the same moment, which the budget
+    holds; every one was busy, so the plan's floors (their growth ahead) overshot it, the
+    host took that as hopeless, denied a waiting guest, and its OOM killer, with only tmpfs
+    to free, panicked it. Waiting guests are served as the others stop growing."""
+    ks = [Kernel(f"k{i}", 320 * MIB) for i in range(4)]
+
+    async def body(w: World) -> None:
+        await w.settle(3)
+        for k in ks:
+            k.fill(110 * MIB)  # more than each has free and as credit: all four wait
+            assert k.waiting
+        for k in ks:
+            w.b.memory_notified(w.daemon.sups[k.name], b"oom waiting=1")
+        for i in range(60):
+            await w.tick(full=i % 10 == 0)
+            await w.drain()
+            if not any(k.waiting for k in ks):
+                break
+            await asyncio.sleep(0.1)
+        assert [k.name for k in ks if k.waiting or k.oom_kill] == []
+        assert not any("oomplug deny" in k.log for k in ks)
+        w.check()
+
+    run(tmp_path, 700 * MIB, ks, body)

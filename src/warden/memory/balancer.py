@@ -75,6 +75,7 @@ HOT_MOVE = 2 * MIB  # MemAvailable moving this much between reads makes a guest 
 RESCUE_MIN = 32 * MIB  # the least credit a guest that ran out is granted again at once...
 RESCUE_HORIZON = 0.1  # ...or this long of the fleet's fastest growth, if more
 RESCUE_GAP = 0.005  # seconds between two rescues of one guest (hints may come in floods)
+DENY_AFTER = 2.0  # seconds a guest waits in its OOM hook before a hopeless wait is ended
 
 
 class Balancer:
@@ -105,6 +106,7 @@ class Balancer:
         self.hinted: set[str] = set()  # guests whose MEMORY notify awaits a rescue
         self.rescues: dict[str, asyncio.Task[None]] = {}
         self.emergency: dict[str, int] = {}  # credit owed to guests out of memory (a hold)
+        self.waiting_since: dict[str, float] = {}  # guests seen waiting in their OOM hook
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
         self.peak_total = 0
         self.over = 0  # ticks that found the ledger above the budget
@@ -346,6 +348,7 @@ class Balancer:
             rescue.cancel()
         self.hinted.discard(name)
         self.emergency.pop(name, None)
+        self.waiting_since.pop(name, None)
         self.counters.pop(name, None)
         self.act.forget(name)
         self._dirty = True
@@ -435,7 +438,7 @@ class Balancer:
         if plan.actions:
             await self._execute(plan, running)
         await self._arm(plan, running)
-        await self._deny_hopeless(plan, running)
+        await self._deny_hopeless(running)
         self._peak(None)
         total = self.ledger.total()
         if total > self.ledger.budget:
@@ -586,6 +589,10 @@ class Balancer:
                 if got is not None:
                     self.counters[name] = got
             owed = pages(want - e.credit)
+            if c.waiting:
+                self.waiting_since.setdefault(name, time.monotonic())
+            else:
+                self.waiting_since.pop(name, None)
             if owed >= PAGE and c.unplugged > e.credit:
                 # Nothing free in the budget now: the next plan makes room for it (a hold),
                 # and the tick after it grants it (or denies, if even the floors leave none).
@@ -596,17 +603,27 @@ class Balancer:
             self._dirty = True
             await asyncio.sleep(RESCUE_GAP)
 
-    async def _deny_hopeless(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:
-        """A guest waiting in its OOM hook that no plan can serve (every other guest at its
-        floor and the budget still short, nothing being unplugged): its own OOM killer must
-        run now, not after the hook's 10 s."""
-        if plan.short <= 0 or self.acting:
+    async def _deny_hopeless(self, running: dict[str, "Supervisor"]) -> None:
+        """A guest that has waited in its OOM hook for DENY_AFTER while nothing could serve
+        it: the working sets alone (every guest's `must`, the plugged size of those not
+        assessed, the boots promised) leave the budget no page for it, and nothing is being
+        unplugged. Its own OOM killer must run now, not after the hook's 10 s. Anything less
+        certain waits: the hook waits for a grant, and one comes once a neighbour is cut
+        (a guest that fills beside others is served when they stop growing)."""
+        if not self.waiting_since or self.acting:
             return
-        for name in list(self.emergency):
-            c = self.counters.get(name)
+        now = time.monotonic()
+        need = self.ledger.held()
+        for n, e in self.ledger.entries.items():
+            a = self.assessed.get(n)
+            need += a.must if a is not None else e.hi
+        if need + len(self.waiting_since) * MIB <= self.ledger.budget:
+            return
+        for name, since in list(self.waiting_since.items()):
             sup = running.get(name)
-            if sup is not None and c is not None and c.waiting:
-                await self.act.deny(name, sup.request_intr, "the budget cannot hold it")
+            if sup is not None and now - since >= DENY_AFTER:
+                await self.act.deny(name, sup.request_intr, "the working sets fill the budget")
+                self.waiting_since.pop(name, None)
                 self.emergency.pop(name, None)
 
     def _input(self, name: str, running: dict[str, "Supervisor"], full: bool) -> GuestInput:

@@ -383,9 +383,14 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
 
     lookahead = int(growth * cfg.lookahead)
     want = overhead + peak + buffer + lookahead + keep
-    if "oom" in signals or "oom-risk" in signals:
+    # MemAvailable near nothing is an emergency for a stock kernel (its next allocations
+    # meet its OOM killer); a kernel with the OOM hook plugs back what it needs itself, and
+    # giving it all it booted with would hand one guest the budget its neighbours, filling
+    # at the same moment, wait for.
+    risk = "oom-risk" in signals and not g.hook
+    if "oom" in signals or risk:
         level, want, reason = "emergency", g.max, "out of memory: give it all back"
-    elif {"stall", "dscan", "refault", "swap", "low"} & set(signals):
+    elif {"stall", "dscan", "refault", "swap", "low", "oom-risk"} & set(signals):
         level = "pressure"
         want = max(want, g.plugged + max(buffer, int(cfg.loosen_frac * g.plugged)))
         reason = "pressure (" + ",".join(signals) + "): loosen"
