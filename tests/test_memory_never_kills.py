@@ -35,7 +35,6 @@ from tests.test_memory_guest import proc, top, wait_for, write_script
 from warden.images import debian
 from warden.images.store import ImageStore
 from warden.kernel import build as kbuild
-from warden.kernel.source import gather
 from warden.memory.hook import parse_counters
 from warden.memory.procfs import parse_vmstat
 from warden.progress import NullProgress, PlainProgress
@@ -57,9 +56,8 @@ echo "HOG $? $(stat -c %s /tmp/hog)" > /run/hog.res"""
 def warden_kernel() -> Path:
     """warden's kernel (the patch series with the OOM hook) by its cache key: the built file
     itself, not a home's link to it, which another test session may point elsewhere."""
-    lay = shared_layout()
-    kbuild.build(lay, "honeypot", PlainProgress("kernel honeypot", sys.__stderr__))
-    return kbuild.cache_dir(lay) / gather("honeypot").key / "linux"
+    progress = PlainProgress("kernel honeypot", sys.__stderr__)
+    return kbuild.cached(shared_layout(), "honeypot", progress) / "linux"
 
 
 def scenario_fleet(kernel: str, watch: float = 0.1, debian_guests: tuple[str, ...] = ()) -> str:

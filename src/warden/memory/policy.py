@@ -654,9 +654,11 @@ def plan_credits(
 ) -> tuple[Credit, ...]:
     """The reserve, armed: each guest with the OOM hook holds an equal share of it as credit,
     never more than it has unplugged after this plan (credit beyond that is never used).
-    A guest busy within the last `hold` seconds keeps what emergency grants gave it (the
-    driver grants those when a guest plugs back or waits); a calm one gives back what is
-    above its share. `room`: budget left after the plan's plugs."""
+    A guest busy now (short, or growing) keeps what emergency grants gave it (the driver
+    grants those when a guest plugs back or waits); any other gives back what is above its
+    share at once: four guests filling together, each finished one held its grant for the
+    `hold` seconds of its calm period and the last one waited in its hook until it gave up.
+    `room`: budget left after the plan's plugs."""
     hooked = [g for g in guests if g.hook]
     if not hooked:
         return ()
@@ -665,8 +667,8 @@ def plan_credits(
     out: list[Credit] = []
     for g in hooked:  # take back first: it makes room for the grants
         a = assessments.get(g.name)
-        if a is None or a.busy or a.stressed:
-            continue  # unobservable, or it may need what it has now
+        if a is None or a.busy:
+            continue  # unobservable, or it needs what it has now
         if g.credit - share >= cfg.min_change:
             out.append(Credit(g.name, -(g.credit - share), "above its share of the reserve"))
             room += min(g.credit, g.max - g.plugged) - min(share, g.max - g.plugged)
