@@ -107,6 +107,7 @@ class Balancer:
         self.rescues: dict[str, asyncio.Task[None]] = {}
         self.emergency: dict[str, int] = {}  # credit owed to guests out of memory (a hold)
         self.waiting_since: dict[str, float] = {}  # guests seen waiting in their OOM hook
+        self.plugged_back: set[str] = set()  # guests whose hook plugged back since the last plan
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
         self.peak_total = 0
         self.over = 0  # ticks that found the ledger above the budget
@@ -349,6 +350,7 @@ class Balancer:
         self.hinted.discard(name)
         self.emergency.pop(name, None)
         self.waiting_since.pop(name, None)
+        self.plugged_back.discard(name)
         self.counters.pop(name, None)
         self.act.forget(name)
         self._dirty = True
@@ -425,6 +427,7 @@ class Balancer:
             host_available=self.host_available,
             fastest=self.fastest,
         )
+        self.plugged_back -= set(plan.assessments)  # each plug-back is one plan's signal
         if plan.fastest > self.fastest:
             self.fastest = plan.fastest
             self._dirty = True
@@ -575,11 +578,18 @@ class Balancer:
     async def _rescue(self, name: str, sup: "Supervisor") -> None:
         while name in self.hinted:
             self.hinted.discard(name)
+            before = self.counters.get(name)
             c = await self.act.sync(name, sup.request_intr)
             e = self.ledger.entries.get(name)
             if c is None or e is None:
                 return
             self.counters[name] = c
+            if before is not None and c.plugged > before.plugged:
+                # It ran out: plan for it now, as an emergency (its MemAvailable shows what the
+                # credit gave, not what it is filling), not at the next watch tick.
+                self.plugged_back.add(name)
+                self.hot_until[name] = time.monotonic() + self.cfg.hold
+                self._wake.set()
             want = self._rescue_size(c)
             room = min(self.ledger.free(include_holds=False), e.max - e.hi - e.credit)
             amount = pages(min(want - e.credit, room))
@@ -648,6 +658,7 @@ class Balancer:
             host_usage=self.host_usage.get(name),
             hook=e.hook,
             credit=e.credit,
+            plugged_back=observable and name in self.plugged_back,
         )
 
     async def _execute(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:

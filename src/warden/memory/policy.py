@@ -24,8 +24,9 @@ Per guest, in bytes of its boot size (`memory`, the most it can have):
     target    want, clamped to [must, memory]; a pin (`warden mem set`) replaces want.
 
 Pressure signals, from /proc/vmstat deltas and MemAvailable:
-    emergency  an OOM kill, or MemAvailable below the safety margin: target = memory
-               (give everything back at once: Senpai loosens up to 100%)
+    emergency  an OOM kill, MemAvailable below the safety margin, or (warden's kernel) a
+               plug-back by its OOM hook: target = memory (give everything back at once:
+               Senpai loosens up to 100%)
     pressure   direct reclaim (allocstall, pgscan_direct), refaults of evicted cache, swap
                traffic, or MemAvailable below half the buffer: target >= plugged +
                max(buffer, 25%)
@@ -109,6 +110,7 @@ class GuestInput:
     host_usage: int | None = None  # the guest's cgroup memory on the host
     hook: bool = False  # its kernel plugs memory back by itself when out of it
     credit: int = 0  # what that hook may plug back now (in the budget already)
+    plugged_back: bool = False  # its hook plugged memory back since the last plan
     headroom: int = 0  # without the hook: free memory kept for one reaction (stock_headroom)
 
     @property
@@ -332,6 +334,8 @@ def _signals(
     # back and cut again on every tick).
     if at_cut:
         return tuple(out)
+    if g.plugged_back:
+        out.append("plugback")  # it ran out (the credit hides it in MemAvailable)
     if g.mem.available < safety:
         out.append("oom-risk")
     elif g.mem.available < buffer // 2:
@@ -383,14 +387,9 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
 
     lookahead = int(growth * cfg.lookahead)
     want = overhead + peak + buffer + lookahead + keep
-    # MemAvailable near nothing is an emergency for a stock kernel (its next allocations
-    # meet its OOM killer); a kernel with the OOM hook plugs back what it needs itself, and
-    # giving it all it booted with would hand one guest the budget its neighbours, filling
-    # at the same moment, wait for.
-    risk = "oom-risk" in signals and not g.hook
-    if "oom" in signals or risk:
+    if {"oom", "oom-risk", "plugback"} & set(signals):
         level, want, reason = "emergency", g.max, "out of memory: give it all back"
-    elif {"stall", "dscan", "refault", "swap", "low", "oom-risk"} & set(signals):
+    elif {"stall", "dscan", "refault", "swap", "low"} & set(signals):
         level = "pressure"
         want = max(want, g.plugged + max(buffer, int(cfg.loosen_frac * g.plugged)))
         reason = "pressure (" + ",".join(signals) + "): loosen"
