@@ -165,8 +165,24 @@ def burst(
         if kills:
             tally.oom_kills += kills
             tally.notes.append(f"cycle {tally.cycles} {n}: {kills} OOM kills")
+            tally.notes.append(explain_oom(d, n))
         if n in names:
             d.console(n, "rm -f /tmp/hog\n", timeout=0.2)
+
+
+def explain_oom(d: DaemonProc, name: str) -> str:
+    """What the guest's kernel said about an OOM kill (the hook says why it gave up; the
+    report, how much was free and in tmpfs), and the balancer's last records of the guest."""
+    pattern = "-e oomplug -e 'Killed process' -e 'invoked oom' -e 'Normal free' -e 'shmem:'"
+    said = d.console(name, f"dmesg | grep {pattern} | tail -6\n", 0.8)
+    log = d.layout.home / "memory" / "log"
+    recs = [
+        line
+        for f in sorted(log.glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+        if f'"g":"{name}"' in line and '"k":"tick"' not in line
+    ]
+    return f"{name} kernel: {said[-1500:]!r}\n{name} balancer:\n" + "\n".join(recs[-25:])
 
 
 def hook_counters(d: DaemonProc) -> dict[str, str]:

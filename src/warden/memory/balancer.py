@@ -603,9 +603,10 @@ class Balancer:
                 self.waiting_since.setdefault(name, time.monotonic())
             else:
                 self.waiting_since.pop(name, None)
-            if owed >= PAGE and c.unplugged > e.credit:
-                # Nothing free in the budget now: the next plan makes room for it (a hold),
-                # and the tick after it grants it (or denies, if even the floors leave none).
+            if c.waiting and owed >= PAGE and c.unplugged > e.credit:
+                # It waits and nothing is free in the budget now: the next plan makes room for
+                # it (a hold), and the tick after grants it (or, if the working sets alone
+                # fill the budget, a denial ends the wait).
                 self.emergency[name] = owed
                 self._wake.set()
             else:
@@ -680,6 +681,7 @@ class Balancer:
         self._dirty = True
 
     async def _unplug(self, u: Unplug, sup: "Supervisor") -> int:
+        entry = self.ledger.entries.get(u.guest)
         try:
             return await self.act.unplug(
                 u.guest,
@@ -692,7 +694,7 @@ class Balancer:
                 expect_used=u.used,
                 spare=u.spare,
                 headroom=u.headroom,
-                hook=self.ledger.entries[u.guest].hook if u.guest in self.ledger.entries else False,
+                hook=entry is not None and entry.hook,
             )
         finally:
             self.acting.pop(u.guest, None)
