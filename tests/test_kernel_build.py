@@ -164,11 +164,13 @@ def test_the_repository_series_and_fragment() -> None:
         "0001-tty-log.patch",
         "0002-proc-disguise.patch",
         "0003-cpuid-emulation.patch",
+        "0004-memory-oom-plug.patch",
         "0010-uml-persona.patch",
     ]
     files = {f for p in patches for f in p.files()}
     assert {"arch/um/kernel/tty_log.c", "drivers/tty/tty_io.c", "fs/proc/disguise.c"} <= files
     assert "arch/um/kernel/persona.c" in files
+    assert "arch/um/drivers/mconsole_kern.c" in set(patches[-2].files())
     assert "arch/x86/um/signal.c" in files
     fragment = source.read_fragment(REPO_KERNEL / "honeypot.config")
     assert ConfigLine("CONFIG_UML_TTY_LOG", "y") in fragment

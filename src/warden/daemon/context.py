@@ -24,6 +24,7 @@ from warden.store import Store
 
 if TYPE_CHECKING:
     from warden.daemon.supervisor import Supervisor
+    from warden.uml.mconsole import Notify
 
 log = logging.getLogger("warden.daemon")
 
@@ -112,6 +113,9 @@ class Context:
     logs: LogFactory = null_logs
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
     _gate_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    # Notify types a feature takes (int: warden.uml.mconsole.NotifyType), called at once
+    # from the socket's reader; anything else becomes a guest-notify event.
+    on_notify: dict[int, Callable[["Supervisor", "Notify"], None]] = field(default_factory=dict)
 
     def event(self, machine: str | None, kind: str, **detail: Any) -> None:
         """An event the daemon itself decided on: always stored (off the loop: store.py)."""

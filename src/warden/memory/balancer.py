@@ -10,6 +10,15 @@ It is also a BootHook: admission (floors) before a start, room in the budget for
 size before the launch (a guest boots with all of `memory` plugged), the ledger reset when a
 kernel comes up (again, after a reboot: UML re-execs with its whole boot size) and released
 when it exits.
+
+Guests whose kernel has the OOM hook (kernel/0004; found at "up": `help` lists `oomplug`)
+hold a share of the emergency reserve as credit and plug it back themselves when they run
+out. Their MEMORY notify is a hint: it starts a rescue (one task per guest, hints coalesced)
+that reads the kernel's counters, books what was plugged back and grants credit again, from
+the free budget at once or, when the budget has none, through a hold the next plan makes
+room for; a guest that no plan can serve even with everyone at their floors is denied (its
+own OOM killer runs: its work does not fit the budget). See
+docs/decisions/2026-12-07-memory-never-kills.md.
 """
 
 import asyncio
@@ -17,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -26,6 +36,7 @@ from warden.daemon.context import BootExtras
 from warden.errors import Conflict, NotFound, SpecError, WardenError
 from warden.memory import observe
 from warden.memory.act import Actuator
+from warden.memory.hook import Counters, hint_waiting
 from warden.memory.ledger import SNAP, Entry, Ledger, estimate_plugged, pages
 from warden.memory.policy import (
     MIB,
@@ -40,9 +51,10 @@ from warden.memory.policy import (
     assess,
     decide,
     set_refusal,
+    stock_headroom,
 )
-from warden.memory.procfs import Meminfo, ProcfsError, Vmstat, Watermarks
-from warden.memory.record import LogWriter, load_state, memory_dir, save_state
+from warden.memory.procfs import PAGE, Meminfo, ProcfsError, Vmstat, Watermarks
+from warden.memory.record import LogWriter, load_fastest, load_state, memory_dir, save_state
 from warden.tasks import cancel, spawn
 from warden.units import format_size, parse_size
 
@@ -63,6 +75,10 @@ HOT_MOVE = 2 * MIB  # MemAvailable moving this much between reads makes a guest 
 # One guest's reading in a tick: a guest that answers slowly or endlessly (a hostile kernel
 # can) is skipped after this and probed aside, so it holds up no other guest's tick.
 OBSERVE_DEADLINE = 2.0
+RESCUE_MIN = 32 * MIB  # the least credit a guest that ran out is granted again at once...
+RESCUE_HORIZON = 0.1  # ...or this long of the fleet's fastest growth, if more
+RESCUE_GAP = 0.005  # seconds between two rescues of one guest (hints may come in floods)
+DENY_AFTER = 2.0  # seconds a guest waits in its OOM hook before a hopeless wait is ended
 
 
 class Balancer:
@@ -88,6 +104,13 @@ class Balancer:
         # quiet guest is not read on every watch tick; one with an unplug in flight is not).
         self.assessed: dict[str, Assessment] = {}
         self.host_available: int | None = None
+        self.fastest = 0.0  # the fleet's fastest growth of `used` seen (bytes/s)
+        self.counters: dict[str, Counters] = {}  # each hooked guest's latest `oomplug` reply
+        self.hinted: set[str] = set()  # guests whose MEMORY notify awaits a rescue
+        self.rescues: dict[str, asyncio.Task[None]] = {}
+        self.emergency: dict[str, int] = {}  # credit owed to guests out of memory (a hold)
+        self.waiting_since: dict[str, float] = {}  # guests seen waiting in their OOM hook
+        self.plugged_back: set[str] = set()  # guests whose hook plugged back since the last plan
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
         self.peak_total = 0
         self.over = 0  # ticks that found the ledger above the budget
@@ -134,6 +157,9 @@ class Balancer:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
+        for rescue in list(self.rescues.values()):
+            await cancel(rescue)
+        self.rescues.clear()
         if self.acting:  # let steps in flight end: the ledger then knows what they did
             await asyncio.wait(list(self.acting.values()), timeout=10)
         for acting in list(self.acting.values()):
@@ -154,6 +180,7 @@ class Balancer:
         except WardenError as err:
             log.error("%s", err)
             saved = {}
+        self.fastest = load_fastest(path)
         for name, sup in self.daemon.sups.items():
             if sup.machine.state not in m.LIVE or sup.machine.pid is None:
                 continue
@@ -162,6 +189,7 @@ class Balancer:
             if s is not None and trusted:
                 e = self.ledger.adopt(name, s.max, s.lo, s.hi)
                 e.baseline, e.pin = s.baseline, s.pin
+                e.hook, e.credit, e.selfplugged = s.hook, s.credit, s.selfplugged
             else:
                 e = self.ledger.adopt(name, sup.spec.memory, None, None)
             e.pid, e.pid_start = sup.machine.pid, sup.pid_start
@@ -218,11 +246,17 @@ class Balancer:
         while self.ledger.free(include_holds=False) < size:
             if sup.machine.state is not m.State.STARTING:
                 raise Conflict(f"{name}: the start was cancelled while it waited for memory")
-            booting = [n for n, e in self.ledger.entries.items() if e.booting or n in self.settle]
+            # Guests still booting, or up but not yet assessed (nothing is known of what they
+            # can give: one just up, before its first plan, would count as giving nothing).
+            unknown = [
+                n
+                for n, e in self.ledger.entries.items()
+                if n != name and (e.booting or n in self.settle or n not in self.assessed)
+            ]
             spare = self._spare(exclude=name)
             free = self.ledger.free(include_holds=False)
             # Not while unplugs run: they are making room, and their guests are in no plan.
-            hopeless = not booting and not self.acting and free + spare < size
+            hopeless = not unknown and not self.acting and free + spare < size
             if hopeless or time.monotonic() > deadline:
                 msg = (
                     f"cannot start {name}: it boots with all of its memory "
@@ -274,9 +308,25 @@ class Balancer:
             self.marks[name] = await observe.watermarks(sup.request, size=size)
         except WardenError:
             self.marks.pop(name, None)  # the policy falls back on the kernel's rule of thumb
-        self._record("ev", g=name, what="reboot" if rebooted else "up", max=size // 1024)
+        # The first `oomplug` also tells the kernel that its host grants credit (before it,
+        # its hook never waits for one).
+        self.counters.pop(name, None)
+        e.hook = await self._speaks_oomplug(sup)
+        c = await self.act.sync(name, sup.request_intr) if e.hook else None
+        if c is not None:
+            self.counters[name] = c
+        self._record(
+            "ev", g=name, what="reboot" if rebooted else "up", max=size // 1024, hook=e.hook
+        )
         self._dirty = True
         self._wake.set()
+
+    async def _speaks_oomplug(self, sup: "Supervisor") -> bool:
+        """Whether the guest's kernel has the OOM hook: its `help` lists `oomplug`."""
+        try:
+            return "oomplug" in await sup.request("help", 1.0)
+        except (WardenError, OSError):
+            return False
 
     async def after_exit(self, sup: "Supervisor") -> None:
         self._release(sup.name, "exit")
@@ -297,6 +347,14 @@ class Balancer:
         task = self.silent.pop(name, None)
         if task is not None:
             task.cancel()
+        rescue = self.rescues.pop(name, None)
+        if rescue is not None:
+            rescue.cancel()
+        self.hinted.discard(name)
+        self.emergency.pop(name, None)
+        self.waiting_since.pop(name, None)
+        self.plugged_back.discard(name)
+        self.counters.pop(name, None)
         self.act.forget(name)
         self._dirty = True
         self._save()
@@ -368,9 +426,14 @@ class Balancer:
             self.memos,
             self.cfg,
             time.monotonic(),
-            hold=self.ledger.held(),
+            hold=self.ledger.held() + sum(self.emergency.values()),
             host_available=self.host_available,
+            fastest=self.fastest,
         )
+        self.plugged_back -= set(plan.assessments)  # each plug-back is one plan's signal
+        if plan.fastest > self.fastest:
+            self.fastest = plan.fastest
+            self._dirty = True
         self.memos = dict(plan.memos)
         self.plan = plan
         self.assessed.update(plan.assessments)
@@ -380,8 +443,10 @@ class Balancer:
                 self.hot_until[n] = now + self.cfg.hold
         if plan.actions:
             await self._execute(plan, running)
+        await self._arm(plan, running)
+        await self._deny_hopeless(running)
+        self._peak(None)
         total = self.ledger.total()
-        self.peak_total = max(self.peak_total, total)
         if total > self.ledger.budget:
             self.over += 1
             if full:
@@ -416,6 +481,8 @@ class Balancer:
             return False
         if not e.certain:
             await self.act.reconcile(name, sup.request)
+        if e.hook and full:
+            await self._settle(name, sup)
         try:
             mem = await observe.meminfo(sup.request, size=e.max)
             if full:
@@ -438,7 +505,8 @@ class Balancer:
             self._dirty = True
         if full:
             self.host_usage[name] = observe.cgroup_memory(sup.cgroup)
-            if e.certain and e.baseline is not None and self.ticks % DRIFT_EVERY == 0:
+            stock = not e.hook  # a hooked kernel's own count settles it every full tick
+            if stock and e.certain and e.baseline is not None and self.ticks % DRIFT_EVERY == 0:
                 est = estimate_plugged(mem, e.max, e.baseline)
                 if abs(est - e.hi) > DRIFT:
                     self._record("ev", g=name, what="drift", est=est // 1024, hi=e.hi // 1024)
@@ -458,6 +526,128 @@ class Balancer:
         if self.silent.pop(name, None) is not None:
             self._record("ev", g=name, what="answers")
             self._wake.set()
+
+    async def _settle(self, name: str, sup: "Supervisor") -> None:
+        """The kernel's own counters: what it plugged back, its credit and (with no action
+        in flight) what is plugged, exactly."""
+        c = await self.act.sync(name, sup.request_intr)
+        if c is None:
+            return
+        self.counters[name] = c
+        e = self.ledger.entries.get(name)
+        if e is None or not e.certain or self.act.lock(name).locked():
+            return
+        moved = self.ledger.settle(name, c)
+        if moved is not None:
+            self._record("ev", g=name, what="settle", hi=moved[0] // 1024, now=moved[1] // 1024)
+            self._dirty = True
+
+    # ---- the OOM hook: arming, hints, rescues -----------------------------------------------
+    async def _arm(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:
+        """The plan's credits (each hooked guest's share of the reserve; what it takes back
+        first), then what guests that ran out are still owed."""
+        for c in sorted(plan.credits, key=lambda c: c.amount):
+            sup = running.get(c.guest)
+            if sup is None or c.guest in self.silent or c.guest in self.emergency:
+                continue
+            if c.amount < 0 and self._rescuing(c.guest):
+                continue  # a rescue may just have granted it; a later calm plan takes it
+            await self.act.credit(c.guest, sup.request_intr, c.amount, c.why)
+            self._dirty = True
+        for name in list(self.emergency):
+            sup = running.get(name)
+            if sup is None:
+                self.emergency.pop(name, None)
+            else:
+                self._start_rescue(name, sup)
+
+    def _rescuing(self, name: str) -> bool:
+        task = self.rescues.get(name)
+        return name in self.hinted or (task is not None and not task.done())
+
+    def _start_rescue(self, name: str, sup: "Supervisor") -> None:
+        self.hinted.add(name)
+        task = self.rescues.get(name)
+        if task is None or task.done():
+            self.rescues[name] = spawn(self._rescue(name, sup), f"memory-rescue:{name}")
+
+    def memory_notified(self, sup: "Supervisor", data: bytes) -> None:
+        """A MEMORY notify from the guest's kernel: a hint, never trusted. It only makes the
+        balancer ask the kernel itself, one rescue at a time per guest (hints coalesce)."""
+        name = sup.name
+        e = self.ledger.entries.get(name)
+        if e is None or not e.hook or sup.machine.state is not m.State.RUNNING:
+            return
+        if hint_waiting(data):
+            self.hot_until[name] = time.monotonic() + self.cfg.hold
+        self._start_rescue(name, sup)
+
+    def _rescue_size(self, c: Counters) -> int:
+        """The credit a guest that ran out holds again: RESCUE_MIN, or what the fleet's
+        fastest growth fills in RESCUE_HORIZON if more, up to all it has unplugged."""
+        return pages(min(c.unplugged, max(RESCUE_MIN, int(self.fastest * RESCUE_HORIZON))))
+
+    async def _rescue(self, name: str, sup: "Supervisor") -> None:
+        while name in self.hinted:
+            self.hinted.discard(name)
+            before = self.counters.get(name)
+            c = await self.act.sync(name, sup.request_intr)
+            e = self.ledger.entries.get(name)
+            if c is None or e is None:
+                return
+            self.counters[name] = c
+            if before is not None and c.plugged > before.plugged:
+                # It ran out: plan for it now, as an emergency (its MemAvailable shows what the
+                # credit gave, not what it is filling), not at the next watch tick.
+                self.plugged_back.add(name)
+                self.hot_until[name] = time.monotonic() + self.cfg.hold
+                self._wake.set()
+            want = self._rescue_size(c)
+            room = min(self.ledger.free(include_holds=False), e.max - e.hi - e.credit)
+            amount = pages(min(want - e.credit, room))
+            if amount >= PAGE:
+                got = await self.act.credit(name, sup.request_intr, amount, "it ran out of memory")
+                c = got or c
+                if got is not None:
+                    self.counters[name] = got
+            owed = pages(want - e.credit)
+            if c.waiting:
+                self.waiting_since.setdefault(name, time.monotonic())
+            else:
+                self.waiting_since.pop(name, None)
+            if c.waiting and owed >= PAGE and c.unplugged > e.credit:
+                # It waits and nothing is free in the budget now: the next plan makes room for
+                # it (a hold), and the tick after grants it (or, if the working sets alone
+                # fill the budget, a denial ends the wait).
+                self.emergency[name] = owed
+                self._wake.set()
+            else:
+                self.emergency.pop(name, None)
+            self._dirty = True
+            await asyncio.sleep(RESCUE_GAP)
+
+    async def _deny_hopeless(self, running: dict[str, "Supervisor"]) -> None:
+        """A guest that has waited in its OOM hook for DENY_AFTER while nothing could serve
+        it: the working sets alone (every guest's `must`, the plugged size of those not
+        assessed, the boots promised) leave the budget no page for it, and nothing is being
+        unplugged. Its own OOM killer must run now, not after the hook's 10 s. Anything less
+        certain waits: the hook waits for a grant, and one comes once a neighbour is cut
+        (a guest that fills beside others is served when they stop growing)."""
+        if not self.waiting_since or self.acting:
+            return
+        now = time.monotonic()
+        need = self.ledger.held()
+        for n, e in self.ledger.entries.items():
+            a = self.assessed.get(n)
+            need += a.must if a is not None else e.hi
+        if need + len(self.waiting_since) * MIB <= self.ledger.budget:
+            return
+        for name, since in list(self.waiting_since.items()):
+            sup = running.get(name)
+            if sup is not None and now - since >= DENY_AFTER:
+                await self.act.deny(name, sup.request_intr, "the working sets fill the budget")
+                self.waiting_since.pop(name, None)
+                self.emergency.pop(name, None)
 
     def _input(self, name: str, running: dict[str, "Supervisor"], full: bool) -> GuestInput:
         e = self.ledger.entries[name]
@@ -479,6 +669,9 @@ class Balancer:
             vm=self.vm.get(name) if observable and full else None,  # vmstat: full ticks
             marks=self.marks.get(name),
             host_usage=self.host_usage.get(name),
+            hook=e.hook,
+            credit=e.credit,
+            plugged_back=observable and name in self.plugged_back,
         )
 
     async def _execute(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:
@@ -500,6 +693,7 @@ class Balancer:
         self._dirty = True
 
     async def _unplug(self, u: Unplug, sup: "Supervisor") -> int:
+        entry = self.ledger.entries.get(u.guest)
         try:
             return await self.act.unplug(
                 u.guest,
@@ -511,6 +705,8 @@ class Balancer:
                 u.why,
                 expect_used=u.used,
                 spare=u.spare,
+                headroom=u.headroom,
+                hook=entry is not None and entry.hook,
             )
         finally:
             self.acting.pop(u.guest, None)
@@ -518,9 +714,17 @@ class Balancer:
             self._wake.set()
 
     # ---- records --------------------------------------------------------------------------
+    def _peak(self, g: str | None) -> None:
+        """The budget's high-water mark, at every action and boot, not only every tick."""
+        total = self.ledger.total()
+        if total > self.peak_total and total > self.ledger.budget and self.log is not None:
+            # A new high above the budget: who held what, for the one who reads the log.
+            held = {n: [e.hi // 1024, e.credit // 1024] for n, e in self.ledger.entries.items()}
+            self.log.write("ev", g=g, what="peak", kib=total // 1024, held=held)
+        self.peak_total = max(self.peak_total, total)
+
     def _record(self, kind: str, **fields: Any) -> None:
-        # The budget's high-water mark, at every action and boot, not only every tick.
-        self.peak_total = max(self.peak_total, self.ledger.total())
+        self._peak(fields.get("g"))
         if self.log is not None:
             self.log.write(kind, **fields)
         self.recent.append({"k": kind, "t": round(time.time(), 3), **fields})
@@ -549,6 +753,7 @@ class Balancer:
                 "tick",
                 budget=plan.budget // 1024,
                 plugged=self.ledger.total() // 1024,
+                credit=self.ledger.credit() // 1024,
                 host_avail=_kib(self.host_available),
                 g=guests,
             )
@@ -558,7 +763,11 @@ class Balancer:
             return
         self._dirty = False
         try:
-            save_state(memory_dir(self.daemon.layout.home) / "state.json", self.ledger.entries)
+            save_state(
+                memory_dir(self.daemon.layout.home) / "state.json",
+                self.ledger.entries,
+                self.fastest,
+            )
         except OSError as e:
             log.error("saving the balancer state: %s", e)
 
@@ -573,8 +782,13 @@ class Balancer:
         return {
             "budget": self.cfg.budget,
             "effective_budget": plan.budget if plan is not None else self.cfg.budget,
-            "plugged": self.ledger.total(),
-            "held": self.ledger.held(),
+            "plugged": self.ledger.total() - self.ledger.credit(),
+            # The emergency reserve, in the budget: what the plan leaves unplugged for the
+            # guests' OOM hooks, and how much of it they hold as credit now.
+            "reserve": plan.reserve if plan is not None else 0,
+            "credit": self.ledger.credit(),
+            "fastest": int(self.fastest),
+            "held": self.ledger.held() + sum(self.emergency.values()),
             "free": self.ledger.free(),
             "peak_plugged": self.peak_total,
             "over_budget_ticks": self.over,
@@ -602,10 +816,24 @@ class Balancer:
             "doubt": e.doubt,
             "booting": e.booting or name in self.settle,
             "pin": e.pin,
+            "hook": e.hook,
+            "credit": e.credit,
             "host_usage": self.host_usage.get(name),
             "signals": list(memo.signals) if memo is not None else [],
             "last_actions": [r for r in self.recent if r["k"] == "act" and r.get("g") == name][-3:],
         }
+        c = self.counters.get(name)
+        if c is not None:
+            out["oom_hook"] = {
+                "plugged_back": c.plugged,
+                "events": c.events,
+                "waits": c.waits,
+                "timeouts": c.timeouts,
+                "denials": c.denials,
+                "last_us": c.last_us,
+                "max_us": c.max_us,
+                "mean_us": round(c.mean_us, 1),
+            }
         if a is not None:
             out.update(
                 used=a.used,
@@ -651,7 +879,10 @@ class Balancer:
             plugged=e.hi,
             mem=mem,
             marks=self.marks.get(name),
+            hook=e.hook,
+            credit=e.credit,
         )
+        g = replace(g, headroom=stock_headroom(g, self.fastest, self.cfg))
         a, _ = assess(g, self.memos.get(name, Memo()), self.cfg, time.monotonic())
         others = [x for n, x in self.assessed.items() if n != name]
         refusal = set_refusal(name, size, g, a, self.ledger.free(), others)
