@@ -495,7 +495,8 @@ def paired(bounds: FilterBounds | None = None) -> tuple[DisguiseServer, socket.s
 
 def children() -> set[int]:
     """Processes this test process has started and not yet reaped."""
-    return {int(p) for t in Path("/proc/self/task").glob("*/children") for p in t.read_text().split()}
+    tasks = Path("/proc/self/task").glob("*/children")
+    return {int(pid) for t in tasks for pid in t.read_text().split()}
 
 
 def test_a_flood_of_disguise_requests_runs_a_bounded_number_of_filters(
