@@ -332,10 +332,25 @@ def install(layout: Layout, name: str, built: Path) -> Path:
     except OSError:
         shutil.copy2(built / "linux", tmp)
     os.replace(tmp, dest)
+    # rename(2) of two links to one file does nothing and leaves the temporary name behind
+    tmp.unlink(missing_ok=True)
+    for old in dest_dir.glob(".linux.tmp*"):  # of installers that died or hit the above
+        if not _alive(old.name.removeprefix(".linux.tmp")):
+            old.unlink(missing_ok=True)
     meta_tmp = dest_dir / f".meta.json.tmp{os.getpid()}"
     shutil.copyfile(built / "meta.json", meta_tmp)
     os.replace(meta_tmp, dest_dir / "meta.json")
     return dest
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def ls(layout: Layout) -> list[KernelInfo]:
