@@ -50,6 +50,18 @@ def result(
     )
 
 
+def kernel_spec(env: str) -> str:
+    """A benchmark fleet's `kernel`: warden's (the patch series' cached build, named by its
+    path: a home's link may be moved by another build; built first if missing), or Debian's
+    when the environment variable `env` is "stock"."""
+    if os.environ.get(env, "warden") == "stock":
+        return "stock"
+    from tests.support.honeypot import shared_layout
+    from warden.kernelbuild import build as kbuild
+
+    return str(kbuild.cached(shared_layout(), "honeypot") / "linux")
+
+
 def drop_home(home: Path, keep_env: str, keep: bool = False) -> None:
     """Delete a run's scratch WARDEN_HOME, or keep it (and say where) when `keep` or the
     environment variable `keep_env` is set: its daemon log and memory log, to read after."""

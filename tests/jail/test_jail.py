@@ -110,7 +110,8 @@ def test_audit_of_a_booted_guest(daemon: DaemonProc) -> None:
     assert {"mnt", "pid", "net", "ipc", "uts", "cgroup"} <= set(s["separate_namespaces"])
     # Nothing under the root; the ctl directory is only the kernel's working directory.
     assert r["root"]["entries"] == [] and s["files_under_root"] == 0
-    assert sorted(r["cwd"]["entries"]) == ["aud", "aud/mconsole", "notify", "reply"]
+    # (reply-intr: the socket the kernel's interrupt-time mconsole requests answer on, memory)
+    assert sorted(r["cwd"]["entries"]) == ["aud", "aud/mconsole", "notify", "reply", "reply-intr"]
     assert r["mounts"] == [r["mounts"][0]] and r["mounts"][0].startswith("/ (tmpfs")
     # Every fd of every process is one the kernel was given or made itself.
     home = str(daemon.layout.home)

@@ -4,6 +4,7 @@ make, gcc, strip) in the same steps as the honeypot kernel."""
 
 import itertools
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -164,11 +165,13 @@ def test_the_repository_series_and_fragment() -> None:
         "0001-tty-log.patch",
         "0002-proc-disguise.patch",
         "0003-cpuid-emulation.patch",
+        "0004-memory-oom-plug.patch",
         "0010-uml-persona.patch",
     ]
     files = {f for p in patches for f in p.files()}
     assert {"arch/um/kernel/tty_log.c", "drivers/tty/tty_io.c", "fs/proc/disguise.c"} <= files
     assert "arch/um/kernel/persona.c" in files
+    assert "arch/um/drivers/mconsole_kern.c" in set(patches[-2].files())
     assert "arch/x86/um/signal.c" in files
     fragment = source.read_fragment(REPO_KERNEL / "honeypot.config")
     assert ConfigLine("CONFIG_UML_TTY_LOG", "y") in fragment
@@ -220,6 +223,12 @@ def test_install_and_ls(
     (built / "meta.json").write_text(json.dumps(meta))
     path = kbuild.install(home, "honeypot", built)
     assert path == home.kernels / "honeypot" / "linux" and path.read_bytes() == b"\x7fELF fake"
+    # installing the same build again (every test run does) leaves no temporary link behind,
+    # and sweeps the one a dead installer left
+    dead = home.kernels / "honeypot" / ".linux.tmp999999999"
+    os.link(built / "linux", dead)
+    assert kbuild.install(home, "honeypot", built) == path
+    assert sorted(p.name for p in path.parent.iterdir()) == ["linux", "meta.json"]
     [info] = kbuild.ls(home)
     assert (info.name, info.key, info.version) == ("honeypot", "0123456789abcdef", "6.1.176")
     assert cli(["kernel", "ls", "--json"]) == 0

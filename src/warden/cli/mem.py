@@ -65,7 +65,8 @@ def table(snap: dict[str, Any]) -> str:
     """The text `warden top` shows (plain: it is also what --once prints into a pipe)."""
     lines = [
         f"budget {_mib(snap['budget'])} (now {_mib(snap['effective_budget'])})  "
-        f"plugged {_mib(snap['plugged'])}  free {_mib(snap['free'])}  "
+        f"plugged {_mib(snap['plugged'])}  reserve {_mib(snap.get('reserve', 0))} "
+        f"(credit {_mib(snap.get('credit', 0))})  free {_mib(snap['free'])}  "
         f"peak {_mib(snap['peak_plugged'])}  host available {_mib(snap['host_available'])}",
     ]
     q = termsafe.line  # guest names, notes and signals: escaped, as everything daemon-sent
@@ -76,6 +77,8 @@ def table(snap: dict[str, Any]) -> str:
     )
     for g in snap["guests"]:
         flag = "~" if not g["certain"] else ("*" if g.get("pin") else " ")
+        if flag == " " and g.get("hook"):
+            flag = "+"
         last = ""
         if g.get("last_actions"):
             a = g["last_actions"][-1]
@@ -93,7 +96,10 @@ def table(snap: dict[str, Any]) -> str:
         )
     if not snap["guests"]:
         lines.append("(no running guests)")
-    lines.append("~ uncertain (reconciling)   * pinned by `warden mem set`")
+    lines.append(
+        "~ uncertain (reconciling)   * pinned by `warden mem set`   + plugs memory back "
+        "itself when out of it (warden's kernel)"
+    )
     return "\n".join(lines)
 
 

@@ -44,6 +44,11 @@ class MachineFiles:
         return self.ctl / "reply"
 
     @property
+    def reply_intr(self) -> Path:
+        """The second client's reply socket (Supervisor.request_intr)."""
+        return self.ctl / "reply-intr"
+
+    @property
     def lines(self) -> Path:
         return self.root / "lines"
 

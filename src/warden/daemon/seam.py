@@ -22,6 +22,11 @@ Life cycle, as the daemon calls it (docs/architecture.md, "The path of a boot"):
     after_launch(guest, pid)     the kernel process exists (it is not up yet)
     on_up(guest)        the kernel answers its mconsole (also after a reboot)
     after_exit(guest)   the kernel and every process of the guest are gone
+    notified(guest, note)  a notification from the guest's kernel of a type the core does not
+                        handle itself (warden's kernel's MEMORY hint from its OOM hook): True
+                        if the feature took it (else it becomes a guest-notify event). Called
+                        from the socket's reader at whatever rate the guest sends: no await,
+                        bounded work (the balancer rate-limits its rescues)
     flush()             what the feature writes into guests' folders is on disk (before the
                         daemon archives a folder a killed daemon left behind)
 
@@ -43,6 +48,7 @@ from warden.host.cgroup import Cgroup, Hierarchy
 from warden.paths import Layout
 from warden.spec.fleet import Fleet, Machine
 from warden.store import Store
+from warden.uml.mconsole import Notify
 
 
 @dataclass
@@ -118,6 +124,11 @@ class Guest(Protocol):
     async def request(self, command: str, timeout: float | None = None) -> str:
         """An mconsole command; Conflict when the guest is not live, MconsoleError when it
         refuses or does not answer within `timeout`."""
+
+    async def request_intr(self, command: str, timeout: float | None = None) -> str:
+        """A command the guest answers in its interrupt handler (`oomplug`), on a client of
+        its own (ctl/reply-intr): never queued behind a `proc` or `config` the guest's work
+        queue has not served yet."""
 
 
 class Guests(Protocol):
@@ -218,6 +229,9 @@ class Feature(Protocol):
 
     async def after_exit(self, guest: Guest) -> None:
         return None
+
+    def notified(self, guest: Guest, note: Notify) -> bool:
+        return False
 
     async def flush(self) -> None:
         """Wait until what this feature writes into guests' folders is on disk (the console:

@@ -58,6 +58,7 @@ class Supervisor:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
+        self.mconsole_intr: mconsole.AsyncClient | None = None
         self._notify: mconsole.NotifyListener | None = None
         self._notify_budget = guestinput.notify_budget()
         self._notify_paused: asyncio.TimerHandle | None = None
@@ -213,6 +214,15 @@ class Supervisor:
         if self.mconsole is None or self.machine.state not in m.LIVE:
             raise Conflict(f"{self.name} is {self.machine.state}: its mconsole is not listening")
         return await self.mconsole.request(command, timeout)
+
+    async def request_intr(self, command: str, timeout: float | None = None) -> str:
+        """For commands the guest answers in its interrupt handler (`oomplug`): a client of
+        their own, because a client serializes its requests, and a `proc` or `config` the
+        guest's work queue has not served yet (it may be waiting for memory) would hold
+        them back."""
+        if self.mconsole_intr is None or self.machine.state not in m.LIVE:
+            raise Conflict(f"{self.name} is {self.machine.state}: its mconsole is not listening")
+        return await self.mconsole_intr.request(command, timeout)
 
     # ---- create, reset, destroy -----------------------------------------------------------
     def create(self) -> None:
@@ -380,11 +390,17 @@ class Supervisor:
         self.mconsole = mconsole.AsyncClient(
             self.files.mconsole, self.files.reply, relative_reply=True, accept=self._from_kernel
         )
+        self.mconsole_intr = mconsole.AsyncClient(
+            self.files.mconsole,
+            self.files.reply_intr,
+            relative_reply=True,
+            accept=self._from_kernel,
+        )
         # The kernel must be able to send to both: a jailed kernel runs as the guest's uid and
         # gid, which the jail hook made ctl/'s group (root:GID 1770); an unjailed one as root
         # (ctl/ root:root 0700). Never world-writable: another guest's uid could flood them.
         group = os.stat(self.files.ctl).st_gid
-        for sock in (self.files.notify, self.files.reply):
+        for sock in (self.files.notify, self.files.reply, self.files.reply_intr):
             os.chown(sock, 0, group)
             os.chmod(sock, 0o660 if group else 0o600)
         asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
@@ -403,6 +419,9 @@ class Supervisor:
         if self.mconsole is not None:
             self.mconsole.close()
             self.mconsole = None
+        if self.mconsole_intr is not None:
+            self.mconsole_intr.close()
+            self.mconsole_intr = None
 
     def _from_kernel(self, pid: int, uid: int) -> bool:
         """Whether a datagram on our sockets comes from this guest's kernel: its process once
@@ -446,6 +465,10 @@ class Supervisor:
                 pass  # counted in the tally: a kernel comes up once in a while, not often
             elif item.type is mconsole.NotifyType.SOCKET:
                 self._kernel_up()
+            elif any(f.notified(self, item) for f in self.ctx.features):
+                # a feature's own notify (warden's kernel's MEMORY hint): the feature bounds
+                # what it does with a flood of them (the balancer's RESCUE_GAP)
+                pass
             else:
                 self.ctx.guest_event(self.name, "guest-notify", type=item.type.name, text=item.text)
         if budget.tally.pending and self._notify_report is None:

@@ -300,6 +300,13 @@ def _build_into(inputs: BuildInputs, layout: Layout, out_dir: Path, progress: Pr
 
 def build(layout: Layout, name: str = "honeypot", progress: Progress | None = None) -> Path:
     """The kernel `name`, built (or taken from the cache) and installed in this home."""
+    return install(layout, name, cached(layout, name, progress))
+
+
+def cached(layout: Layout, name: str = "honeypot", progress: Progress | None = None) -> Path:
+    """The cache directory of the kernel `name` as the current series builds it, built first
+    if missing. Its `linux` never changes (the key names its inputs): a fleet can name it by
+    path where a home's link, which the next build in that home moves, would not do."""
     p = progress or NullProgress()
     install_dependencies(p)
     inputs = gather(name)
@@ -310,7 +317,7 @@ def build(layout: Layout, name: str = "honeypot", progress: Progress | None = No
                 _build_into(inputs, layout, out_dir, p)
     else:
         p.step(f"kernel {name} {inputs.key} is in the cache")
-    return install(layout, name, out_dir)
+    return out_dir
 
 
 def install(layout: Layout, name: str, built: Path) -> Path:
@@ -325,10 +332,25 @@ def install(layout: Layout, name: str, built: Path) -> Path:
     except OSError:
         shutil.copy2(built / "linux", tmp)
     os.replace(tmp, dest)
+    # rename(2) of two links to one file does nothing and leaves the temporary name behind
+    tmp.unlink(missing_ok=True)
+    for old in dest_dir.glob(".linux.tmp*"):  # of installers that died or hit the above
+        if not _alive(old.name.removeprefix(".linux.tmp")):
+            old.unlink(missing_ok=True)
     meta_tmp = dest_dir / f".meta.json.tmp{os.getpid()}"
     shutil.copyfile(built / "meta.json", meta_tmp)
     os.replace(meta_tmp, dest_dir / "meta.json")
     return dest
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def ls(layout: Layout) -> list[KernelInfo]:

@@ -13,6 +13,12 @@ when the list is empty: it cannot plug past the boot size.
 Failures (a timeout, an error reply) leave the ledger uncertain; `reconcile` then reads the
 guest's meminfo until two readings agree and settles the entry from the estimate
 (docs/formats/memlog.md). While uncertain, a guest gets no other action.
+
+A kernel with the OOM hook (kernel/0004) unplugs only what is free above its low watermark
+and answers what it did (`done=`): the ledger takes that, not what was asked. Its credit is
+moved by `oomplug`, which the guest serves in interrupt context (it answers while its
+mconsole work queue waits for memory); credit commands have their own lock, apart from the
+plug/unplug lock, so that an emergency grant never waits behind an unplug step.
 """
 
 import asyncio
@@ -22,6 +28,7 @@ from typing import Any
 
 from warden.errors import WardenError
 from warden.memory import observe
+from warden.memory.hook import Counters, Done, HookError, parse_counters, parse_done
 from warden.memory.ledger import Ledger, LedgerError, estimate_plugged, pages
 from warden.memory.observe import Request
 from warden.memory.policy import (
@@ -39,6 +46,7 @@ MIN_STEP = 1 * MIB
 GROWN = 8 * MIB
 RECONCILE_READS = 6
 RECONCILE_AGREE = 2 * MIB
+CREDIT_TIMEOUT = 1.0  # `oomplug` is answered from the guest's interrupt handler
 
 Record = Callable[..., None]
 
@@ -53,6 +61,7 @@ class Actuator:
         self.ledger = ledger
         self.record = record
         self._locks: dict[str, asyncio.Lock] = {}
+        self._credit_locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, name: str) -> asyncio.Lock:
         lk = self._locks.get(name)
@@ -60,39 +69,116 @@ class Actuator:
             lk = self._locks[name] = asyncio.Lock()
         return lk
 
+    def credit_lock(self, name: str) -> asyncio.Lock:
+        lk = self._credit_locks.get(name)
+        if lk is None:
+            lk = self._credit_locks[name] = asyncio.Lock()
+        return lk
+
     def forget(self, name: str) -> None:
         self._locks.pop(name, None)
+        self._credit_locks.pop(name, None)
 
-    async def _config(self, req: Request, name: str, op: str, amount: int, why: str) -> bool:
-        """One `config mem=±N`; True when the guest answered success."""
+    async def _config(self, req: Request, name: str, op: str, amount: int, why: str) -> int | None:
+        """One `config mem=±N`; what it did, or None when it failed."""
         sign = "-" if op == "unplug" else "+"
         t0 = time.monotonic()
         ok, err = True, ""
+        done: Done | None = None
         try:
-            await req(f"config mem={sign}{amount // 1024}K", action_timeout(amount))
-        except (WardenError, OSError) as e:
-            ok, err = False, str(e)
-        ms = (time.monotonic() - t0) * 1000
-        if ok:
-            (self.ledger.end_unplug if op == "unplug" else self.ledger.end_plug)(name, amount, True)
+            reply = await req(f"config mem={sign}{amount // 1024}K", action_timeout(amount))
+        except (WardenError, OSError) as failure:
+            ok, err = False, str(failure)
         else:
-            (self.ledger.end_unplug if op == "unplug" else self.ledger.end_plug)(
-                name, amount, False, f"{op} of {amount >> 20} MiB: {err}"
-            )
+            try:
+                done = parse_done(reply)
+            except HookError as bad:
+                ok, err = False, str(bad)  # it did something: the reconcile finds out what
+        ms = (time.monotonic() - t0) * 1000
+        end = self.ledger.end_unplug if op == "unplug" else self.ledger.end_plug
+        if ok:
+            end(name, amount, True, done=None if done is None else done.done)
+        else:
+            end(name, amount, False, f"{op} of {amount >> 20} MiB: {err}")
         entry = self.ledger.entries.get(name)
+        did = amount if done is None else min(amount, pages(done.done))
         fields: dict[str, Any] = {
             "g": name,
             "op": op,
-            "kib": amount // 1024,
+            "kib": did // 1024,
             "ok": ok,
             "ms": round(ms, 1),
             "why": why,
             "plugged": (entry.hi // 1024) if entry else None,
         }
+        if done is not None and done.done < amount:
+            fields["asked"] = amount // 1024
         if err:
             fields["err"] = err
         self.record("act", **fields)
-        return ok
+        return did if ok else None
+
+    # ---- the OOM hook's credit ----------------------------------------------------------------
+    async def oomplug(self, name: str, req: Request, arg: str = "") -> Counters | None:
+        """`oomplug [arg]` and its counters taken into the ledger (under the credit lock);
+        None when the guest did not answer or answered nonsense."""
+        command = f"oomplug {arg}".strip()
+        try:
+            c = parse_counters(await req(command, CREDIT_TIMEOUT))
+        except (WardenError, OSError) as failure:
+            self.record("ev", g=name, what="oomplug-failed", cmd=command, err=str(failure)[:200])
+            return None
+        if name not in self.ledger.entries:
+            return c
+        back = self.ledger.apply(name, c)
+        if back:
+            e = self.ledger.entries[name]
+            self.record(
+                "act",
+                g=name,
+                op="selfplug",
+                kib=back // 1024,
+                ok=True,
+                ms=round(c.last_us / 1000, 3),
+                why="its OOM hook plugged back memory it ran out of",
+                plugged=e.hi // 1024,
+                credit=e.credit // 1024,
+            )
+        return c
+
+    async def sync(self, name: str, req: Request) -> Counters | None:
+        async with self.credit_lock(name):
+            return await self.oomplug(name, req)
+
+    async def credit(self, name: str, req: Request, amount: int, why: str) -> Counters | None:
+        """Grant (amount > 0, counted in the budget before it is sent, refused when it does
+        not fit) or take back (< 0) credit; returns the counters after it."""
+        async with self.credit_lock(name):
+            if amount > 0:
+                try:
+                    self.ledger.begin_grant(name, amount)
+                except LedgerError:
+                    return None
+            # Unanswered, a grant may still have landed: it stays counted until a reply
+            # brings the kernel's own figure.
+            c = await self.oomplug(name, req, f"{'+' if amount > 0 else '-'}{abs(amount) // 1024}K")
+            e = self.ledger.entries.get(name)
+            self.record(
+                "act",
+                g=name,
+                op="grant" if amount > 0 else "revoke",
+                kib=abs(amount) // 1024,
+                ok=c is not None,
+                why=why,
+                credit=None if e is None else e.credit // 1024,
+            )
+            return c
+
+    async def deny(self, name: str, req: Request, why: str) -> None:
+        """End a wait in the guest's OOM hook: its own OOM killer then runs."""
+        async with self.credit_lock(name):
+            c = await self.oomplug(name, req, "deny")
+            self.record("act", g=name, op="deny", kib=0, ok=c is not None, why=why)
 
     async def unplug(
         self,
@@ -105,6 +191,8 @@ class Actuator:
         why: str,
         expect_used: int | None = None,
         spare: int = 0,
+        headroom: int = 0,
+        hook: bool = False,
     ) -> int:
         """Take up to `amount` from the guest in safe steps; returns what was taken. Stops
         early when a step finds the guest's `used` grown past `expect_used` (+8 MiB): the
@@ -120,7 +208,14 @@ class Actuator:
                 except (WardenError, OSError):
                     break  # silent now: nothing was asked, nothing is uncertain
                 view = GuestInput(
-                    name, max=entry.max, floor=floor, plugged=entry.hi, mem=mem, marks=marks
+                    name,
+                    max=entry.max,
+                    floor=floor,
+                    plugged=entry.hi,
+                    mem=mem,
+                    marks=marks,
+                    hook=hook,
+                    headroom=headroom,
                 )
                 if expect_used is not None and used_of(view) > expect_used + GROWN:
                     break
@@ -133,10 +228,13 @@ class Actuator:
                     self.ledger.begin_unplug(name, step)
                 except LedgerError:
                     break
-                if not await self._config(req, name, "unplug", step, why):
+                took = await self._config(req, name, "unplug", step, why)
+                if took is None:
                     await self._reconcile_locked(name, req)
                     break
-                done += step
+                done += took
+                if took < step:
+                    break  # the kernel stopped at its low watermark: the guest grew
         return done
 
     async def plug(self, name: str, req: Request, amount: int, why: str, urgent: bool) -> int:
@@ -153,10 +251,11 @@ class Actuator:
                 self.ledger.begin_plug(name, amount, use_holds=urgent)
             except LedgerError:
                 return 0
-            if not await self._config(req, name, "plug", amount, why):
+            gave = await self._config(req, name, "plug", amount, why)
+            if gave is None:
                 await self._reconcile_locked(name, req)
                 return 0
-            return amount
+            return gave
 
     async def reconcile(self, name: str, req: Request) -> bool:
         async with self.lock(name):

@@ -10,6 +10,15 @@ It is also a BootHook: admission (floors) before a start, room in the budget for
 size before the launch (a guest boots with all of `memory` plugged), the ledger reset when a
 kernel comes up (again, after a reboot: UML re-execs with its whole boot size) and released
 when it exits.
+
+Guests whose kernel has the OOM hook (kernel/0004; found at "up": `help` lists `oomplug`)
+hold a share of the emergency reserve as credit and plug it back themselves when they run
+out. Their MEMORY notify is a hint: it starts a rescue (one task per guest, hints coalesced)
+that reads the kernel's counters, books what was plugged back and grants credit again, from
+the free budget at once or, when the budget has none, through a hold the next plan makes
+room for; a guest that no plan can serve even with everyone at their floors is denied (its
+own OOM killer runs: its work does not fit the budget). See
+docs/decisions/2026-12-07-memory-never-kills.md.
 """
 
 import asyncio
@@ -17,13 +26,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 from warden.daemon import machine as m
-from warden.daemon.context import BootExtras
+from warden.daemon.seam import BootExtras, Core, Guest
 from warden.errors import Conflict, NotFound, SpecError, WardenError
 from warden.memory import observe
 from warden.memory.act import Actuator
+from warden.memory.hook import Counters, hint_waiting
 from warden.memory.ledger import SNAP, Entry, Ledger, estimate_plugged, pages
 from warden.memory.policy import (
     MIB,
@@ -38,15 +49,12 @@ from warden.memory.policy import (
     assess,
     decide,
     set_refusal,
+    stock_headroom,
 )
-from warden.memory.procfs import Meminfo, ProcfsError, Vmstat, Watermarks
-from warden.memory.record import LogWriter, load_state, memory_dir, save_state
+from warden.memory.procfs import PAGE, Meminfo, ProcfsError, Vmstat, Watermarks
+from warden.memory.record import LogWriter, load_fastest, load_state, memory_dir, save_state
 from warden.tasks import cancel, spawn
 from warden.units import format_size
-
-if TYPE_CHECKING:
-    from warden.daemon.core import Daemon
-    from warden.daemon.supervisor import Supervisor
 
 log = logging.getLogger("warden.memory")
 
@@ -61,13 +69,17 @@ HOT_MOVE = 2 * MIB  # MemAvailable moving this much between reads makes a guest 
 # One guest's reading in a tick: a guest that answers slowly or endlessly (a hostile kernel
 # can) is skipped after this and probed aside, so it holds up no other guest's tick.
 OBSERVE_DEADLINE = 2.0
+RESCUE_MIN = 32 * MIB  # the least credit a guest that ran out is granted again at once...
+RESCUE_HORIZON = 0.1  # ...or this long of the fleet's fastest growth, if more
+RESCUE_GAP = 0.005  # seconds between two rescues of one guest (hints may come in floods)
+DENY_AFTER = 2.0  # seconds a guest waits in its OOM hook before a hopeless wait is ended
 
 
 class Balancer:
     name = "memory"
 
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
+    def __init__(self, core: Core):
+        self.core = core
         self.cfg = Config(budget=0)
         self.ledger = Ledger(budget=0)
         self.act = Actuator(self.ledger, self._record)
@@ -86,6 +98,13 @@ class Balancer:
         # quiet guest is not read on every watch tick; one with an unplug in flight is not).
         self.assessed: dict[str, Assessment] = {}
         self.host_available: int | None = None
+        self.fastest = 0.0  # the fleet's fastest growth of `used` seen (bytes/s)
+        self.counters: dict[str, Counters] = {}  # each hooked guest's latest `oomplug` reply
+        self.hinted: set[str] = set()  # guests whose MEMORY notify awaits a rescue
+        self.rescues: dict[str, asyncio.Task[None]] = {}
+        self.emergency: dict[str, int] = {}  # credit owed to guests out of memory (a hold)
+        self.waiting_since: dict[str, float] = {}  # guests seen waiting in their OOM hook
+        self.plugged_back: set[str] = set()  # guests whose hook plugged back since the last plan
         self.recent: deque[dict[str, Any]] = deque(maxlen=400)
         self.peak_total = 0
         self.over = 0  # ticks that found the ledger above the budget
@@ -99,7 +118,7 @@ class Balancer:
 
     # ---- configuration --------------------------------------------------------------------
     def _configure(self) -> None:
-        host = self.daemon.c.fleet.host
+        host = self.core.fleet.host
         total = observe.host_meminfo().total
         budget = host.memory_budget or max(0, total - host.memory_reserve)
         interval = host.balance_interval
@@ -119,7 +138,7 @@ class Balancer:
     async def start(self) -> None:
         self._configure()
         self.log = LogWriter(
-            memory_dir(self.daemon.layout.home) / "log",
+            memory_dir(self.core.layout.home) / "log",
             {
                 "budget": self.cfg.budget // 1024,
                 "interval": self.cfg.interval,
@@ -132,6 +151,9 @@ class Balancer:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
+        for rescue in list(self.rescues.values()):
+            await cancel(rescue)
+        self.rescues.clear()
         if self.acting:  # let steps in flight end: the ledger then knows what they did
             await asyncio.wait(list(self.acting.values()), timeout=10)
         for acting in list(self.acting.values()):
@@ -146,23 +168,25 @@ class Balancer:
 
     def _adopt_running(self) -> None:
         """Guests that outlived the previous daemon: trust its ledger for the same boot only."""
-        path = memory_dir(self.daemon.layout.home) / "state.json"
+        path = memory_dir(self.core.layout.home) / "state.json"
         try:
             saved = load_state(path)
         except WardenError as err:
             log.error("%s", err)
             saved = {}
-        for name, sup in self.daemon.sups.items():
-            if sup.machine.state not in m.LIVE or sup.machine.pid is None:
+        self.fastest = load_fastest(path)
+        for name, sup in ((g.name, g) for g in self.core.guests):
+            if sup.state not in m.LIVE or sup.pid is None:
                 continue
             s = saved.get(name)
-            trusted = s is not None and s.pid == sup.machine.pid and s.pid_start == sup.pid_start
+            trusted = s is not None and s.pid == sup.pid and s.pid_start == sup.pid_start
             if s is not None and trusted:
                 e = self.ledger.adopt(name, s.max, s.lo, s.hi)
                 e.baseline, e.pin = s.baseline, s.pin
+                e.hook, e.credit, e.selfplugged = s.hook, s.credit, s.selfplugged
             else:
                 e = self.ledger.adopt(name, sup.spec.memory, None, None)
-            e.pid, e.pid_start = sup.machine.pid, sup.pid_start
+            e.pid, e.pid_start = sup.pid, sup.pid_start
             self._record("ev", g=name, what="reattach", trusted=trusted)
         self._dirty = True
 
@@ -170,19 +194,19 @@ class Balancer:
     def floors_in_use(self, exclude: str) -> dict[str, int]:
         out = {}
         for name in self.ledger.entries:
-            sup = self.daemon.sups.get(name)
+            sup = self.core.guests.get(name)
             if name != exclude and sup is not None:
                 out[name] = sup.spec.memory_min
         return out
 
-    def check_start(self, sup: "Supervisor") -> None:
+    def check_start(self, sup: Guest) -> None:
         """Admission, before anything changes (the daemon's start check): the guest's floor
         must fit beside the floors of the guests already running."""
-        if sup.machine.state in m.LIVE:
+        if sup.state in m.LIVE:
             return  # the state machine says "already running" better
         self._admit(sup)
 
-    def _admit(self, sup: "Supervisor") -> None:
+    def _admit(self, sup: Guest) -> None:
         refusal = admission_refusal(
             sup.name, sup.spec.memory_min, self.floors_in_use(sup.name), self.cfg.budget
         )
@@ -190,7 +214,7 @@ class Balancer:
             self._record("ev", g=sup.name, what="refused", reason=refusal)
             raise Conflict(refusal)
 
-    async def before_boot(self, sup: "Supervisor", extras: BootExtras) -> None:
+    async def before_boot(self, sup: Guest, extras: BootExtras) -> None:
         name, size = sup.name, sup.spec.memory
         self.ledger.release(name)  # any earlier boot of it is over
         async with self._boot_lock:
@@ -210,17 +234,23 @@ class Balancer:
         self._dirty = True
         self._save()
 
-    async def _wait_room(self, sup: "Supervisor", size: int) -> None:
+    async def _wait_room(self, sup: Guest, size: int) -> None:
         name = sup.name
         deadline = time.monotonic() + ROOM_TIMEOUT
         while self.ledger.free(include_holds=False) < size:
-            if sup.machine.state is not m.State.STARTING:
+            if sup.state is not m.State.STARTING:
                 raise Conflict(f"{name}: the start was cancelled while it waited for memory")
-            booting = [n for n, e in self.ledger.entries.items() if e.booting or n in self.settle]
+            # Guests still booting, or up but not yet assessed (nothing is known of what they
+            # can give: one just up, before its first plan, would count as giving nothing).
+            unknown = [
+                n
+                for n, e in self.ledger.entries.items()
+                if n != name and (e.booting or n in self.settle or n not in self.assessed)
+            ]
             spare = self._spare(exclude=name)
             free = self.ledger.free(include_holds=False)
             # Not while unplugs run: they are making room, and their guests are in no plan.
-            hopeless = not booting and not self.acting and free + spare < size
+            hopeless = not unknown and not self.acting and free + spare < size
             if hopeless or time.monotonic() > deadline:
                 msg = (
                     f"cannot start {name}: it boots with all of its memory "
@@ -249,20 +279,20 @@ class Balancer:
         items = [f"{n} {format_size(e.hi)}" for n, e in entries if n != exclude]
         return ", ".join(items) or "none"
 
-    async def after_launch(self, sup: "Supervisor", pid: int) -> None:
+    async def after_launch(self, sup: Guest, pid: int) -> None:
         e = self.ledger.entries.get(sup.name)
         if e is not None:
             e.pid = pid
             e.pid_start = sup.pid_start
             self._dirty = True
 
-    async def on_up(self, sup: "Supervisor") -> None:
+    async def on_up(self, sup: Guest) -> None:
         name = sup.name
         old = self.ledger.entries.get(name)
         rebooted = old is not None and not old.booting
         size = old.max if old is not None else sup.spec.memory
         e = self.ledger.up(name, size)
-        e.pid, e.pid_start, e.baseline = sup.machine.pid, sup.pid_start, None
+        e.pid, e.pid_start, e.baseline = sup.pid, sup.pid_start, None
         self.memos.pop(name, None)
         self.mem.pop(name, None)
         self.vm.pop(name, None)
@@ -272,11 +302,27 @@ class Balancer:
             self.marks[name] = await observe.watermarks(sup.request, size=size)
         except WardenError:
             self.marks.pop(name, None)  # the policy falls back on the kernel's rule of thumb
-        self._record("ev", g=name, what="reboot" if rebooted else "up", max=size // 1024)
+        # The first `oomplug` also tells the kernel that its host grants credit (before it,
+        # its hook never waits for one).
+        self.counters.pop(name, None)
+        e.hook = await self._speaks_oomplug(sup)
+        c = await self.act.sync(name, sup.request_intr) if e.hook else None
+        if c is not None:
+            self.counters[name] = c
+        self._record(
+            "ev", g=name, what="reboot" if rebooted else "up", max=size // 1024, hook=e.hook
+        )
         self._dirty = True
         self._wake.set()
 
-    async def after_exit(self, sup: "Supervisor") -> None:
+    async def _speaks_oomplug(self, sup: Guest) -> bool:
+        """Whether the guest's kernel has the OOM hook: its `help` lists `oomplug`."""
+        try:
+            return "oomplug" in await sup.request("help", 1.0)
+        except (WardenError, OSError):
+            return False
+
+    async def after_exit(self, sup: Guest) -> None:
         self._release(sup.name, "exit")
 
     def _release(self, name: str, why: str) -> None:
@@ -295,6 +341,14 @@ class Balancer:
         task = self.silent.pop(name, None)
         if task is not None:
             task.cancel()
+        rescue = self.rescues.pop(name, None)
+        if rescue is not None:
+            rescue.cancel()
+        self.hinted.discard(name)
+        self.emergency.pop(name, None)
+        self.waiting_since.pop(name, None)
+        self.plugged_back.discard(name)
+        self.counters.pop(name, None)
         self.act.forget(name)
         self._dirty = True
         self._save()
@@ -319,11 +373,11 @@ class Balancer:
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
-    def _running(self) -> dict[str, "Supervisor"]:
+    def _running(self) -> dict[str, Guest]:
         out = {}
         for name, e in self.ledger.entries.items():
-            sup = self.daemon.sups.get(name)
-            if sup is not None and not e.booting and sup.machine.state is m.State.RUNNING:
+            sup = self.core.guests.get(name)
+            if sup is not None and not e.booting and sup.state is m.State.RUNNING:
                 out[name] = sup
         return out
 
@@ -366,9 +420,14 @@ class Balancer:
             self.memos,
             self.cfg,
             time.monotonic(),
-            hold=self.ledger.held(),
+            hold=self.ledger.held() + sum(self.emergency.values()),
             host_available=self.host_available,
+            fastest=self.fastest,
         )
+        self.plugged_back -= set(plan.assessments)  # each plug-back is one plan's signal
+        if plan.fastest > self.fastest:
+            self.fastest = plan.fastest
+            self._dirty = True
         self.memos = dict(plan.memos)
         self.plan = plan
         self.assessed.update(plan.assessments)
@@ -378,8 +437,10 @@ class Balancer:
                 self.hot_until[n] = now + self.cfg.hold
         if plan.actions:
             await self._execute(plan, running)
+        await self._arm(plan, running)
+        await self._deny_hopeless(running)
+        self._peak(None)
         total = self.ledger.total()
-        self.peak_total = max(self.peak_total, total)
         if total > self.ledger.budget:
             self.over += 1
             if full:
@@ -389,7 +450,7 @@ class Balancer:
         self._save()
         return plan
 
-    async def _observe_within(self, name: str, sup: "Supervisor", full: bool) -> bool:
+    async def _observe_within(self, name: str, sup: Guest, full: bool) -> bool:
         try:
             return await asyncio.wait_for(self._observe(name, sup, full), OBSERVE_DEADLINE)
         except TimeoutError:
@@ -398,7 +459,7 @@ class Balancer:
             self._record("ev", g=name, what="silent")
             return False
 
-    async def _observe(self, name: str, sup: "Supervisor", full: bool) -> bool:
+    async def _observe(self, name: str, sup: Guest, full: bool) -> bool:
         """Read one guest; True when this tick has a fresh reading of it."""
         e = self.ledger.entries.get(name)
         if e is None:
@@ -414,6 +475,8 @@ class Balancer:
             return False
         if not e.certain:
             await self.act.reconcile(name, sup.request)
+        if e.hook and full:
+            await self._settle(name, sup)
         try:
             mem = await observe.meminfo(sup.request, size=e.max)
             if full:
@@ -436,7 +499,8 @@ class Balancer:
             self._dirty = True
         if full:
             self.host_usage[name] = observe.cgroup_memory(sup.cgroup)
-            if e.certain and e.baseline is not None and self.ticks % DRIFT_EVERY == 0:
+            stock = not e.hook  # a hooked kernel's own count settles it every full tick
+            if stock and e.certain and e.baseline is not None and self.ticks % DRIFT_EVERY == 0:
                 est = estimate_plugged(mem, e.max, e.baseline)
                 if abs(est - e.hi) > DRIFT:
                     self._record("ev", g=name, what="drift", est=est // 1024, hi=e.hi // 1024)
@@ -445,8 +509,8 @@ class Balancer:
                     return False  # the ledger moved under this reading
         return True
 
-    async def _probe(self, name: str, sup: "Supervisor") -> None:
-        while name in self.silent and sup.machine.state is m.State.RUNNING:
+    async def _probe(self, name: str, sup: Guest) -> None:
+        while name in self.silent and sup.state is m.State.RUNNING:
             try:
                 await observe.meminfo(sup.request, size=sup.spec.memory)
             except (WardenError, OSError):
@@ -457,9 +521,131 @@ class Balancer:
             self._record("ev", g=name, what="answers")
             self._wake.set()
 
-    def _input(self, name: str, running: dict[str, "Supervisor"], full: bool) -> GuestInput:
+    async def _settle(self, name: str, sup: Guest) -> None:
+        """The kernel's own counters: what it plugged back, its credit and (with no action
+        in flight) what is plugged, exactly."""
+        c = await self.act.sync(name, sup.request_intr)
+        if c is None:
+            return
+        self.counters[name] = c
+        e = self.ledger.entries.get(name)
+        if e is None or not e.certain or self.act.lock(name).locked():
+            return
+        moved = self.ledger.settle(name, c)
+        if moved is not None:
+            self._record("ev", g=name, what="settle", hi=moved[0] // 1024, now=moved[1] // 1024)
+            self._dirty = True
+
+    # ---- the OOM hook: arming, hints, rescues -----------------------------------------------
+    async def _arm(self, plan: Plan, running: dict[str, Guest]) -> None:
+        """The plan's credits (each hooked guest's share of the reserve; what it takes back
+        first), then what guests that ran out are still owed."""
+        for c in sorted(plan.credits, key=lambda c: c.amount):
+            sup = running.get(c.guest)
+            if sup is None or c.guest in self.silent or c.guest in self.emergency:
+                continue
+            if c.amount < 0 and self._rescuing(c.guest):
+                continue  # a rescue may just have granted it; a later calm plan takes it
+            await self.act.credit(c.guest, sup.request_intr, c.amount, c.why)
+            self._dirty = True
+        for name in list(self.emergency):
+            sup = running.get(name)
+            if sup is None:
+                self.emergency.pop(name, None)
+            else:
+                self._start_rescue(name, sup)
+
+    def _rescuing(self, name: str) -> bool:
+        task = self.rescues.get(name)
+        return name in self.hinted or (task is not None and not task.done())
+
+    def _start_rescue(self, name: str, sup: Guest) -> None:
+        self.hinted.add(name)
+        task = self.rescues.get(name)
+        if task is None or task.done():
+            self.rescues[name] = spawn(self._rescue(name, sup), f"memory-rescue:{name}")
+
+    def memory_notified(self, sup: Guest, data: bytes) -> None:
+        """A MEMORY notify from the guest's kernel: a hint, never trusted. It only makes the
+        balancer ask the kernel itself, one rescue at a time per guest (hints coalesce)."""
+        name = sup.name
+        e = self.ledger.entries.get(name)
+        if e is None or not e.hook or sup.state is not m.State.RUNNING:
+            return
+        if hint_waiting(data):
+            self.hot_until[name] = time.monotonic() + self.cfg.hold
+        self._start_rescue(name, sup)
+
+    def _rescue_size(self, c: Counters) -> int:
+        """The credit a guest that ran out holds again: RESCUE_MIN, or what the fleet's
+        fastest growth fills in RESCUE_HORIZON if more, up to all it has unplugged."""
+        return pages(min(c.unplugged, max(RESCUE_MIN, int(self.fastest * RESCUE_HORIZON))))
+
+    async def _rescue(self, name: str, sup: Guest) -> None:
+        while name in self.hinted:
+            self.hinted.discard(name)
+            before = self.counters.get(name)
+            c = await self.act.sync(name, sup.request_intr)
+            e = self.ledger.entries.get(name)
+            if c is None or e is None:
+                return
+            self.counters[name] = c
+            if before is not None and c.plugged > before.plugged:
+                # It ran out: plan for it now, as an emergency (its MemAvailable shows what the
+                # credit gave, not what it is filling), not at the next watch tick.
+                self.plugged_back.add(name)
+                self.hot_until[name] = time.monotonic() + self.cfg.hold
+                self._wake.set()
+            want = self._rescue_size(c)
+            room = min(self.ledger.free(include_holds=False), e.max - e.hi - e.credit)
+            amount = pages(min(want - e.credit, room))
+            if amount >= PAGE:
+                got = await self.act.credit(name, sup.request_intr, amount, "it ran out of memory")
+                c = got or c
+                if got is not None:
+                    self.counters[name] = got
+            owed = pages(want - e.credit)
+            if c.waiting:
+                self.waiting_since.setdefault(name, time.monotonic())
+            else:
+                self.waiting_since.pop(name, None)
+            if c.waiting and owed >= PAGE and c.unplugged > e.credit:
+                # It waits and nothing is free in the budget now: the next plan makes room for
+                # it (a hold), and the tick after grants it (or, if the working sets alone
+                # fill the budget, a denial ends the wait).
+                self.emergency[name] = owed
+                self._wake.set()
+            else:
+                self.emergency.pop(name, None)
+            self._dirty = True
+            await asyncio.sleep(RESCUE_GAP)
+
+    async def _deny_hopeless(self, running: dict[str, Guest]) -> None:
+        """A guest that has waited in its OOM hook for DENY_AFTER while nothing could serve
+        it: the working sets alone (every guest's `must`, the plugged size of those not
+        assessed, the boots promised) leave the budget no page for it, and nothing is being
+        unplugged. Its own OOM killer must run now, not after the hook's 10 s. Anything less
+        certain waits: the hook waits for a grant, and one comes once a neighbour is cut
+        (a guest that fills beside others is served when they stop growing)."""
+        if not self.waiting_since or self.acting:
+            return
+        now = time.monotonic()
+        need = self.ledger.held()
+        for n, e in self.ledger.entries.items():
+            a = self.assessed.get(n)
+            need += a.must if a is not None else e.hi
+        if need + len(self.waiting_since) * MIB <= self.ledger.budget:
+            return
+        for name, since in list(self.waiting_since.items()):
+            sup = running.get(name)
+            if sup is not None and now - since >= DENY_AFTER:
+                await self.act.deny(name, sup.request_intr, "the working sets fill the budget")
+                self.waiting_since.pop(name, None)
+                self.emergency.pop(name, None)
+
+    def _input(self, name: str, running: dict[str, Guest], full: bool) -> GuestInput:
         e = self.ledger.entries[name]
-        sup = self.daemon.sups.get(name)
+        sup = self.core.guests.get(name)
         floor = sup.spec.memory_min if sup is not None else 0
         weight = sup.spec.memory_weight if sup is not None else 100
         observable = (
@@ -477,9 +663,12 @@ class Balancer:
             vm=self.vm.get(name) if observable and full else None,  # vmstat: full ticks
             marks=self.marks.get(name),
             host_usage=self.host_usage.get(name),
+            hook=e.hook,
+            credit=e.credit,
+            plugged_back=observable and name in self.plugged_back,
         )
 
-    async def _execute(self, plan: Plan, running: dict[str, "Supervisor"]) -> None:
+    async def _execute(self, plan: Plan, running: dict[str, Guest]) -> None:
         """Give what the budget has room for now (plugs take milliseconds); start taking in
         the background, one task per guest, in parallel (different guests are different host
         processes), so that steps slowed by a loaded host never hold up the next tick's plugs
@@ -497,7 +686,8 @@ class Balancer:
                 )
         self._dirty = True
 
-    async def _unplug(self, u: Unplug, sup: "Supervisor") -> int:
+    async def _unplug(self, u: Unplug, sup: Guest) -> int:
+        entry = self.ledger.entries.get(u.guest)
         try:
             return await self.act.unplug(
                 u.guest,
@@ -509,6 +699,8 @@ class Balancer:
                 u.why,
                 expect_used=u.used,
                 spare=u.spare,
+                headroom=u.headroom,
+                hook=entry is not None and entry.hook,
             )
         finally:
             self.acting.pop(u.guest, None)
@@ -516,9 +708,17 @@ class Balancer:
             self._wake.set()
 
     # ---- records --------------------------------------------------------------------------
+    def _peak(self, g: str | None) -> None:
+        """The budget's high-water mark, at every action and boot, not only every tick."""
+        total = self.ledger.total()
+        if total > self.peak_total and total > self.ledger.budget and self.log is not None:
+            # A new high above the budget: who held what, for the one who reads the log.
+            held = {n: [e.hi // 1024, e.credit // 1024] for n, e in self.ledger.entries.items()}
+            self.log.write("ev", g=g, what="peak", kib=total // 1024, held=held)
+        self.peak_total = max(self.peak_total, total)
+
     def _record(self, kind: str, **fields: Any) -> None:
-        # The budget's high-water mark, at every action and boot, not only every tick.
-        self.peak_total = max(self.peak_total, self.ledger.total())
+        self._peak(fields.get("g"))
         if self.log is not None:
             self.log.write(kind, **fields)
         self.recent.append({"k": kind, "t": round(time.time(), 3), **fields})
@@ -547,6 +747,7 @@ class Balancer:
                 "tick",
                 budget=plan.budget // 1024,
                 plugged=self.ledger.total() // 1024,
+                credit=self.ledger.credit() // 1024,
                 host_avail=_kib(self.host_available),
                 g=guests,
             )
@@ -556,7 +757,11 @@ class Balancer:
             return
         self._dirty = False
         try:
-            save_state(memory_dir(self.daemon.layout.home) / "state.json", self.ledger.entries)
+            save_state(
+                memory_dir(self.core.layout.home) / "state.json",
+                self.ledger.entries,
+                self.fastest,
+            )
         except OSError as e:
             log.error("saving the balancer state: %s", e)
 
@@ -565,14 +770,19 @@ class Balancer:
         plan = self.plan
         guests = []
         for name, e in sorted(self.ledger.entries.items()):
-            sup = self.daemon.sups.get(name)
+            sup = self.core.guests.get(name)
             a = self.assessed.get(name)
             guests.append(self._guest_json(name, e, sup, a))
         return {
             "budget": self.cfg.budget,
             "effective_budget": plan.budget if plan is not None else self.cfg.budget,
-            "plugged": self.ledger.total(),
-            "held": self.ledger.held(),
+            "plugged": self.ledger.total() - self.ledger.credit(),
+            # The emergency reserve, in the budget: what the plan leaves unplugged for the
+            # guests' OOM hooks, and how much of it they hold as credit now.
+            "reserve": plan.reserve if plan is not None else 0,
+            "credit": self.ledger.credit(),
+            "fastest": int(self.fastest),
+            "held": self.ledger.held() + sum(self.emergency.values()),
             "free": self.ledger.free(),
             "peak_plugged": self.peak_total,
             "over_budget_ticks": self.over,
@@ -585,12 +795,12 @@ class Balancer:
         }
 
     def _guest_json(
-        self, name: str, e: Entry, sup: "Supervisor | None", a: Assessment | None
+        self, name: str, e: Entry, sup: Guest | None, a: Assessment | None
     ) -> dict[str, Any]:
         memo = self.memos.get(name)
         out: dict[str, Any] = {
             "name": name,
-            "state": str(sup.machine.state) if sup is not None else "?",
+            "state": str(sup.state) if sup is not None else "?",
             "max": e.max,
             "floor": sup.spec.memory_min if sup is not None else 0,
             "weight": sup.spec.memory_weight if sup is not None else 0,
@@ -600,10 +810,24 @@ class Balancer:
             "doubt": e.doubt,
             "booting": e.booting or name in self.settle,
             "pin": e.pin,
+            "hook": e.hook,
+            "credit": e.credit,
             "host_usage": self.host_usage.get(name),
             "signals": list(memo.signals) if memo is not None else [],
             "last_actions": [r for r in self.recent if r["k"] == "act" and r.get("g") == name][-3:],
         }
+        c = self.counters.get(name)
+        if c is not None:
+            out["oom_hook"] = {
+                "plugged_back": c.plugged,
+                "events": c.events,
+                "waits": c.waits,
+                "timeouts": c.timeouts,
+                "denials": c.denials,
+                "last_us": c.last_us,
+                "max_us": c.max_us,
+                "mean_us": round(c.mean_us, 1),
+            }
         if a is not None:
             out.update(
                 used=a.used,
@@ -620,12 +844,12 @@ class Balancer:
         return out
 
     async def set_size(self, name: str, size: int | None) -> dict[str, Any]:
-        sup = self.daemon.sups.get(name)
+        sup = self.core.guests.get(name)
         if sup is None:
             raise NotFound(f"no machine named {name!r} (warden ls lists them)")
         e = self.ledger.entries.get(name)
-        if e is None or sup.machine.state is not m.State.RUNNING:
-            raise Conflict(f"{name} is {sup.machine.state}; memory is set on running guests only")
+        if e is None or sup.state is not m.State.RUNNING:
+            raise Conflict(f"{name} is {sup.state}; memory is set on running guests only")
         if size is None:
             e.pin = None
             self._record("ev", g=name, what="pin", kib=None)
@@ -649,7 +873,10 @@ class Balancer:
             plugged=e.hi,
             mem=mem,
             marks=self.marks.get(name),
+            hook=e.hook,
+            credit=e.credit,
         )
+        g = replace(g, headroom=stock_headroom(g, self.fastest, self.cfg))
         a, _ = assess(g, self.memos.get(name, Memo()), self.cfg, time.monotonic())
         others = [x for n, x in self.assessed.items() if n != name]
         refusal = set_refusal(name, size, g, a, self.ledger.free(), others)

@@ -11,11 +11,18 @@ Order of operations, for an action of N bytes:
     plug:   begin (hi += N, refused if the budget has no room) -> mconsole -> lo += N | ...
 An uncertain entry is settled by `reconcile` with an estimate from the guest's meminfo
 (docs/formats/memlog.md).
+
+A guest whose kernel has the OOM hook (kernel/0004) also holds a credit: memory it may plug
+back by itself, at once, when it would otherwise run out. The credit is in the budget from
+the moment it is granted (a guest counts min(max, hi + credit)); a plug back moves memory from
+the credit to plugged and leaves that sum alone, so the budget holds while the host has not
+heard of it yet. The kernel's counters (`oomplug`) settle both exactly (`apply`).
 """
 
 from dataclasses import dataclass, field
 
 from warden.errors import WardenError
+from warden.memory.hook import Counters
 from warden.memory.procfs import PAGE, Meminfo
 from warden.units import format_size
 
@@ -43,10 +50,18 @@ class Entry:
     pid_start: int | None = None
     pin: int | None = None
     doubt: str = ""  # why lo != hi (the failed action), for `warden top`
+    hook: bool = False  # its kernel plugs memory back by itself when out of it (credit)
+    credit: int = 0  # granted to that hook and not yet plugged back
+    selfplugged: int = 0  # the hook's count of what it plugged back, as last accounted
 
     @property
     def certain(self) -> bool:
         return self.lo == self.hi
+
+    @property
+    def ceiling(self) -> int:
+        """The most this guest may have plugged without asking: what the budget counts."""
+        return min(self.max, self.hi + self.credit) if self.credit else self.hi
 
     @property
     def plugged(self) -> int:
@@ -62,7 +77,11 @@ class Ledger:
 
     # ---- totals -------------------------------------------------------------------------
     def total(self) -> int:
-        return sum(e.hi for e in self.entries.values())
+        return sum(e.ceiling for e in self.entries.values())
+
+    def credit(self) -> int:
+        """The budget held as credit by guests' OOM hooks (the emergency reserve in use)."""
+        return sum(e.ceiling - e.hi for e in self.entries.values())
 
     def held(self) -> int:
         return sum(self.holds.values())
@@ -101,6 +120,7 @@ class Ledger:
         e.lo = e.hi = size
         e.booting = False
         e.doubt = ""
+        e.credit = e.selfplugged = 0  # a new kernel: nothing granted, nothing plugged back
         return e
 
     def adopt(self, name: str, size: int, lo: int | None, hi: int | None) -> Entry:
@@ -131,12 +151,18 @@ class Ledger:
         e.lo -= amount
         return e
 
-    def end_unplug(self, name: str, amount: int, ok: bool, why: str = "") -> None:
+    def end_unplug(
+        self, name: str, amount: int, ok: bool, why: str = "", done: int | None = None
+    ) -> None:
+        """`done`: what the kernel says it took (a kernel with the OOM hook stops at the low
+        watermark and says so; a stock kernel says nothing and is taken at its word)."""
         e = self.entries.get(name)
         if e is None:
             return
         if ok:
-            e.hi -= amount
+            took = amount if done is None else min(amount, pages(done))
+            e.hi -= took
+            e.lo += amount - took
         else:
             e.doubt = why or "unplug failed"
 
@@ -160,14 +186,63 @@ class Ledger:
         e.hi += amount
         return e
 
-    def end_plug(self, name: str, amount: int, ok: bool, why: str = "") -> None:
+    def end_plug(
+        self, name: str, amount: int, ok: bool, why: str = "", done: int | None = None
+    ) -> None:
         e = self.entries.get(name)
         if e is None:
             return
         if ok:
-            e.lo += amount
+            gave = amount if done is None else min(amount, pages(done))
+            e.lo += gave
+            e.hi -= amount - gave
         else:
             e.doubt = why or "plug failed"
+
+    # ---- the OOM hook's credit ----------------------------------------------------------------
+    def begin_grant(self, name: str, amount: int) -> Entry:
+        """Count a credit before it is sent (a grant is urgent: promised boots wait)."""
+        e = self.entry(name)
+        if amount <= 0 or amount % PAGE:
+            raise LedgerError(f"{name}: credit of {amount} bytes (must be whole pages, > 0)")
+        if e.hi + e.credit + amount > e.max:
+            raise LedgerError(
+                f"{name}: a credit of {format_size(amount)} would pass its boot size "
+                f"{format_size(e.max)} (has {format_size(e.hi)} and {format_size(e.credit)} "
+                "of credit)"
+            )
+        room = self.free(include_holds=False)
+        if amount > room:
+            raise LedgerError(
+                f"{name}: a credit of {format_size(amount)} would pass the budget "
+                f"({format_size(max(0, room))} free)"
+            )
+        e.credit += amount
+        return e
+
+    def apply(self, name: str, c: Counters) -> int:
+        """Take the hook's counters (an `oomplug` reply) into the books; returns what it
+        plugged back since they were last taken. Exact when no credit command is in flight
+        (the caller serializes them): the reply was made after everything sent before it."""
+        e = self.entry(name)
+        back = max(0, c.plugged - e.selfplugged)
+        e.selfplugged = c.plugged
+        e.hi = min(e.max, e.hi + back)
+        e.lo = min(e.max, e.lo + back)
+        e.credit = c.credit
+        return back
+
+    def settle(self, name: str, c: Counters) -> tuple[int, int] | None:
+        """With no plug or unplug in flight (the caller holds the guest's lock): plugged from
+        the kernel's own count of unplugged memory. Returns (hi before, now) when it moved."""
+        e = self.entry(name)
+        now = max(0, e.max - c.unplugged)
+        if e.certain and now == e.hi:
+            return None
+        before = e.hi
+        e.lo = e.hi = now
+        e.doubt = ""
+        return before, now
 
     def reconcile(self, name: str, estimate: int) -> tuple[int, int, int]:
         """Settle an entry from an estimate of its plugged size; returns (lo, hi, now)."""

@@ -24,8 +24,9 @@ Per guest, in bytes of its boot size (`memory`, the most it can have):
     target    want, clamped to [must, memory]; a pin (`warden mem set`) replaces want.
 
 Pressure signals, from /proc/vmstat deltas and MemAvailable:
-    emergency  an OOM kill, or MemAvailable below the safety margin: target = memory
-               (give everything back at once: Senpai loosens up to 100%)
+    emergency  an OOM kill, MemAvailable below the safety margin, or (warden's kernel) a
+               plug-back by its OOM hook: target = memory (give everything back at once:
+               Senpai loosens up to 100%)
     pressure   direct reclaim (allocstall, pgscan_direct), refaults of evicted cache, swap
                traffic, or MemAvailable below half the buffer: target >= plugged +
                max(buffer, 25%)
@@ -58,6 +59,7 @@ from warden.memory.procfs import PAGE, Meminfo, Vmstat, Watermarks, default_wate
 from warden.units import format_size
 
 MIB = 1 << 20
+MAX_RATE = float(8 << 30)  # bytes/s: a growth sample above this is a measuring error
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,14 @@ class Config:
     min_change: int = 2 * MIB  # smaller moves are not worth an mconsole round trip
     host_keep: int = 512 * MIB  # host MemAvailable the balancer never plans to use
     refault_pressure: int = 1 * MIB  # refaulted bytes per interval that count as pressure
+    # The emergency reserve: budget the plan leaves to guests whose kernel has the OOM hook,
+    # armed in each of them as credit it plugs back by itself (reserve_of).
+    reserve_per_guest: int = 8 * MIB
+    reserve_min: int = 32 * MIB
+    reserve_frac: float = 1 / 8  # of the budget, at most
+    # A stock kernel has no hook: it keeps free what it could fill, at the fastest growth
+    # seen in the fleet, while the balancer reacts (a watch period and a plug's round trip).
+    reaction: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,10 @@ class GuestInput:
     vm: Vmstat | None = None  # only on full ticks
     marks: Watermarks | None = None
     host_usage: int | None = None  # the guest's cgroup memory on the host
+    hook: bool = False  # its kernel plugs memory back by itself when out of it
+    credit: int = 0  # what that hook may plug back now (in the budget already)
+    plugged_back: bool = False  # its hook plugged memory back since the last plan
+    headroom: int = 0  # without the hook: free memory kept for one reaction (stock_headroom)
 
     @property
     def observable(self) -> bool:
@@ -119,6 +133,8 @@ class Memo:
     vm_t: float | None = None
     cache_keep: int = 0
     signals: tuple[str, ...] = ()  # of the last full tick (watch ticks keep them)
+    cut_t: float | None = None  # last time a contention cut took it below its target
+    cut_used: int = 0  # its `used` then
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,7 @@ class Assessment:
     reason: str
     spare: int = 0  # free memory every unplug step leaves on top of the watermark
     busy: bool = False  # short, pinned or growing now (not merely within `hold` of it)
+    stressed: bool = False  # busy within the last `hold` seconds
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,7 @@ class Unplug:
     why: str
     used: int = 0  # the guest's `used` this plan saw: a step finding it grown stops
     spare: int = 0  # what the guest may grow into while one step runs (see STEP_TIME)
+    headroom: int = 0  # the guest's stock-kernel headroom (part of its `must`)
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,15 @@ class Plug:
     amount: int
     why: str
     urgent: bool = False
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Grant (amount > 0) or take back (< 0) credit of a guest's OOM hook."""
+
+    guest: str
+    amount: int
+    why: str
 
 
 Action = Unplug | Plug
@@ -171,6 +198,9 @@ class Plan:
     committed: int  # sum of grants + what stays fixed + holds
     short: int = 0  # how far even the `must`s overshoot the budget (0 normally)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    credits: tuple[Credit, ...] = ()
+    reserve: int = 0  # the emergency reserve this plan left out of its plugs
+    fastest: float = 0.0  # the fastest growth of `used` seen in the fleet (bytes/s)
 
 
 # ---- one guest ------------------------------------------------------------------------------
@@ -198,7 +228,31 @@ def must_of(g: GuestInput, cfg: Config) -> int:
     assert g.mem is not None
     marks = g.marks or default_watermarks(g.mem.total)
     used = used_of(g)
-    return min(g.max, max(g.floor, overhead_of(g) + used + safety_of(used, marks, cfg)))
+    need = overhead_of(g) + used + safety_of(used, marks, cfg) + g.headroom
+    return min(g.max, max(g.floor, need))
+
+
+def reserve_of(cfg: Config, budget: int, hooked: int) -> int:
+    """The emergency reserve: reserve_per_guest for each guest with the OOM hook, at least
+    reserve_min and at most reserve_frac of the budget; none without such guests."""
+    if hooked == 0:
+        return 0
+    want = max(cfg.reserve_min, hooked * cfg.reserve_per_guest)
+    return pages(min(want, int(budget * cfg.reserve_frac)))
+
+
+def usable_credit(g: GuestInput) -> int:
+    """Credit counts only up to what the guest has unplugged (the ledger's ceiling)."""
+    return max(0, min(g.credit, g.max - g.plugged))
+
+
+def stock_headroom(g: GuestInput, fastest: float, cfg: Config) -> int:
+    """What a guest without the OOM hook keeps free beyond its working set: its growth at the
+    fleet's fastest rate during one reaction of the balancer (none for a guest with the hook:
+    it plugs back what it needs by itself)."""
+    if g.hook:
+        return 0
+    return pages(int(fastest * cfg.reaction))
 
 
 def keep_free(mem: Meminfo, marks: Watermarks | None, amount: int, cfg: Config) -> int:
@@ -216,6 +270,7 @@ def keep_free(mem: Meminfo, marks: Watermarks | None, amount: int, cfg: Config) 
 
 
 NUDGE_STEP = 256 * 1024  # a step that only takes free memory below low (to wake kswapd)
+CUT_GROWTH = 2 * MIB  # growth of `used` after a contention cut that is growth again
 
 
 # How long one unplug step can take from the meminfo read to its last page (a 70 MiB
@@ -244,7 +299,14 @@ def unplug_step(
 
 
 def _signals(
-    g: GuestInput, memo: Memo, used: int, buffer: int, safety: int, now: float, cfg: Config
+    g: GuestInput,
+    memo: Memo,
+    used: int,
+    buffer: int,
+    safety: int,
+    now: float,
+    cfg: Config,
+    at_cut: bool = False,
 ) -> tuple[str, ...]:
     assert g.mem is not None
     out: list[str] = []
@@ -266,6 +328,14 @@ def _signals(
             out.append("majflt")
     # On watch ticks (no vmstat) only MemAvailable speaks: counters' deltas are per interval
     # and acting on them again every watch tick would loosen ten times for one stall.
+    # A guest a contention cut took to its `must`, and which has not grown since, shows
+    # MemAvailable about its safety margin (less the high watermark, which MemAvailable
+    # leaves out): that is where it was put, not a shortage (read as one, it was plugged
+    # back and cut again on every tick).
+    if at_cut:
+        return tuple(out)
+    if g.plugged_back:
+        out.append("plugback")  # it ran out (the credit hides it in MemAvailable)
     if g.mem.available < safety:
         out.append("oom-risk")
     elif g.mem.available < buffer // 2:
@@ -282,7 +352,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     overhead = overhead_of(g)
     used = used_of(g)
     safety = safety_of(used, marks, cfg)
-    must = min(g.max, max(g.floor, overhead + used + safety))
+    must = min(g.max, max(g.floor, overhead + used + safety + g.headroom))
     if memo.peak_t is None or used >= memo.peak or now - memo.peak_t > cfg.hold:
         peak, peak_t = used, now
     else:
@@ -300,7 +370,8 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
     # A guest that has grown fast keeps room for its next burst: what it grows in the time
     # the balancer needs to see and answer it (a third of its boot size at most).
     buffer = max(buffer_of(peak, cfg), min(int(burst * cfg.burst_horizon), g.max // 3))
-    signals = _signals(g, memo, used, buffer, safety, now, cfg)
+    at_cut = _recently(memo.cut_t, now, cfg.hold) and used <= memo.cut_used + CUT_GROWTH
+    signals = _signals(g, memo, used, buffer, safety, now, cfg, at_cut)
 
     cache = mem.file_cache
     keep = memo.cache_keep
@@ -316,7 +387,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
 
     lookahead = int(growth * cfg.lookahead)
     want = overhead + peak + buffer + lookahead + keep
-    if "oom" in signals or "oom-risk" in signals:
+    if {"oom", "oom-risk", "plugback"} & set(signals):
         level, want, reason = "emergency", g.max, "out of memory: give it all back"
     elif {"stall", "dscan", "refault", "swap", "low"} & set(signals):
         level = "pressure"
@@ -374,6 +445,8 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         vm_t=now if full else memo.vm_t,
         cache_keep=keep,
         signals=signals if full else memo.signals,
+        cut_t=memo.cut_t,
+        cut_used=memo.cut_used,
     )
     a = Assessment(
         name=g.name,
@@ -400,6 +473,7 @@ def assess(g: GuestInput, memo: Memo, cfg: Config, now: float) -> tuple[Assessme
         reason=reason,
         spare=spare,
         busy=busy,
+        stressed=stressed,
     )
     return a, new_memo
 
@@ -453,6 +527,10 @@ def _cut(
 LEVEL_ORDER = {"emergency": 0, "pressure": 1, "pinned": 2, "calm": 3}
 
 
+def _recently(t: float | None, now: float, within: float) -> bool:
+    return t is not None and now - t < within
+
+
 def decide(
     guests: list[GuestInput],
     memos: dict[str, Memo],
@@ -460,10 +538,19 @@ def decide(
     now: float,
     hold: int = 0,
     host_available: int | None = None,
+    fastest: float = 0.0,
 ) -> Plan:
-    """Everything the balancer should do now. `hold` is budget promised to booting guests."""
+    """Everything the balancer should do now. `hold` is budget promised to booting guests
+    (and to guests waiting in their OOM hook); `fastest` is the fleet's fastest growth seen
+    before this call (Plan.fastest carries it on)."""
     budget, note = effective_budget(cfg, guests, host_available)
     notes = [note] if note else []
+    guests = [replace(g, headroom=stock_headroom(g, fastest, cfg)) for g in guests]
+    # Credit is in the budget from its grant on: the plugs are planned in what the reserve
+    # (or, after emergency grants, the credit outstanding) leaves.
+    reserve = reserve_of(cfg, budget, sum(1 for g in guests if g.hook))
+    credit = sum(usable_credit(g) for g in guests)
+    plan_budget = max(0, budget - max(reserve, credit))
     assessments: dict[str, Assessment] = {}
     new_memos: dict[str, Memo] = {}
     fixed = hold
@@ -478,11 +565,18 @@ def decide(
         a, memo = assess(g, memos.get(g.name, Memo()), cfg, now)
         assessments[g.name] = a
         new_memos[g.name] = memo
+        fastest = max(fastest, min(memo.burst, MAX_RATE))
         grants[g.name] = a.target
+        if not a.busy and a.target > a.plugged and _recently(memo.cut_t, now, cfg.hold):
+            # Cut by contention within `hold` seconds and idle since: not refilled the moment
+            # the budget looks free (a credit granted or a guest stepping down flips it), or
+            # it is cut and refilled on every tick (seen: 120 MiB each way, ten times a
+            # second).
+            grants[g.name] = a.plugged
         musts[g.name] = a.floor if a.level != "pinned" else a.target
     committed = fixed + sum(grants.values())
     short = 0
-    if committed > budget:
+    if committed > plan_budget:
         by_name = {g.name: g for g in guests}
         weights = {n: by_name[n].weight for n in grants}
         active = {n: assessments[n].overhead + assessments[n].used for n in grants}
@@ -491,12 +585,13 @@ def decide(
         # burst looks idle (plugged, not yet used) and would pay first.
         short_now = {n for n, a in assessments.items() if a.level in ("emergency", "pressure")}
         calm = {n: grants[n] for n in grants if n not in short_now}
-        left = _cut(calm, musts, weights, active, committed - budget, cfg)
+        left = _cut(calm, musts, weights, active, committed - plan_budget, cfg)
         grants.update(calm)
         left = _cut(grants, musts, weights, active, left, cfg)
         short = left
+        less = f" less the reserve {format_size(budget - plan_budget)}" if credit or reserve else ""
         notes.append(
-            f"contention: targets exceed the budget {format_size(budget)}; "
+            f"contention: targets exceed the budget {format_size(budget)}{less}; "
             "took back by idle-taxed shares"
         )
         if left > 0:
@@ -514,21 +609,26 @@ def decide(
                 assessments[n] = replace(
                     a, target=grant, reason=f"shares: cut {format_size(a.target - grant)}"
                 )
+                new_memos[n] = replace(new_memos[n], cut_t=now, cut_used=a.used)
         committed = fixed + sum(grants.values())
 
+    by_name_g = {g.name: g for g in guests}
     unplugs: list[Unplug] = []
     plugs: list[tuple[int, int, Plug]] = []
     for n, grant in grants.items():
         a = assessments[n]
         delta = grant - a.plugged
         if delta <= -cfg.min_change:
-            unplugs.append(Unplug(n, pages(-delta), a.reason, a.used, a.spare))
+            unplugs.append(
+                Unplug(n, pages(-delta), a.reason, a.used, a.spare, by_name_g[n].headroom)
+            )
         elif delta >= cfg.min_change or (delta > 0 and a.level == "emergency"):
             urgent = a.level in ("emergency", "pressure")
             amount = pages(delta) or PAGE
             plugs.append((LEVEL_ORDER.get(a.level, 3), -amount, Plug(n, amount, a.reason, urgent)))
     plugs.sort(key=lambda p: (p[0], p[1]))
     actions: tuple[Action, ...] = (*unplugs, *(p for _, _, p in plugs))
+    credits = plan_credits(guests, grants, assessments, reserve, budget - committed, cfg)
     return Plan(
         actions=actions,
         assessments=assessments,
@@ -537,7 +637,49 @@ def decide(
         committed=committed,
         short=short,
         notes=tuple(notes),
+        credits=credits,
+        reserve=max(reserve, credit),
+        fastest=fastest,
     )
+
+
+def plan_credits(
+    guests: list[GuestInput],
+    grants: dict[str, int],
+    assessments: dict[str, Assessment],
+    reserve: int,
+    room: int,
+    cfg: Config,
+) -> tuple[Credit, ...]:
+    """The reserve, armed: each guest with the OOM hook holds an equal share of it as credit,
+    never more than it has unplugged after this plan (credit beyond that is never used).
+    A guest busy now (short, or growing) keeps what emergency grants gave it (the driver
+    grants those when a guest plugs back or waits); any other gives back what is above its
+    share at once: four guests filling together, each finished one held its grant for the
+    `hold` seconds of its calm period and the last one waited in its hook until it gave up.
+    `room`: budget left after the plan's plugs."""
+    hooked = [g for g in guests if g.hook]
+    if not hooked:
+        return ()
+    share = pages(reserve // len(hooked))
+    room -= sum(usable_credit(g) for g in guests)
+    out: list[Credit] = []
+    for g in hooked:  # take back first: it makes room for the grants
+        a = assessments.get(g.name)
+        if a is None or a.busy:
+            continue  # unobservable, or it needs what it has now
+        if g.credit - share >= cfg.min_change:
+            out.append(Credit(g.name, -(g.credit - share), "above its share of the reserve"))
+            room += min(g.credit, g.max - g.plugged) - min(share, g.max - g.plugged)
+    for g in hooked:
+        if g.name not in assessments:
+            continue
+        unplugged = max(0, g.max - grants.get(g.name, g.plugged))
+        amount = pages(min(min(share, unplugged) - g.credit, room))
+        if amount >= cfg.min_change or (amount > 0 and g.credit == 0):
+            out.append(Credit(g.name, amount, "its share of the reserve"))
+            room -= amount
+    return tuple(out)
 
 
 # ---- admission and manual sizes -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from warden import statefile
 from warden.errors import WardenError
 from warden.memory.ledger import Entry
 
@@ -128,9 +129,12 @@ class SavedGuest:
     hi: int
     baseline: int | None
     pin: int | None
+    hook: bool = False
+    credit: int = 0
+    selfplugged: int = 0
 
 
-def save_state(path: Path, entries: dict[str, Entry]) -> None:
+def save_state(path: Path, entries: dict[str, Entry], fastest: float = 0.0) -> None:
     guests = {
         name: {
             "pid": e.pid,
@@ -140,20 +144,17 @@ def save_state(path: Path, entries: dict[str, Entry]) -> None:
             "hi": e.hi // 1024,
             "baseline": None if e.baseline is None else e.baseline // 1024,
             "pin": None if e.pin is None else e.pin // 1024,
+            "hook": e.hook,
+            # rounded up: the budget must not forget a byte the guest may plug back
+            "credit": -(-e.credit // 1024),
+            "selfplugged": e.selfplugged // 1024,
         }
         for name, e in entries.items()
         if not e.booting or e.pid is not None
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    data = json.dumps({"v": STATE_VERSION, "guests": guests}, indent=1).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    doc = {"v": STATE_VERSION, "guests": guests, "fastest": int(fastest) // 1024}
+    statefile.write_json(path, doc, mode=0o640, indent=1)  # fsync'd, file and directory
 
 
 def load_state(path: Path) -> dict[str, SavedGuest]:
@@ -185,7 +186,19 @@ def load_state(path: Path) -> dict[str, SavedGuest]:
                 hi=int(g["hi"]) * 1024,
                 baseline=kib(g.get("baseline")),
                 pin=kib(g.get("pin")),
+                hook=g.get("hook") is True,
+                credit=int(g.get("credit", 0)) * 1024,
+                selfplugged=int(g.get("selfplugged", 0)) * 1024,
             )
         except (KeyError, TypeError, ValueError):
             raise WardenError(f"{path}: guest {name!r} has a malformed record: {g!r}") from None
     return out
+
+
+def load_fastest(path: Path) -> float:
+    """The fleet's fastest growth seen (bytes/s) as saved; 0 when unknown or unreadable."""
+    try:
+        doc = json.loads(path.read_text())
+        return float(max(0, int(doc.get("fastest", 0)))) * 1024
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0

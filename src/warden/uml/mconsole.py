@@ -57,6 +57,7 @@ class NotifyType(IntEnum):
     PANIC = 1
     HANG = 2
     USER_NOTIFY = 3
+    MEMORY = 4  # warden's kernel (kernel/0004): its OOM hook plugged memory back or waits
 
 
 @dataclass(frozen=True)
