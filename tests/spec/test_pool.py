@@ -93,7 +93,8 @@ def test_missing_keys_and_unknown_network() -> None:
 
 def test_clashes_with_machines_and_other_pools() -> None:
     machine = (
-        '[[machine]]\nname = "ssh-2"\nowner = "alice"\nnics = [{ network = "dmz", ip = "10.77.0.51" }]\n'
+        '[[machine]]\nname = "ssh-2"\nowner = "alice"\n'
+        'nics = [{ network = "dmz", ip = "10.77.0.51" }]\n'
         'forwards = ["tcp:22:22"]\n'
     )
     e = error(machine + POOL)
