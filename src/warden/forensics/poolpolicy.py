@@ -197,7 +197,8 @@ class PoolPolicy:
         g = self.state[guest]
         g.slot, g.src, g.last_seen = Slot.TAKEN, src, now
         self.by_src[src] = guest
-        return [Map(src, guest), Accept(src)] + self._refill(now)
+        out: list[Command] = [Map(src, guest), Accept(src)]
+        return out + self._refill(now)
 
     def _refill(self, now: float) -> list[Command]:
         want = self.size + len(self.waiting) - self.count(Slot.WARM) - self.count(Slot.BOOTING)
