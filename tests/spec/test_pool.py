@@ -6,6 +6,9 @@ from warden.errors import SpecError
 from warden.spec import fleet
 
 HEAD = """
+[host]
+netns = "pots"
+
 [[owner]]
 name = "alice"
 keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGV4YW1wbGUta2V5LW5vdC1yZWFsLWFsaWNlLTAwMDAw a@b"]
@@ -54,7 +57,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ('size = 4\n', "pool 'ssh': size = 4 is more than the 3 addresses"),
+        ("size = 4\n", "pool 'ssh': size = 4 is more than the 3 addresses"),
         ('listen = "udp:22"\n', "pool 'ssh': listen = 'udp:22': expected \"tcp:PORT\""),
         ('listen = "tcp:0"\n', "listen = 'tcp:0': expected \"tcp:PORT\" with a port from 1"),
         ('idle = "5s"\n', "pool 'ssh': idle = '5s': expected a duration from 10s"),
@@ -64,7 +67,7 @@ def test_defaults() -> None:
         ('restart = "always"\n', "key 'restart' is not allowed in a pool"),
         ('memroy = "64M"\n', "key 'memroy' is unknown (did you mean 'memory'?)"),
         ('memory = "8M"\n', "pool 'ssh': memory = 8M is too small"),
-        ('tty_log = true\n', 'tty_log and disguise need the honeypot kernel'),
+        ("tty_log = true\n", "tty_log and disguise need the honeypot kernel"),
     ],
 )
 def test_bad_fields_are_named(extra: str, expected: str) -> None:
@@ -104,3 +107,10 @@ def test_clashes_with_machines_and_other_pools() -> None:
     other = POOL.replace('"ssh"', '"web"').replace("10.77.0.5", "10.77.0.6")
     assert "pool 'web': listen = \"tcp:22\" is pool 'ssh''s too" in error(POOL + other)
     assert "pool 'ssh': name is used twice" in error(POOL + POOL.replace("10.77.0.5", "10.77.0.7"))
+
+
+def test_a_pool_needs_a_namespace_of_its_own() -> None:
+    text = HEAD.replace('[host]\nnetns = "pots"\n', "") + POOL
+    with pytest.raises(SpecError) as e:
+        fleet.parse(text, "f.toml")
+    assert 'f.toml: [host]: a [[pool]] needs netns = "NAME"' in str(e.value)

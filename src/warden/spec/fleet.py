@@ -496,6 +496,12 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
     raw_pools = _array(doc.get("pool"), "pool", problems)
     pools, pool_machines = parse_pools(raw_pools, owners, networks, machines, problems)
     machines += pool_machines
+    if pools and not host.netns:
+        problems.add(
+            "[host]",
+            'a [[pool]] needs netns = "NAME": its listen port takes every local address of '
+            "the namespace, which must not be the host's own (its sshd)",
+        )
 
     fleet = Fleet(
         source=source,

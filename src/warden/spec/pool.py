@@ -54,7 +54,7 @@ def _duration(lo: int, hi: int) -> fl.Check:
     def check(v: Any) -> int:
         seconds = parse_duration(fl._str(v))
         if not lo <= seconds <= hi:
-            raise ValueError(f"expected a duration from {lo}s to {hi}s, e.g. \"10m\"")
+            raise ValueError(f'expected a duration from {lo}s to {hi}s, e.g. "10m"')
         return seconds
 
     return check
@@ -141,9 +141,7 @@ def parse_pools(
         before = len(problems.items)
         _check_pool(pool, label, networks, pools, machines_so_far, problems)
         for m in machines(pool):
-            fl._check_machine(
-                m, label, owners, networks, machines_so_far + added, problems
-            )
+            fl._check_machine(m, label, owners, networks, machines_so_far + added, problems)
             added.append(m)
         if len(problems.items) == before:
             pools.append(pool)
@@ -177,8 +175,8 @@ def _check_pool(
         for f in m.forwards:
             if f.proto == "tcp" and f.host_port == pool.listen:
                 problems.add(
-                    label, f"listen = \"tcp:{pool.listen}\": the port is {m.name!r}'s forward"
+                    label, f'listen = "tcp:{pool.listen}": the port is {m.name!r}\'s forward'
                 )
     for p in earlier:
         if p.listen == pool.listen:
-            problems.add(label, f"listen = \"tcp:{pool.listen}\" is pool {p.name!r}'s too")
+            problems.add(label, f'listen = "tcp:{pool.listen}" is pool {p.name!r}\'s too')
