@@ -7,86 +7,24 @@ on a veth of its own) and GUESTS (10.66.0.50-52 on a veth, a server on port 22 o
 """
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.netlab import HOST_IP, Lab, sh, wait_for
+from tests.support.netlab import wait_for
+from tests.support.poollab import ATTACKER2_IP, HOST2_IP, PoolLab
 from warden.forensics.pooldriver import GateClient
 
 pytestmark = pytest.mark.guest  # root and network namespaces
 
 GUESTS = [("g-1", "10.66.0.50"), ("g-2", "10.66.0.51"), ("g-3", "10.66.0.52")]
-HOST2_IP, ATTACKER2_IP = "192.168.251.1", "192.168.251.2"
-SERVER = """
-import socket, sys, threading
-def serve(ip):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((ip, 22)); s.listen()
-    while True:
-        c, a = s.accept()
-        c.sendall(f"SSH-2.0-{ip} sees {a[0]}\\r\\n".encode()); c.close()
-for ip in sys.argv[1:]:
-    threading.Thread(target=serve, args=(ip,)).start()
-"""
-CONNECT = """
-import socket, sys, time
-t = time.monotonic()
-try:
-    s = socket.create_connection((sys.argv[1], 22), timeout=float(sys.argv[2]))
-    print(s.recv(100).decode().strip(), round(time.monotonic() - t, 4))
-except OSError as e:
-    print("error", type(e).__name__, round(time.monotonic() - t, 4))
-"""
-
-
-class PoolLab(Lab):
-    def __init__(self) -> None:
-        super().__init__()
-        self.guests = self.host.replace("wn", "wg")
-        self.attacker2 = self.host.replace("wn", "wa")
-
-    def start(self) -> "PoolLab":
-        super().start()
-        for ns in (self.guests, self.attacker2):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        self._veth(self.guests, "10.66.0.1/24", [a for _, a in GUESTS], "10.66.0.1")
-        self._veth(self.attacker2, f"{HOST2_IP}/30", [ATTACKER2_IP], HOST2_IP)
-        sh("ip", "-n", self.outside, "route", "add", "default", "via", HOST_IP)
-        self.run(self.host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.spawn(self.guests, sys.executable, "-c", SERVER, *[a for _, a in GUESTS])
-        return self
-
-    def _veth(self, ns: str, host_addr: str, addrs: list[str], gw: str) -> None:
-        a, b = f"v{ns}"[:15], f"p{ns}"[:15]
-        sh("ip", "link", "add", a, "netns", self.host, "type", "veth", "peer", "name", b,
-           "netns", ns)  # fmt: skip
-        sh("ip", "-n", self.host, "addr", "add", host_addr, "dev", a)
-        sh("ip", "-n", self.host, "link", "set", a, "up")
-        for addr in addrs:
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/{host_addr.split('/')[1]}", "dev", b)
-        sh("ip", "-n", ns, "link", "set", b, "up")
-        sh("ip", "-n", ns, "route", "add", "default", "via", gw)
-
-    def close(self) -> None:
-        super().close()
-        for ns in (self.guests, self.attacker2):
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                subprocess.run(["kill", "-9", pid], check=False)
-            sh("ip", "netns", "del", ns, check=False)
-
-    def connect(self, ns: str, to: str = HOST_IP, timeout: float = 3) -> str:
-        return self.run(ns, sys.executable, "-c", CONNECT, to, str(timeout)).stdout.strip()
 
 
 @pytest.fixture
 def lab() -> Iterator[PoolLab]:
-    with PoolLab() as lab:
+    with PoolLab([a for _, a in GUESTS]) as lab:
         yield lab
 
 
