@@ -124,20 +124,29 @@ class PoolDriver:
         self.pools: tuple[Pool, ...] = ()
         self.policies: dict[str, pp.PoolPolicy] = {}
         self.pool_of: dict[str, Pool] = {}  # guest -> its pool
-        self.busy: set[str] = set()  # guests a start or recycle task is bringing up
+        # Guests a start or recycle task is bringing up, with the start() it belongs to.
+        self.busy: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
-        self._restart: asyncio.Task[None] | None = None
+        self._applying = asyncio.Lock()
+        self.gen = 0  # which start() the policies belong to
 
     # ---- life cycle --------------------------------------------------------------------------
     async def start(self) -> None:
+        """The fleet's pools, from scratch: a fresh table (one transaction, so a gate that
+        served the previous fleet's pools never leaves the port open in between), new
+        policies; guests already running are recycled before anyone gets them."""
+        self.gen += 1
         self.pools = self.core.fleet.pools
+        self.policies.clear()
+        self.pool_of.clear()
         if not self.pools:
+            await self._close_gate()
             return
-        netns = self.core.fleet.host.netns
-        self.gate = await GateClient(
-            netns, self.core.layout.home / "logs" / "pool-gate.log"
-        ).start()
+        if self.gate is None:
+            log_path = self.core.layout.home / "logs" / "pool-gate.log"
+            self.gate = await GateClient(self.core.fleet.host.netns, log_path).start()
         await self.gate.call("setup", pools=gate_pools(self.pools))
+        self.core.event(None, "pools-set", pools=",".join(p.name for p in self.pools))
         now = time.monotonic()
         running = {g.name for g in self.core.guests if g.state in m.LIVE}
         for p in self.pools:
@@ -151,19 +160,25 @@ class PoolDriver:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
-        if self.gate is not None:
-            await self.gate.close()
-            self.gate = None
+        self.gen += 1  # bring-ups still running leave the policies and the gate alone
+        await self._close_gate()
         self.policies.clear()
         self.pool_of.clear()
 
+    async def _close_gate(self) -> None:
+        if self.gate is not None:
+            await self.gate.close()
+            self.gate = None
+
     def fleet_changed(self) -> None:
         if self.core.fleet.pools != self.pools:
-            self._restart = spawn(self._apply(), "pool driver: new fleet")
+            spawn(self._apply(), "pool driver: new fleet")
 
     async def _apply(self) -> None:
-        await self.stop()
-        await self.start()
+        async with self._applying:
+            await cancel(self._task)
+            self._task = None
+            await self.start()
 
     # ---- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -201,7 +216,9 @@ class PoolDriver:
             if owner is None:
                 continue
             p = owner
-            self.busy.discard(guest)
+            if self.busy.get(guest) != self.gen:
+                continue  # a probe for a previous fleet's pools
+            del self.busy[guest]
             policy = self.policies[p.name]
             if seconds is None:
                 self.core.event(guest, "pool-failed", pool=p.name, error="no service answered")
@@ -229,7 +246,7 @@ class PoolDriver:
         policy = self.policies[p.name]
         for c in cmds:
             if isinstance(c, pp.Start | pp.Recycle):
-                self.busy.add(c.guest)
+                self.busy[c.guest] = self.gen
                 reason = c.reason if isinstance(c, pp.Recycle) else "pool: refill"
                 spawn(self._bring_up(p, c.guest, reason), f"pool:{c.guest}")
             elif isinstance(c, pp.Offer):
@@ -248,11 +265,18 @@ class PoolDriver:
 
     async def _bring_up(self, p: Pool, name: str, reason: str) -> None:
         """Start (or recycle: evidence kept, disk dropped) `name`, pristine, then probe it."""
-        now = time.monotonic
+        gen = self.gen
         try:
             guest = self.core.guests.require(name)
             if guest.state is m.State.ABSENT:
                 self.core.control.start(name)  # created now: a fresh disk
+            elif name in self.ops.recycling:
+                # A recycle under way (a previous fleet's pool asked for it) ends in a pristine
+                # boot: wait for that boot rather than fail on the recycle's Conflict.
+                boot = guest.boot
+                async with asyncio.timeout(BOOT_TIMEOUT):
+                    while name in self.ops.recycling and guest.boot == boot:
+                        await asyncio.sleep(0.1)
             else:
                 await self.ops.recycle(name, reason)
             state = await self.core.control.wait_state(
@@ -260,17 +284,22 @@ class PoolDriver:
             )
             if state is not m.State.RUNNING:
                 raise WardenError(f"{name} did not start: {state}")
-            assert self.gate is not None
+            if gen != self.gen or self.gate is None:
+                self._done(name, gen)
+                return  # the pools changed meanwhile: the new policy adopts it
             address = p.addresses[p.guests.index(name)]
             await self.gate.call(
                 "probe", guest=name, address=address, port=p.guest_port, timeout=PROBE_TIMEOUT
             )
         except (WardenError, TimeoutError) as e:
-            self.busy.discard(name)
+            self._done(name, gen)
             self.core.event(name, "pool-failed", pool=p.name, error=str(e) or "timeout")
-            policy = self.policies.get(p.name)
-            if policy is not None and self.gate is not None:
-                await self._run(p, policy.failed(name, now()))
+            if gen == self.gen and p.name in self.policies and self.gate is not None:
+                await self._run(p, self.policies[p.name].failed(name, time.monotonic()))
+
+    def _done(self, name: str, gen: int) -> None:
+        if self.busy.get(name) == gen:
+            del self.busy[name]
 
     def status(self) -> dict[str, Any]:
         return {
