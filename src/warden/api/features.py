@@ -165,3 +165,7 @@ async def recycle(c: Ctx, request: web.Request) -> web.Response:
         wait_evidence=bool(b.get("wait_evidence", False)),
     )
     return web.json_response(result)
+
+
+async def pools(c: Ctx, request: web.Request) -> web.Response:
+    return web.json_response(c.features.forensics.pools.status())

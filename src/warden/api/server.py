@@ -26,7 +26,8 @@ answer. Errors are {"error": message} with 400 bad input, 404 unknown name, 409 
                   GET /net/{name}/capture?nic=N&count=N&duration=S   (a pcap stream)
     -- forensics: GET /machines/{name}/timeline?boot=B&since=SNAP&sync=1,
                   POST /machines/{name}/evidence {"out": PATH?, "sync": bool},
-                  POST /machines/{name}/recycle {"sync": bool, "wait_evidence": bool}
+                  POST /machines/{name}/recycle {"sync": bool, "wait_evidence": bool},
+                  GET /pools (each pool's guests: slot and the address that has it)
 
 Console websocket frames: binary both ways are terminal bytes; text frames are JSON:
 server -> client {"notice": "..."} or {"closed": "reason"}; client -> server
@@ -84,6 +85,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "machines/{name}/timeline", fh.timeline),
     ("POST", "machines/{name}/evidence", fh.evidence),
     ("POST", "machines/{name}/recycle", fh.recycle),
+    ("GET", "pools", fh.pools),
     ("POST", "machines/{name}/{action}", mh.action),
 )
 

@@ -1,6 +1,7 @@
 """Timeline, evidence and recycle as a feature of the daemon (warden.forensics.operations).
 
 For the API (api/features.py):
+    GET  pools                                     each pool's guests: slot, address
     GET  machines/{name}/timeline?boot=B&since=SNAP&sync=1   {"meta": ..., "entries": [...]}
     POST machines/{name}/evidence  {"out": PATH?, "sync": bool}   -> where, what, the pause
     POST machines/{name}/recycle   {"sync": bool, "wait_evidence": bool}
