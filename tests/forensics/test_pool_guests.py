@@ -16,7 +16,6 @@ import pytest
 from tests.support.daemon import DaemonProc
 from tests.support.netlab import guest_sh, net_fleet, wait_for
 from tests.support.poollab import ATTACKER2_IP, HOST2_IP, PoolLab
-from warden.api.client import ApiClient
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
 
@@ -97,9 +96,11 @@ def test_each_address_gets_its_own_pristine_guest_and_idle_ones_are_recycled(
     wait_for("the second claim", lambda: kinds(daemon, other, "pool-claimed"), 10, 0.2)
     assert [e["src"] for e in kinds(daemon, other, "pool-claimed")] == [ATTACKER2_IP]
     assert [e["src"] for e in kinds(daemon, mine, "pool-claimed")] == [ATTACKER1_IP]
-    pools = ApiClient(daemon.layout).get("/pools")["pot"]
+    pools = json.loads(daemon.cli("pools", "--json").stdout)["pot"]
     assert pools[mine] == {"slot": "taken", "src": ATTACKER1_IP}, pools
     assert pools[other] == {"slot": "taken", "src": ATTACKER2_IP}, pools
+    table = daemon.cli("pools").stdout
+    assert f"pot          {mine:24} taken    {ATTACKER1_IP}" in table, table
     # Two taken, size 2: the third guest is booted to keep the pool warm.
     wait_for("the refill", lambda: kinds(daemon, "pot-3", "pool-warm"), 240, 0.5)
 

@@ -84,6 +84,7 @@ COMMANDS = {
     "timeline": "warden.cli.forensics",
     "evidence": "warden.cli.forensics",
     "recycle": "warden.cli.forensics",
+    "pools": "warden.cli.forensics",
 }
 
 
