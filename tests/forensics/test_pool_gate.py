@@ -118,3 +118,15 @@ def test_bad_requests_get_errors_and_change_nothing(gate: Gate) -> None:
     with pytest.raises(Exception, match="not a pool or guest name"):
         gate("offer", pool="ssh", warm=["g-1 } ; flush ruleset ; {"])
     assert gate("poll")["pools"]["ssh"]["claims"] == []
+
+
+def test_any_packet_of_an_address_with_a_guest_is_activity(lab: PoolLab, gate: Gate) -> None:
+    gate("offer", pool="ssh", warm=["g-1"])
+    assert lab.connect(lab.outside).startswith("SSH-2.0-10.66.0.50 ")
+    wait_for("the activity to expire", lambda: gate("poll")["pools"]["ssh"]["seen"] == [], 10)
+    # Not the pool's port: a connection to port 80 (refused) still says the address is there.
+    assert lab.connect(lab.outside, port=80, timeout=1).startswith("error")
+    assert gate("poll")["pools"]["ssh"]["seen"] == ["192.168.250.2"]
+    # An address without a guest is nobody's activity.
+    assert lab.connect(lab.attacker2, HOST2_IP, port=80, timeout=1).startswith("error")
+    assert gate("poll")["pools"]["ssh"]["seen"] == ["192.168.250.2"]

@@ -6,14 +6,15 @@ one it never touches). For each pool P with guests G (in the pool's order) liste
 
     map  dnat-G   ipv4_addr : ipv4_addr, size 1     the one address guest G serves
     set  srcs-P   the addresses that have a guest of P
-    set  seen-P   addresses of srcs-P that sent a packet within SEEN_TIMEOUT (activity)
+    set  seen-P   addresses of srcs-P that sent a packet (to any port) within SEEN_TIMEOUT
     set  wait-P   new addresses that found no warm guest, for `wait` seconds, at most
                   MAX_WAITING (poolpolicy)
 
     prerouting (filter, priority -150: after conntrack, before NAT)
+        ip saddr @srcs-P: update @seen-P (activity)
         tcp dport L, to a local address: jump claim-P
     claim-P
-        ip saddr @srcs-P: update @seen-P, return (on to the DNAT below)
+        ip saddr @srcs-P: return (on to the DNAT below)
         a SYN of a new connection, for each offered (warm) guest G, in order:
             add @dnat-G { ip saddr : G's address } add @srcs-P { ip saddr } return
             (a map of size 1 refuses a second element: the rule stops there and the SYN
@@ -121,6 +122,12 @@ def table(pools: list[PoolNet]) -> str:
         )
         lines.append(f"add chain {T} claim-{name}")
         lines.append(f"add chain {T} nat-{name}")
+        # Activity: any packet from an address with a guest, to any port (a connection the
+        # guest opened back to it too), not only to the pool's port.
+        lines.append(
+            f"add rule {T} prerouting ip saddr @{srcs_set(name)} "
+            f"update @{seen_set(name)} {{ ip saddr }}"
+        )
         lines.append(f"add rule {T} prerouting {_to_port(p.listen)} jump claim-{name}")
         lines.append(f"add rule {T} nat {_to_port(p.listen)} jump nat-{name}")
         for guest, _addr in p.guests:
@@ -139,8 +146,7 @@ def offer(p: PoolNet, warm: tuple[str, ...]) -> list[str]:
     chain = f"claim-{name}"
     lines = [
         f"flush chain {T} {chain}",
-        f"add rule {T} {chain} ip saddr @{srcs_set(name)} "
-        f"update @{seen_set(name)} {{ ip saddr }} return",
+        f"add rule {T} {chain} ip saddr @{srcs_set(name)} return",
     ]
     for guest in warm:
         lines.append(
