@@ -114,3 +114,34 @@ def test_each_address_gets_its_own_pristine_guest_and_idle_ones_are_recycled(
     assert guest_sh(daemon, mine, "ls /root").strip() == ""
     # The attacker's next connection is new again and gets a warm guest.
     assert lab.connect(lab.outside).startswith(TELNET)
+
+
+def test_a_new_daemon_recycles_the_guests_the_old_one_handed_out(
+    daemon: DaemonProc, lab: PoolLab
+) -> None:
+    """Which address had which guest died with the daemon (no pool state on disk): the next
+    daemon recycles every pool guest still running before it offers any."""
+    pool = POOL.replace("size = 2", "size = 1").replace('idle = "10s"', 'idle = "1h"')
+    pool = pool.replace(', "10.78.0.52"', "")
+    daemon.apply(net_fleet(lab.host, [], networks=NET) + pool)
+    wait_for("a warm guest", lambda: kinds(daemon, "pot-1", "pool-warm"), 240, 0.5)
+    assert lab.connect(lab.outside).startswith(TELNET)
+    wait_for("the claim", lambda: kinds(daemon, "pot-1", "pool-claimed"), 10, 0.2)
+    guest_sh(daemon, "pot-1", "echo loot > /root/loot")
+
+    daemon.kill9()
+    # The gate ends with the daemon and takes the table with it: nobody routes to a guest
+    # that nobody watches.
+    wait_for(
+        "the table gone",
+        lambda: "warden_pool" not in lab.run(lab.host, "nft", "list", "tables").stdout,
+        10,
+        0.2,
+    )
+    daemon.start()  # pot-1 still runs (guests outlive the daemon): the reason below says so
+    recycled = wait_for("the recycle", lambda: kinds(daemon, "pot-1", "recycled"), 120, 0.5)
+    assert recycled[0]["reason"] == "pool: running when the daemon started", recycled
+    wait_for("its evidence", lambda: kinds(daemon, "pot-1", "evidence-kept"), 120, 0.5)
+    wait_for("warm again", lambda: len(kinds(daemon, "pot-1", "pool-warm")) == 2, 240, 0.5)
+    assert guest_sh(daemon, "pot-1", "ls /root").strip() == ""
+    assert lab.connect(lab.outside).startswith(TELNET)
