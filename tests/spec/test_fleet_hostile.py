@@ -66,7 +66,7 @@ def test_name_patterns_are_whole_even_with_match() -> None:
 
 
 def test_an_ssh_key_with_a_line_break_is_refused() -> None:
-    bad = HEAD.replace('a@b"]', 'a@b\\nssh-ed25519 AAAAevil x"]')
+    bad = HEAD.replace("a@b\"]", 'a@b\\nssh-ed25519 AAAAevil x"]')
     with pytest.raises(SpecError) as e:
         fleet.parse(bad, "f.toml")
     assert "keys" in str(e.value) and "line breaks" in str(e.value)
