@@ -183,3 +183,7 @@ async def web_link(c: Ctx, request: web.Request) -> web.Response:
         raise SpecError(f"ttl {ttl!r}: expected a number of seconds")
     out = c.features.web.login_link(owner, bool(b.get("admin")), peer_user(request), float(ttl))
     return web.json_response(out)
+
+
+async def pools(c: Ctx, request: web.Request) -> web.Response:
+    return web.json_response(c.features.forensics.pools.status())

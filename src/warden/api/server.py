@@ -26,7 +26,8 @@ answer. Errors are {"error": message} with 400 bad input, 404 unknown name, 409 
                   GET /net/{name}/capture?nic=N&count=N&duration=S   (a pcap stream)
     -- forensics: GET /machines/{name}/timeline?boot=B&since=SNAP&sync=1,
                   POST /machines/{name}/evidence {"out": PATH?, "sync": bool},
-                  POST /machines/{name}/recycle {"sync": bool, "wait_evidence": bool}
+                  POST /machines/{name}/recycle {"sync": bool, "wait_evidence": bool},
+                  GET /pools (each pool's guests: slot and the address that has it)
     -- web:       POST /web/link {"owner": NAME | null, "admin": bool, "ttl": seconds}
                   -> {"url", "expires", "user", "fingerprint"}   (`warden web link`)
 
@@ -88,6 +89,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "machines/{name}/evidence", fh.evidence),
     ("POST", "machines/{name}/recycle", fh.recycle),
     ("POST", "web/link", fh.web_link),
+    ("GET", "pools", fh.pools),
     ("POST", "machines/{name}/{action}", mh.action),
 )
 

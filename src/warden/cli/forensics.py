@@ -179,6 +179,18 @@ def _recycle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pools(args: argparse.Namespace) -> int:
+    r = ApiClient(layout()).get("/pools")
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    for pool, guests in r.items():
+        for guest, g in guests.items():
+            # the address came from the kernel (an IPv4 address), the names from the fleet
+            print(f"{pool:12} {guest:24} {g['slot']:8} {termsafe.line(g.get('src') or '')}")
+    return 0
+
+
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("timeline", help="one chronological record of a guest's boot")
     p.add_argument("name")
@@ -216,3 +228,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_recycle)
+    p = sub.add_parser("pools", help="each [[pool]]'s guests: off, booting, warm or whose")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_pools)

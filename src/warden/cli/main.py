@@ -88,6 +88,7 @@ COMMANDS = {
     "recycle": "warden.cli.forensics",
     "honeypot": "warden.cli.honeypot",
     "web": "warden.cli.web",
+    "pools": "warden.cli.forensics",
 }
 
 

@@ -1,6 +1,7 @@
 """Timeline, evidence and recycle as a feature of the daemon (warden.forensics.operations).
 
 For the API (api/features.py):
+    GET  pools                                     each pool's guests: slot, address
     GET  machines/{name}/timeline?boot=B&since=SNAP&sync=1   {"meta": ..., "entries": [...]}
     POST machines/{name}/evidence  {"out": PATH?, "sync": bool}   -> where, what, the pause
     POST machines/{name}/recycle   {"sync": bool, "wait_evidence": bool}
@@ -23,6 +24,7 @@ from warden.daemon.lines import LineLog
 from warden.daemon.seam import Core, Feature, LogFactory
 from warden.errors import WardenError
 from warden.forensics.operations import Operations
+from warden.forensics.pooldriver import PoolDriver
 from warden.forensics.recycle import RecycleWatch
 from warden.sessionlog import codec as sl
 from warden.sessionlog import ttylog
@@ -173,6 +175,7 @@ class ForensicsFeature(Feature):
     def __init__(self, core: Core):
         self.ops = Operations(core)
         self.driver = RecycleDriver(core, self.ops)
+        self.pools = PoolDriver(core, self.ops)  # the fleet's [[pool]]s
 
     def tap(self, inner: LogFactory) -> LogFactory:
         """`inner` (the console's session logs), seen by the recycle policy on the way."""
@@ -180,12 +183,15 @@ class ForensicsFeature(Feature):
 
     async def start(self) -> None:
         await self.driver.start()
+        await self.pools.start()
 
     async def stop(self) -> None:
+        await self.pools.stop()
         await self.driver.stop()
 
     def fleet_changed(self) -> None:
         self.driver.fleet_changed()
+        self.pools.fleet_changed()
 
     async def timeline(
         self, name: str, boot: int | None, since: str | None, sync: bool

@@ -15,12 +15,15 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warden.errors import SpecError
 from warden.spec import recycle as recyclemod
 from warden.uml import cmdline
 from warden.units import SIZE_HELP, parse_size
+
+if TYPE_CHECKING:
+    from warden.spec.pool import Pool
 
 # Names and identifiers match in full: every check uses fullmatch, and the patterns are anchored
 # with \A and \Z (not ^ and $, which also match before a trailing newline) for callers that
@@ -171,7 +174,8 @@ class Fleet:
     logs: Logs = field(default_factory=Logs)
     owners: tuple[Owner, ...] = ()
     networks: tuple[Network, ...] = ()
-    machines: tuple[Machine, ...] = ()
+    machines: tuple[Machine, ...] = ()  # a pool's guests among them (warden.spec.pool)
+    pools: "tuple[Pool, ...]" = ()
 
     def owner(self, name: str) -> Owner | None:
         return next((o for o in self.owners if o.name == name), None)
@@ -422,7 +426,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "jail": _bool,
     "recycle": _recycle,
 }
-TOP_LEVEL = ("host", "concentrator", "web", "logs", "owner", "network", "machine")
+TOP_LEVEL = ("host", "concentrator", "web", "logs", "owner", "network", "machine", "pool")
 MIN_MEMORY = 32 << 20
 
 
@@ -543,6 +547,19 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
         _check_machine(m, label, owners, networks, machines, problems)
         machines.append(m)
 
+    # Pools build on this module's checks: imported here, the module imports this one.
+    from warden.spec.pool import parse_pools
+
+    raw_pools = _array(doc.get("pool"), "pool", problems)
+    pools, pool_machines = parse_pools(raw_pools, owners, networks, machines, problems)
+    machines += pool_machines
+    if pools and not host.netns:
+        problems.add(
+            "[host]",
+            'a [[pool]] needs netns = "NAME": its listen port takes every local address of '
+            "the namespace, which must not be the host's own (its sshd)",
+        )
+
     fleet = Fleet(
         source=source,
         host=host,
@@ -552,6 +569,7 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
         owners=tuple(owners),
         networks=tuple(networks),
         machines=tuple(machines),
+        pools=tuple(pools),
     )
     if host.memory_budget:
         floors = sum(m.memory_min for m in machines)
