@@ -8,7 +8,8 @@ Layers, top to bottom; a module imports its own package and the layers below it:
     front ends      cli, __main__  (and the API client, api.client/api.lineclient)
     composition     app            (builds the daemon with its features, starts the API)
     API             api            (owns every route; aiohttp lives here only)
-    features        console, jail, net, memory, honeypot, snapshots, forensics (never each other)
+    features        console, jail, cpu, net, memory, honeypot, snapshots, forensics
+                    (never each other)
     core            daemon         (features see only its seam and its pure parts)
     below           sessionlog, spec, store, images, disk, uml, host, kernelbuild, doctor
     base            errors, paths, units, tasks, termsafe, progress, statefile, proc, guestinput
@@ -29,6 +30,7 @@ LAYER = {
     "api": API,
     "console": FEATURE,
     "jail": FEATURE,
+    "cpu": FEATURE,
     "net": FEATURE,
     "memory": FEATURE,
     "honeypot": FEATURE,

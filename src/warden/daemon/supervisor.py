@@ -52,6 +52,7 @@ class Supervisor:
         self.started_at: float | None = None
         self.base: str | None = None
         self.uid: int | None = None
+        self.cpus: str | None = None  # set by the cpu feature (seam.Guest)
         self.pid_start: int | None = None
         self.kernel_path: Path | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -131,6 +132,7 @@ class Supervisor:
             "lines": list(self.spec.lines),
             "last_exit": self.machine.last_exit,
             "desired": self.machine.desired,
+            "cpu": self.cpus,
         }
 
     # ---- events and actions ---------------------------------------------------------------

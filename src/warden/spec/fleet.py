@@ -100,6 +100,7 @@ class Machine:
     disguise: str = ""
     jail: bool = True
     recycle: str = ""  # "" or a warden.spec.recycle policy: on-logout, idle:D, every:D
+    cpu: tuple[int, ...] = ()  # pinned host CPUs; (): warden places it (warden.cpu)
 
     @property
     def recycle_policy(self) -> recyclemod.RecyclePolicy | None:
@@ -301,6 +302,24 @@ def _forwards(v: Any) -> tuple[Forward, ...]:
     return tuple(out)
 
 
+MAX_CPU = 8191
+
+
+def _cpu(v: Any) -> tuple[int, ...]:
+    """`cpu = 1` or `cpu = [0, 1]`: the host CPUs a guest is pinned to. Whether this host has
+    them is checked when the fleet is applied (warden.cpu.feature), where the host is known."""
+    allowed = "expected a CPU number (cpu = 1) or a list of distinct CPU numbers (cpu = [0, 1])"
+    items = v if isinstance(v, list) else [v]
+    if not items:
+        raise ValueError(allowed)
+    for c in items:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CPU:
+            raise ValueError(allowed)
+    if len(set(items)) != len(items):
+        raise ValueError(f"{allowed}; a CPU is listed twice")
+    return tuple(sorted(items))
+
+
 def _nics(v: Any) -> tuple[Nic, ...]:
     if not isinstance(v, list):
         raise ValueError('expected a list of tables like { network = "lan0", ip = "10.77.0.10" }')
@@ -366,6 +385,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "disguise": _str,
     "jail": _bool,
     "recycle": _recycle,
+    "cpu": _cpu,
 }
 TOP_LEVEL = ("host", "concentrator", "logs", "owner", "network", "machine")
 MIN_MEMORY = 32 << 20
