@@ -31,8 +31,7 @@ HIERARCHY = cgroup.detect()
 CPUS = cpuset.host_cpus(HIERARCHY)
 two_cpus = pytest.mark.skipif(
     len(CPUS) < 2 or not cpuset.available(HIERARCHY),
-    reason=f"needs a cpuset controller and 2 CPUs (this host: {CPUS}, "
-    f"{HIERARCHY.describe()})",
+    reason=f"needs a cpuset controller and 2 CPUs (this host: {CPUS}, {HIERARCHY.describe()})",
 )
 
 
