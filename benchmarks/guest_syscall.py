@@ -55,14 +55,10 @@ memory = "64M"
 SYSCALLS = f"dd if=/dev/zero of=/dev/null bs=1 count={BYTES} 2>/dev/null"
 FORK_LOOP = f"i=0; while [ $i -lt {FORKS} ]; do {BUSYBOX} true; i=$((i+1)); done"
 BUILD = (
-    (
-        "rm -rf /tmp/b; mkdir -p /tmp/b; cd /tmp/b; "
-        'for i in $(seq 40); do echo "int f$i(void) {{ return $i; }} /* xxxxxxxx */" > s$i.c; done; '
-        "for f in s*.c; do sed -e s/x/y/g $f > ${{f%.c}}.i; gzip -c ${{f%.c}}.i > ${{f%.c}}.o; "
-        "md5sum ${{f%.c}}.o >> sums; done; tar cf out.tar *.o sums; cd /"
-    )
-    .replace("{{", "{")
-    .replace("}}", "}")
+    "rm -rf /tmp/b; mkdir -p /tmp/b; cd /tmp/b; for i in $(seq 40); do "
+    'echo "int f$i(void) { return $i; } /* xxxxxxxx */" > s$i.c; done; '
+    "for f in s*.c; do sed -e s/x/y/g $f > ${f%.c}.i; gzip -c ${f%.c}.i > ${f%.c}.o; "
+    "md5sum ${f%.c}.o >> sums; done; tar cf out.tar *.o sums; cd /"
 )
 WORK = {"syscall": SYSCALLS, "fork+exec": FORK_LOOP, "build": BUILD}
 REAL = re.compile(r"real\s+(\d+)m\s*([\d.]+)s")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
+from tests.daemon.test_supervisor_driver import events
 from tests.support.fakekernel import FakeLauncher
 from tests.support.loopcheck import run_driver
 from warden.cpu.feature import CpuFeature
@@ -124,7 +125,7 @@ def test_guests_get_a_cpu_each_before_boot_and_move_together(guest_home: Layout)
     cpus_after, kernel_after, child_after, dst = got["after"]
     assert cpus_after == kernel_after == child_after == dst
     assert got["released"] == ([], None, None)
-    moved = [d for k, d in _events(guest_home) if k == "cpu-moved"]
+    moved = [d for k, d in events(guest_home) if k == "cpu-moved"]
     assert len(moved) == 1 and moved[0]["cpu_to"] == int(dst)
 
 
@@ -177,12 +178,3 @@ def test_a_pin_the_host_does_not_have_is_refused_naming_the_allowed_cpus(
     )
     asyncio.run(feature.check_fleet(ctx.fleet))  # a pin it has is fine
     ctx.store.close()
-
-
-def _events(home: Layout) -> list[tuple[str, dict[str, Any]]]:
-    import json
-    import sqlite3
-
-    with sqlite3.connect(home.db) as c:
-        rows = c.execute("SELECT kind, detail FROM events ORDER BY id").fetchall()
-    return [(k, json.loads(d) if d else {}) for k, d in rows]

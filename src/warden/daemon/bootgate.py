@@ -1,0 +1,108 @@
+"""Boot slots for the supervisors: the thin driver of daemon/admission.py.
+
+A supervisor's launch asks `admit` first; a boot that must wait says why (the Queued event its
+state machine turns into the `waiting` reason `warden ls` shows) and sleeps until the policy
+names it, or until it is called off (`leave` of a waiting boot: stopped or killed). Slots are
+given back with `leave` when the kernel is up, or its boot ends or fails.
+
+While boots are running or waiting, a task reads once a `interval` how much CPU the rest of
+the host used (the busy time of every CPU in /proc/stat minus what warden's guests used, read
+from the instance's cgroup cpu.stat, which sums every guest of this home), off the loop, and
+the policy adjusts the limit. The task ends when nothing boots or waits, and a boot that must
+wait starts it again.
+"""
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from warden.daemon.admission import Admission, Settings
+from warden.host.cpuset import busy_per_cpu
+from warden.tasks import spawn
+
+INTERVAL = 1.0
+
+
+class BootGate:
+    def __init__(
+        self,
+        cpus: int,
+        instance_group: Path,
+        interval: float = INTERVAL,
+        settings: Settings | None = None,
+    ):
+        self.policy = Admission(cpus, settings or Settings())
+        self.interval = interval
+        self._group = instance_group  # warden-INSTANCE in the v2 tree
+        self._waiters: dict[str, asyncio.Future[bool]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last: tuple[float, float, float] | None = None  # busy s, guests s, monotonic
+
+    async def admit(self, name: str, queued: Callable[[str], None]) -> bool:
+        """True when `name` may boot (at once, or after waiting its turn); False when the
+        boot was called off while it waited. `queued(reason)` is called once if it waits."""
+        if self.policy.request(name, time.monotonic()):
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters[name] = fut
+        queued(self.policy.reason(name))
+        self._ensure_task()
+        return await fut
+
+    def leave(self, name: str) -> None:
+        """The boot of `name` is over, or called off before its turn (idempotent)."""
+        fut = self._waiters.pop(name, None)
+        if fut is not None and not fut.done():
+            fut.set_result(False)
+        self._wake(self.policy.done(name))
+
+    def waiting(self, name: str) -> str:
+        return self.policy.reason(name)
+
+    def _wake(self, names: list[str]) -> None:
+        for name in names:
+            fut = self._waiters.pop(name, None)
+            if fut is not None and not fut.done():
+                fut.set_result(True)
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._last = None
+            self._task = spawn(self._loop(), "boot-admission")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_result(False)
+        self._waiters.clear()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.policy.booting or self.policy.queued():
+            await asyncio.sleep(self.interval)
+            other = await loop.run_in_executor(None, self._other_busy)
+            if other is not None:
+                self._wake(self.policy.observe(other))
+
+    def _other_busy(self) -> float | None:
+        """CPUs the host used besides warden's guests since the last call (None the first)."""
+        with open("/proc/stat") as f:
+            busy = sum(busy_per_cpu(f.read()).values()) / os.sysconf("SC_CLK_TCK")
+        guests = 0.0
+        with contextlib.suppress(OSError, ValueError):
+            for line in (self._group / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    guests = int(line.split()[1]) / 1e6
+        now = time.monotonic()
+        last, self._last = self._last, (busy, guests, now)
+        if last is None or now <= last[2]:
+            return None
+        return ((busy - last[0]) - (guests - last[1])) / (now - last[2])
