@@ -1,7 +1,7 @@
 """Claim: one daemon runs many idle guests cheaply (issue 2: goal 500 on 24 GiB, 2 cores).
 
 Boots N idle minimal guests (SCALE_N, default 50; mem=SCALE_MEM, default 64M; SCALE_KEEP=1
-keeps its WARDEN_HOME) through one
+keeps its WARDEN_HOME; SCALE_BOOT_SLOTS=1000 boots them all at once) through one
 daemon and reports: host memory per guest (the drop in MemAvailable, divided by N), the
 daemon's own memory (PSS) and fds per guest, how long `warden ls` takes, and the time for
 every console to answer a command (all N at once, through the daemon's API). The anchor for
@@ -29,6 +29,9 @@ from warden.progress import NullProgress
 
 N = int(os.environ.get("SCALE_N", "50"))
 MEM = os.environ.get("SCALE_MEM", "64M")
+# [host] boot_slots for the run: unset/0 = boots admitted by CPU (daemon/admission.py);
+# a large number (1000) = every boot at once, as before admission
+BOOT_SLOTS = int(os.environ.get("SCALE_BOOT_SLOTS", "0"))
 RAW_GUEST_MB = 57.0  # uml-facts.md: ten idle busybox guests, mem=64M, about 57 MB each
 
 
@@ -44,6 +47,12 @@ def pss(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def instance_cpu(instance: str) -> float:
+    """CPU seconds every guest of the home used so far (the instance group's cpu.stat)."""
+    text = Path(f"/sys/fs/cgroup/unified/warden-{instance}/cpu.stat").read_text()
+    return int(text.split("usage_usec ", 1)[1].split()[0]) / 1e6
 
 
 async def answer_all(sock: Path, names: list[str]) -> float:
@@ -74,8 +83,11 @@ def main() -> None:
     lay.ensure()
     minimal.build(ImageStore(lay), NullProgress())
     names = [f"g{i:03d}" for i in range(N)]
-    fleet = '[[owner]]\nname = "bench"\n' + "".join(
-        f'[[machine]]\nname = "{n}"\nowner = "bench"\nmemory = "{MEM}"\n' for n in names
+    host = f"[host]\nboot_slots = {BOOT_SLOTS}\n" if BOOT_SLOTS else ""
+    fleet = (
+        host
+        + '[[owner]]\nname = "bench"\n'
+        + "".join(f'[[machine]]\nname = "{n}"\nowner = "bench"\nmemory = "{MEM}"\n' for n in names)
     )
     d = DaemonProc(lay).start()
     try:
@@ -84,9 +96,14 @@ def main() -> None:
         before = mem_available()
         t0 = time.monotonic()
         d.apply(fleet)
+        most_booting = 0
         while True:
             machines = d.ls()
             states = [m["state"] for m in machines.values()]
+            most_booting = max(
+                most_booting,
+                sum(1 for m in machines.values() if m["state"] == "starting" and m["pid"]),
+            )
             if all(s == "running" for s in states):
                 break
             bad = {
@@ -100,7 +117,13 @@ def main() -> None:
                 )
             time.sleep(0.5)
         booted = time.monotonic() - t0
-        print(f"{N} guests running after {booted:.1f} s", flush=True)
+        guests_cpu = instance_cpu(lay.instance)
+        print(
+            f"{N} guests running after {booted:.1f} s; CPU used by the guests by then "
+            f"{guests_cpu:.1f} s, {guests_cpu / N:.2f} s per boot; the most booting at once "
+            f"{most_booting}; boot slots: {BOOT_SLOTS or 'by CPU'}",
+            flush=True,
+        )
         answer = asyncio.run(answer_all(lay.socket, names))
         print(f"every console answered a command within {answer:.2f} s", flush=True)
         time.sleep(5)  # let boot-time allocations settle

@@ -73,3 +73,16 @@ def test_smoothing_keeps_one_burst_from_emptying_the_pipeline() -> None:
 def test_at_least_one_cpu() -> None:
     with pytest.raises(ValueError):
         Admission(cpus=0)
+
+
+def test_a_fixed_number_of_slots_is_kept_whatever_the_load() -> None:
+    a = Admission(cpus=2, settings=Settings(per_cpu=2, smoothing=1.0))
+    assert a.set_fixed(1) == [] and a.limit == 1
+    assert a.request("a", 0) and not a.request("b", 0)
+    a.observe(0.0)
+    assert a.limit == 1 and a.queued() == ["b"]
+    assert a.set_fixed(1000) == ["b"] and a.limit == 1000
+    a.observe(2.0)
+    assert a.limit == 1000
+    a.set_fixed(0)  # automatic again: from the ceiling
+    assert a.limit == 4

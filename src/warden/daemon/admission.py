@@ -9,6 +9,7 @@ boots take a slot, and a boot without one waits its turn (first come, first serv
   busy with work that is not warden's guests (measured, smoothed), the limit is
   round(per_cpu x (cpus - other)), at least `min_slots`, at most per_cpu x cpus. It moves by
   one slot per observation (hysteresis: a burst of other work does not empty the pipeline).
+- A fleet may fix the number (`[host] boot_slots = N`): then no reading changes it.
 - A slot is held from admission until the kernel is up (or the boot ends or fails).
 - A boot that waits gets its boot timeout only when admitted (daemon/machine.py, Queued and
   Admitted): no boot times out because others are booting.
@@ -30,6 +31,7 @@ class Admission:
     cpus: int
     settings: Settings = field(default_factory=Settings)
     limit: int = 0  # slots now (0: per_cpu x cpus, set at start)
+    fixed: int = 0  # the fleet's boot_slots (0: the limit follows the measured load)
     other: float = 0.0  # CPUs busy with other work (smoothed)
     _booting: set[str] = field(default_factory=set)
     _queue: "OrderedDict[str, float]" = field(default_factory=OrderedDict)  # name -> since
@@ -68,6 +70,14 @@ class Admission:
             f"(limit {self.limit} for {self.cpus} CPUs, {self.other:.1f} busy with other work)"
         )
 
+    def set_fixed(self, slots: int) -> list[str]:
+        """The fleet's `boot_slots` (0: automatic again, from the ceiling down); the boots
+        admitted by a raised number."""
+        if slots != self.fixed:
+            self.fixed = slots
+            self.limit = slots or self.ceiling
+        return self._admit()
+
     # ---- boots come and go
     def request(self, name: str, now: float) -> bool:
         """True: boot now (a slot is taken). False: it waits (queued) until `admit` names it."""
@@ -105,6 +115,8 @@ class Admission:
         s = self.settings
         reading = min(max(other_busy, 0.0), float(self.cpus))
         self.other = s.smoothing * reading + (1 - s.smoothing) * self.other
+        if self.fixed:
+            return self._admit()
         free = max(0.0, self.cpus - self.other)
         target = max(s.min_slots, min(self.ceiling, round(s.per_cpu * free)))
         if target > self.limit:

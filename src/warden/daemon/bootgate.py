@@ -33,10 +33,12 @@ class BootGate:
         instance_group: Path,
         interval: float = INTERVAL,
         settings: Settings | None = None,
+        fixed: Callable[[], int] = lambda: 0,
     ):
         self.policy = Admission(cpus, settings or Settings())
         self.interval = interval
         self._group = instance_group  # warden-INSTANCE in the v2 tree
+        self._fixed = fixed  # the fleet's [host] boot_slots, read at each boot
         self._waiters: dict[str, asyncio.Future[bool]] = {}
         self._task: asyncio.Task[None] | None = None
         self._last: tuple[float, float, float] | None = None  # busy s, guests s, monotonic
@@ -44,6 +46,7 @@ class BootGate:
     async def admit(self, name: str, queued: Callable[[str], None]) -> bool:
         """True when `name` may boot (at once, or after waiting its turn); False when the
         boot was called off while it waited. `queued(reason)` is called once if it waits."""
+        self._wake(self.policy.set_fixed(self._fixed()))
         if self.policy.request(name, time.monotonic()):
             return True
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

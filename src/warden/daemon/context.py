@@ -112,6 +112,7 @@ class Context:
         self.boots = BootGate(
             len(cpuset.host_cpus(self.hierarchy)),
             self.hierarchy.unified / f"warden-{self.layout.instance}",
+            fixed=lambda: self.fleet.host.boot_slots,
         )
 
     @classmethod

@@ -120,6 +120,7 @@ class Host:
     uid_count: int = 65536
     balance_interval: float = 1.0
     balance_watch: float = 0.1  # headroom checks between intervals; 0: none (docs: Memory)
+    boot_slots: int = 0  # guests booting at once; 0: from the host's free CPUs (daemon/admission)
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,7 @@ HOST_FIELDS: dict[str, Check] = {
     "uid_count": _int_range(1, 65536),
     "balance_interval": _positive_number,
     "balance_watch": _number_range(0.0, 10.0),
+    "boot_slots": _int_range(0, 10000),
 }
 CONCENTRATOR_FIELDS: dict[str, Check] = {
     "listen": _listen,
