@@ -86,3 +86,26 @@ def test_a_fixed_number_of_slots_is_kept_whatever_the_load() -> None:
     assert a.limit == 1000
     a.set_fixed(0)  # automatic again: from the ceiling
     assert a.limit == 4
+
+
+def test_a_boot_keeps_its_slot_after_up_until_its_cpu_use_settles() -> None:
+    a = Admission(cpus=1, settings=Settings(per_cpu=1, settled_cpu=0.1, settle_max=15))
+    assert a.request("a", 0) and not a.request("b", 0)
+    a.up("a", now=1.0)
+    assert a.settling() == ["a"]
+    assert a.observe(0.0, {"a": 0.8}, now=2.0) == []  # init still runs: b waits
+    assert a.observe(0.0, {}, now=3.0) == []  # no reading: it keeps the slot
+    assert a.observe(0.0, {"a": 0.05}, now=4.0) == ["b"]  # settled
+    assert a.settling() == [] and a.booting == 1
+    a.up("b", now=5.0)
+    assert a.observe(0.0, {"b": 0.9}, now=19.9) == [] and a.booting == 1
+    assert a.observe(0.0, {"b": 0.9}, now=20.0) == [] and a.booting == 0  # settle_max
+    a.up("ghost", now=21.0)  # never admitted (a reboot's second "up"): nothing to hold
+    assert a.settling() == []
+
+
+def test_a_boot_that_ends_while_settling_gives_its_slot_back() -> None:
+    a = Admission(cpus=1, settings=Settings(per_cpu=1))
+    assert a.request("a", 0) and not a.request("b", 0)
+    a.up("a", now=1.0)
+    assert a.done("a") == ["b"] and a.settling() == []

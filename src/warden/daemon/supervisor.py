@@ -503,7 +503,7 @@ class Supervisor:
             )
 
     def _kernel_up(self) -> None:
-        self.ctx.boots.leave(self.name)  # up: its boot slot goes to the next
+        self.ctx.boots.up(self.name, self.cgroup.path)  # its slot goes when the boot settles
         was = self.machine.state
         self.post(m.KernelUp())
         # Hooks run when the kernel comes up (STARTING -> RUNNING) or comes back after a

@@ -121,8 +121,13 @@ def cpus_of(cg: Cgroup) -> tuple[int, ...] | None:
 
 def usage_usec(cg: Cgroup) -> int | None:
     """CPU time every process of the guest used so far, in microseconds (None: group gone)."""
+    return group_usage_usec(cg.path)
+
+
+def group_usage_usec(group: Path) -> int | None:
+    """The same for any v2 group (a guest's, or warden-INSTANCE for all of a home's guests)."""
     try:
-        text = (cg.path / "cpu.stat").read_text()
+        text = (group / "cpu.stat").read_text()
     except OSError:
         return None
     for line in text.splitlines():
