@@ -6,7 +6,8 @@ timeout. More boots at once than the CPUs can run buys no throughput, only longe
 boots take a slot, and a boot without one waits its turn (first come, first served).
 
 - The limit is `per_cpu` boots per CPU the rest of the host leaves free: with `other` CPUs
-  busy with work that is not warden's guests (measured, smoothed), the limit is
+  busy with work that is not warden's (its guests, the daemon and its helpers; measured,
+  smoothed), the limit is
   round(per_cpu x (cpus - other)), at least `min_slots`, at most per_cpu x cpus. It moves by
   one slot per observation (hysteresis: a burst of other work does not empty the pipeline).
 - A fleet may fix the number (`[host] boot_slots = N`): then no reading changes it.

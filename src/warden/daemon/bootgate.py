@@ -8,7 +8,8 @@ cpu.stat, read here) or its boot ends or fails (`leave`).
 
 While boots are running or waiting, a task reads once a `interval` how much CPU the rest of
 the host used (the busy time of every CPU in /proc/stat minus what warden's guests used, read
-from the instance's cgroup cpu.stat, which sums every guest of this home), off the loop, and
+from the instance's cgroup cpu.stat, which sums every guest of this home, and minus the
+daemon's own and its reaped children's), off the loop, and
 the policy adjusts the limit. The task ends when nothing boots or waits, and a boot that must
 wait starts it again.
 """
@@ -16,6 +17,7 @@ wait starts it again.
 import asyncio
 import contextlib
 import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,16 +127,20 @@ class BootGate:
         return (other if other is not None else self.policy.other), rates
 
     def _other_busy(self) -> float | None:
-        """CPUs the host used besides warden's guests since the last call (None the first)."""
+        """CPUs the host used besides warden's own boots since the last call (None the first):
+        warden's are its guests (their cgroups) and the daemon with the children it reaped (the
+        jail's launchers and emptiers, a boot's share of work done on the host's side)."""
         with open("/proc/stat") as f:
             busy = sum(busy_per_cpu(f.read()).values()) / os.sysconf("SC_CLK_TCK")
         guests = _usage_s(self._group) or 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            ru = resource.getrusage(who)
+            guests += ru.ru_utime + ru.ru_stime
         now = time.monotonic()
         last, self._last = self._last, (busy, guests, now)
         if last is None or now <= last[2]:
             return None
         return ((busy - last[0]) - (guests - last[1])) / (now - last[2])
-
 
 
 def _usage_s(group: Path) -> float | None:
