@@ -13,6 +13,7 @@ is under a tenth of that per guest.
 import asyncio
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -97,6 +98,7 @@ def main() -> None:
         t0 = time.monotonic()
         d.apply(fleet)
         most_booting = 0
+        limits: set[int] = set()  # the admission's slots, as the waiting boots report them
         while True:
             machines = d.ls()
             states = [m["state"] for m in machines.values()]
@@ -104,6 +106,10 @@ def main() -> None:
                 most_booting,
                 sum(1 for m in machines.values() if m["state"] == "starting" and m["pid"]),
             )
+            for m in machines.values():
+                found = re.search(r"\(limit (\d+) ", m.get("waiting") or "")
+                if found:
+                    limits.add(int(found[1]))
             if all(s in ("running", "crashed", "stopped") for s in states):
                 break  # every boot is over, well or not
             time.sleep(0.5)
@@ -117,7 +123,7 @@ def main() -> None:
         print(
             f"{N - len(bad)} guests up, {len(bad)} failed, after {booted:.1f} s (CPU of the "
             f"guests by then {guests_cpu:.1f} s); the most launched and not up at once "
-            f"{most_booting}; boot slots: {BOOT_SLOTS or 'by CPU'}",
+            f"{most_booting}; boot slots: {BOOT_SLOTS or 'by CPU'} (seen: {sorted(limits)})",
             flush=True,
         )
         # "up" is the kernel's mconsole, early in a boot; a console that answers a command
