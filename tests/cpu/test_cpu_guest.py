@@ -34,7 +34,10 @@ def test_a_guests_kernel_and_its_programs_share_the_placed_cpu(daemon: DaemonPro
     daemon.apply(FLEET_HEAD + machine_toml("c1") + machine_toml("c2") + machine_toml("p1", cpu=pin))
     infos = {n: wait_state(daemon, n, "running") for n in ("c1", "c2", "p1")}
     assert infos["p1"]["cpu"] == str(pin)
-    assert {infos["c1"]["cpu"], infos["c2"]["cpu"]} == {str(c) for c in CPUS[:2]}
+    # which CPU each unpinned guest gets depends on the host's other work (the policy counts
+    # it; tests/cpu/test_placement.py and the driver test check the spread): one CPU each
+    for name in ("c1", "c2"):
+        assert infos[name]["cpu"] in {str(c) for c in CPUS}, infos[name]
     for name, info in infos.items():
         before = set(pids_of(daemon, name))
         # a guest program that keeps its CPU busy for a moment, so that it is on a CPU, and
