@@ -3,9 +3,10 @@ free to use every CPU (issue 19: 48 us per syscall unpinned, 12 us pinned; the h
 
 Ours: a minimal guest run by warden, placed as warden places every guest (one CPU, its whole
 cgroup). Anchor: the same guest, same boot, with its cgroup's cpuset cleared (every CPU the
-host lets warden use), as a guest was before placement. Rounds alternate placed and cleared, so
-that the load of others on this shared machine falls on both; medians are compared. Each
-workload is timed inside the guest by busybox `time` (10 ms resolution), runs of seconds:
+host lets warden use), as a guest was before placement. Each workload runs placed and cleared
+back to back (which goes first alternates by round), so that the load of others on this shared
+machine falls on both; medians are compared. Each workload is timed inside the guest by
+busybox `time` (10 ms resolution), runs of seconds:
 
 - syscalls: `dd if=/dev/zero of=/dev/null bs=1 count=100000`, 200,000 system calls (a read and
   a write per byte);
@@ -150,15 +151,17 @@ def main() -> int:
         )
         asyncio.run(_guest_run(lay, "s1", "true", 30))  # the shell answers
         for r in range(ROUNDS):
-            for cond in ("placed", "cleared"):
-                cpus = cpuset.parse_list(placed) if cond == "placed" else everything
-                cpuset.set_cpus(group, cpus)
-                assert allowed(kernel) == cpuset.format_list(cpus)
-                for w, work in WORK.items():
-                    times[cond][w].append(guest_seconds(lay, "s1", work))
-            cpuset.set_cpus(group, cpuset.parse_list(placed))
+            # each workload placed, cleared and on the host back to back (the order turned
+            # every round), so that the load of others drifts as little as possible in between
+            order = ("placed", "cleared") if r % 2 == 0 else ("cleared", "placed")
             for w, work in WORK.items():
+                for cond in order:
+                    cpus = cpuset.parse_list(placed) if cond == "placed" else everything
+                    cpuset.set_cpus(group, cpus)
+                    assert allowed(kernel) == cpuset.format_list(cpus)
+                    times[cond][w].append(guest_seconds(lay, "s1", work))
                 times["host"][w].append(host_seconds(work))
+            cpuset.set_cpus(group, cpuset.parse_list(placed))
             print(
                 f"round {r + 1}: "
                 + "; ".join(
