@@ -179,3 +179,37 @@ def test_a_pin_the_host_does_not_have_is_refused_naming_the_allowed_cpus(
     )
     asyncio.run(feature.check_fleet(ctx.fleet))  # a pin it has is fine
     ctx.store.close()
+
+
+@two_cpus
+def test_a_restarted_daemon_adopts_running_guests_where_they_are(guest_home: Layout) -> None:
+    """A new daemon's feature (start) reads each live guest's cpuset: the policy counts it
+    there and `warden ls` shows it, with no write to the guest's group."""
+    ctx, feature, sups = build(guest_home, machine_toml("r", cpu=CPUS[-1]) + machine_toml("s"))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        for sup in sups.values():
+            sup.create()
+            sup.post(m.Start())
+        for sup in sups.values():
+            await sup.wait_state((m.State.RUNNING,), 20)
+        before = {n: s.cpus for n, s in sups.items()}
+        for sup in sups.values():
+            sup.cpus = None  # as a new daemon's supervisors start
+        again = CpuFeature(ctx, interval=3600)
+        await again.start()
+        got["adopted"] = {n: (again.policy.where(n), s.cpus) for n, s in sups.items()}
+        got["before"] = before
+        await again.stop()
+        for sup in sups.values():
+            sup.post(m.Kill())
+        for sup in sups.values():
+            await sup.wait_state((m.State.STOPPED, m.State.CRASHED), 20)
+        ctx.store.close()
+
+    run_driver(main)
+    for name, (where, shown) in got["adopted"].items():
+        assert shown == got["before"][name] and where is not None
+        assert cpuset.format_list(where) == shown
+    assert got["adopted"]["r"][1] == str(CPUS[-1])
