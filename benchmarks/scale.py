@@ -1,7 +1,7 @@
 """Claim: one daemon runs many idle guests cheaply (issue 2: goal 500 on 24 GiB, 2 cores).
 
 Boots N idle minimal guests (SCALE_N, default 50; mem=SCALE_MEM, default 64M; SCALE_KEEP=1
-keeps its WARDEN_HOME) through one
+keeps its WARDEN_HOME; SCALE_BOOT_SLOTS=1000 boots them all at once) through one
 daemon and reports: host memory per guest (the drop in MemAvailable, divided by N), the
 daemon's own memory (PSS) and fds per guest, how long `warden ls` takes, and the time for
 every console to answer a command (all N at once, through the daemon's API). The anchor for
@@ -13,6 +13,7 @@ is under a tenth of that per guest.
 import asyncio
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -29,6 +30,9 @@ from warden.progress import NullProgress
 
 N = int(os.environ.get("SCALE_N", "50"))
 MEM = os.environ.get("SCALE_MEM", "64M")
+# [host] boot_slots for the run: unset/0 = boots admitted by CPU (daemon/admission.py);
+# a large number (1000) = every boot at once, as before admission
+BOOT_SLOTS = int(os.environ.get("SCALE_BOOT_SLOTS", "0"))
 RAW_GUEST_MB = 57.0  # uml-facts.md: ten idle busybox guests, mem=64M, about 57 MB each
 
 
@@ -44,6 +48,12 @@ def pss(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def instance_cpu(instance: str) -> float:
+    """CPU seconds every guest of the home used so far (the instance group's cpu.stat)."""
+    text = Path(f"/sys/fs/cgroup/unified/warden-{instance}/cpu.stat").read_text()
+    return int(text.split("usage_usec ", 1)[1].split()[0]) / 1e6
 
 
 async def answer_all(sock: Path, names: list[str]) -> float:
@@ -74,8 +84,11 @@ def main() -> None:
     lay.ensure()
     minimal.build(ImageStore(lay), NullProgress())
     names = [f"g{i:03d}" for i in range(N)]
-    fleet = '[[owner]]\nname = "bench"\n' + "".join(
-        f'[[machine]]\nname = "{n}"\nowner = "bench"\nmemory = "{MEM}"\n' for n in names
+    host = f"[host]\nboot_slots = {BOOT_SLOTS}\n" if BOOT_SLOTS else ""
+    fleet = (
+        host
+        + '[[owner]]\nname = "bench"\n'
+        + "".join(f'[[machine]]\nname = "{n}"\nowner = "bench"\nmemory = "{MEM}"\n' for n in names)
     )
     d = DaemonProc(lay).start()
     try:
@@ -84,25 +97,48 @@ def main() -> None:
         before = mem_available()
         t0 = time.monotonic()
         d.apply(fleet)
+        most_booting = 0
+        limits: set[int] = set()  # the admission's slots, as the waiting boots report them
         while True:
             machines = d.ls()
             states = [m["state"] for m in machines.values()]
-            if all(s == "running" for s in states):
-                break
-            bad = {
-                n: m.get("last_exit")
-                for n, m in machines.items()
-                if m["state"] in ("crashed", "stopped")
-            }
-            if bad:
-                raise RuntimeError(
-                    f"{len(bad)} guests failed to start: {bad}\n{d.log_text()[-2000:]}"
-                )
+            most_booting = max(
+                most_booting,
+                sum(1 for m in machines.values() if m["state"] == "starting" and m["pid"]),
+            )
+            for m in machines.values():
+                found = re.search(r"\(limit (\d+) ", m.get("waiting") or "")
+                if found:
+                    limits.add(int(found[1]))
+            if all(s in ("running", "crashed", "stopped") for s in states):
+                break  # every boot is over, well or not
             time.sleep(0.5)
         booted = time.monotonic() - t0
-        print(f"{N} guests running after {booted:.1f} s", flush=True)
-        answer = asyncio.run(answer_all(lay.socket, names))
-        print(f"every console answered a command within {answer:.2f} s", flush=True)
+        guests_cpu = instance_cpu(lay.instance)
+        bad = {
+            n: m.get("last_exit")
+            for n, m in machines.items()
+            if m["state"] in ("crashed", "stopped")
+        }
+        print(
+            f"{N - len(bad)} guests up, {len(bad)} failed, after {booted:.1f} s (CPU of the "
+            f"guests by then {guests_cpu:.1f} s); the most launched and not up at once "
+            f"{most_booting}; boot slots: {BOOT_SLOTS or 'by CPU'} (seen: {sorted(limits)})",
+            flush=True,
+        )
+        # "up" is the kernel's mconsole, early in a boot; a console that answers a command
+        # is a booted guest: the storm's figure is the time until every one answers
+        answer = asyncio.run(answer_all(lay.socket, [n for n in names if n not in bad]))
+        settled = time.monotonic() - t0
+        guests_cpu = instance_cpu(lay.instance)
+        print(
+            f"every console answered a command within {answer:.2f} s: {N - len(bad)} booted "
+            f"{settled:.1f} s after the fleet was applied, {guests_cpu / N:.2f} s of the "
+            "guests' CPU per boot",
+            flush=True,
+        )
+        if bad:
+            raise RuntimeError(f"{len(bad)} guests failed to start: {bad}\n{d.log_text()[-2000:]}")
         time.sleep(5)  # let boot-time allocations settle
         used = before - mem_available()
         per_guest = used / N / 1e6

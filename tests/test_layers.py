@@ -9,7 +9,8 @@ Layers, top to bottom; a module imports its own package and the layers below it:
     composition     app            (builds the daemon with its features, starts the API)
     API             api, web       (api owns every route of the daemon; web is the browsers'
                                     server: its own routes, its own listener, its own logins)
-    features        console, jail, net, memory, honeypot, snapshots, forensics (never each other)
+    features        console, jail, cpu, net, memory, honeypot, snapshots, forensics
+                    (never each other)
     core            daemon         (features see only its seam and its pure parts)
     below           sessionlog, persona, spec, store, images, disk, uml, host, kernelbuild,
                     doctor
@@ -37,6 +38,7 @@ LAYER = {
     "web": API,
     "console": FEATURE,
     "jail": FEATURE,
+    "cpu": FEATURE,
     "net": FEATURE,
     "memory": FEATURE,
     "honeypot": FEATURE,

@@ -6,7 +6,7 @@ import shutil
 from dataclasses import asdict, dataclass
 
 from warden.errors import WardenError
-from warden.host import cgroup
+from warden.host import cgroup, cpuset
 from warden.paths import Layout
 from warden.uml import kernel
 
@@ -68,6 +68,20 @@ def _net_checks() -> list[Check]:
     ]
 
 
+def _cpuset_check(h: cgroup.Hierarchy) -> Check:
+    """Whether guests get a CPU each (warden.cpu): a cpuset controller warden can use."""
+    cpus = cpuset.format_list(cpuset.host_cpus(h))
+    if not cpuset.available(h):
+        return Check(
+            "cpu placement",
+            False,
+            f"no cpuset controller ({h.describe()}): guests run unplaced, each system call of "
+            "a guest pays a cross-CPU wake-up",
+        )
+    where = "the v2 tree" if h.mode == "v2" else f"the v1 hierarchy at {h.v1['cpuset']}"
+    return Check("cpu placement", True, f"cpuset in {where}; CPUs {cpus}")
+
+
 def checks(layout: Layout) -> list[Check]:
     out: list[Check] = []
     try:
@@ -84,6 +98,7 @@ def checks(layout: Layout) -> list[Check]:
         h = cgroup.detect()
         kill_ok = True
         out.append(Check("cgroups", kill_ok, h.describe()))
+        out.append(_cpuset_check(h))
     except WardenError as e:
         out.append(Check("cgroups", False, str(e)))
     out += _cpu_checks()

@@ -170,3 +170,48 @@ def test_destroy_requires_stopped() -> None:
     mm.handle(m.Exited(None, 9), 1)
     mm.destroyed()
     assert mm.state is m.State.ABSENT
+
+
+def starting() -> m.Machine:
+    mm = m.Machine("g")
+    mm.created()
+    mm.handle(m.Start(), 0)
+    return mm
+
+
+def test_a_queued_boot_has_no_boot_timeout_until_it_is_admitted() -> None:
+    mm = starting()
+    assert kinds(mm.handle(m.Queued("boot queued: 1 of 1"), 1)) == [
+        "cancel:boot",
+        "persist:queued",
+    ]
+    assert mm.state is m.State.STARTING and mm.queued == "boot queued: 1 of 1"
+    # the old boot timer (cancelled in the supervisor) firing late does nothing either way:
+    # the timeout that counts is armed at admission
+    assert kinds(mm.handle(m.Admitted(waited=300.0), 301)) == [
+        "timer:boot:120",
+        "persist:admitted",
+    ]
+    assert mm.queued == ""
+    assert kinds(mm.handle(m.Admitted(waited=1.0), 302)) == []  # only once
+    mm.handle(m.Launched(7), 302)
+    assert kinds(mm.handle(m.KernelUp(), 303)) == ["cancel:boot", "persist:up"]
+
+
+def test_queued_is_ignored_once_the_kernel_was_launched() -> None:
+    mm = starting()
+    mm.handle(m.Launched(7), 1)
+    assert mm.handle(m.Queued("late"), 2) == [] and mm.queued == ""
+
+
+@pytest.mark.parametrize(("event", "kind"), [(m.Kill(), "killed"), (m.Stop(), "stopped")])
+def test_a_queued_boot_stopped_or_killed_is_called_off_at_once(event: m.Event, kind: str) -> None:
+    mm = starting()
+    mm.handle(m.Queued("boot queued"), 1)
+    acts = mm.handle(event, 2)
+    assert kinds(acts) == ["cancel:restart", "cancel:boot", "Dequeue", f"persist:{kind}"]
+    assert mm.state is m.State.STOPPED and mm.desired == "stopped"
+    assert mm.last_exit == {"reason": f"{kind} while its boot was queued"}
+    assert mm.queued == ""
+    # a start later is a fresh boot
+    assert "Launch" in kinds(mm.handle(m.Start(), 3))

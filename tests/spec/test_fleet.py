@@ -122,3 +122,24 @@ def test_not_toml() -> None:
 def test_missing_file(tmp_path: object) -> None:
     with pytest.raises(SpecError, match="no such fleet file"):
         fleet.load("/nonexistent/fleet.toml")
+
+
+MACHINE_CPU = """
+[[machine]]
+name = "web"
+owner = "alice"
+cpu = {}
+"""
+
+
+def test_cpu_pins_a_machine_to_a_cpu_or_a_list() -> None:
+    assert parse(MACHINE_CPU.format("1")).machines[0].cpu == (1,)
+    assert parse(MACHINE_CPU.format("[1, 0]")).machines[0].cpu == (0, 1)
+    assert parse(MACHINE_CPU.replace("cpu = {}", "")).machines[0].cpu == ()  # warden places it
+
+
+@pytest.mark.parametrize("value", ["-1", '"1"', "[]", "[0, 0]", "true", "1.5", "[0, [1]]"])
+def test_a_bad_cpu_value_is_refused_naming_the_key(value: str) -> None:
+    msg = error(MACHINE_CPU.format(value))
+    assert "f.toml: machine 'web': cpu = " in msg
+    assert "expected a CPU number (cpu = 1) or a list of distinct CPU numbers" in msg

@@ -6,6 +6,8 @@ each other):
 
     jail       first: its before_boot gives the guest its uid and cgroup limits, which the
                honeypot's disguise server (filter programs run as that uid) reads after it
+    cpu        the guest's CPU in its cpuset before the launch (independent of the others); its
+               loop moves busy guests off contended CPUs
     net        taps, rules and captures before a boot; torn down after the guests at stop
     memory     admission (check_start) and room in the budget before the launch; jail, net and
                memory keep the order their boot hooks always had
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from warden.api.server import Api, Features
 from warden.app.web import DaemonBackend, WebFeature
 from warden.console.feature import ConsoleFeature
+from warden.cpu.feature import CpuFeature
 from warden.daemon.context import Context
 from warden.daemon.core import Daemon
 from warden.daemon.seam import Feature
@@ -52,6 +55,7 @@ def build(layout: Layout) -> App:
     """Read the home's state and build everything; starts nothing."""
     ctx = Context.load(layout)
     jail = JailFeature(ctx)
+    cpu = CpuFeature(ctx)
     net = NetFeature(ctx)
     memory = MemoryFeature(ctx)
     honeypot = HoneypotFeature(ctx)
@@ -62,6 +66,7 @@ def build(layout: Layout) -> App:
     web = WebServer(DaemonBackend(ctx, console, memory, forensics))
     order: tuple[Feature, ...] = (
         jail,
+        cpu,
         net,
         memory,
         honeypot,

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from warden import guestinput
+from warden.daemon.bootgate import BootGate
 from warden.daemon.launcher import HostLauncher, Launcher
 from warden.daemon.lines import LineLog, NullLog
 from warden.daemon.seam import BootExtras, Control, Feature, Guest, LogFactory
 from warden.errors import NotFound, SpecError
-from warden.host import cgroup
+from warden.host import cgroup, cpuset
 from warden.host.cgroup import Hierarchy
 from warden.images.store import ImageStore
 from warden.paths import Layout
@@ -99,6 +100,8 @@ class Context:
     launcher: Launcher = field(init=False)
     # The daemon's machine operations, for features (the Daemon sets it: daemon/core.py).
     control: Control = field(init=False)
+    # Boot slots: how many guests boot at once (daemon/admission.py).
+    boots: BootGate = field(init=False)
     logs: LogFactory = null_logs
     machines: "dict[str, Supervisor]" = field(default_factory=dict)
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
@@ -106,6 +109,11 @@ class Context:
 
     def __post_init__(self) -> None:
         self.launcher = HostLauncher(lambda: self.zygote)
+        self.boots = BootGate(
+            len(cpuset.host_cpus(self.hierarchy)),
+            self.hierarchy.unified / f"warden-{self.layout.instance}",
+            fixed=lambda: self.fleet.host.boot_slots,
+        )
 
     @classmethod
     def load(cls, layout: Layout) -> "Context":

@@ -169,6 +169,7 @@ class Daemon:
                 log.exception("stopping feature %s", feature.name)
         for sup in self.sups.values():
             sup.detach()
+        await self.ctx.boots.close()
         # Both wait (the zygote's exit, the event writer's last batch): off the loop, which
         # still serves the API meanwhile.
         loop = asyncio.get_running_loop()

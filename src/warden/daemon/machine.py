@@ -8,7 +8,9 @@ scripted events (tests/daemon/test_machine.py).
 States:
     absent    defined in the fleet file, no files on disk yet (never created or destroyed)
     stopped   files exist, no kernel runs; `last_exit` says how the last boot ended
-    starting  the kernel was launched; waiting for the mconsole notify that it is up
+    starting  asked to start: waiting for a boot slot (`queued`, daemon/admission.py: boots run
+              at a concurrency the host's CPUs can take), or the kernel was launched and
+              the mconsole notify that it is up has not come yet
     running   the kernel answers its mconsole
     stopping  asked to stop: ctrl-alt-del sent, then halt, then cgroup.kill, each on a timer
     paused    every process frozen (cgroup.freeze)
@@ -100,6 +102,20 @@ class Timeout:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """The boot waits for a slot (too many boots at once for the host's CPUs)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The boot got its slot: the launch goes on, and its boot timeout starts now."""
+
+    waited: float
+
+
+@dataclass(frozen=True)
 class Reattached:
     """A new daemon found the kernel still running."""
 
@@ -119,6 +135,8 @@ Event = (
     | Exited
     | Timeout
     | Reattached
+    | Queued
+    | Admitted
 )
 
 
@@ -167,7 +185,14 @@ class Persist:
     detail: tuple[tuple[str, str], ...] = ()
 
 
-Action = Launch | Mconsole | KillGroup | Freeze | Thaw | StartTimer | CancelTimer | Persist
+@dataclass(frozen=True)
+class Dequeue:
+    """A queued boot is called off (stopped or killed before its turn): give up its place."""
+
+
+Action = (
+    Launch | Mconsole | KillGroup | Freeze | Thaw | StartTimer | CancelTimer | Persist | Dequeue
+)
 
 BOOT_TIMEOUT = 120.0
 REATTACH_CAD_TIMEOUT = 30.0  # a stop resumed by a new daemon: the defaults of `warden stop`
@@ -191,6 +216,7 @@ class Machine:
     _up_since: float | None = None
     _launch_error: str = ""
     _halt_timeout: float = 10.0
+    queued: str = ""  # why the boot waits for a slot ("" : it does not wait)
     history: list[str] = field(default_factory=list)  # for tests and `warden events`
 
     # -- helpers
@@ -237,6 +263,10 @@ class Machine:
                 return self._exited(event, now)
             case Timeout(timer=timer):
                 return self._timeout(timer, now)
+            case Queued(reason=reason):
+                return self._queued(reason)
+            case Admitted(waited=waited):
+                return self._admitted(waited)
             case Reattached(pid=pid):
                 self.pid = pid
                 self._up_since = now
@@ -255,6 +285,7 @@ class Machine:
         self._stop_phase = ""
         self._panic = ""
         self._launch_error = ""
+        self.queued = ""
         self.pid = None
         return [
             CancelTimer("restart"),
@@ -263,9 +294,39 @@ class Machine:
             StartTimer("boot", BOOT_TIMEOUT),
         ]
 
+    def _queued(self, reason: str) -> list[Action]:
+        # The boot timeout is for a boot that runs: it starts again when the slot is given, so
+        # that no boot times out because others are booting (issue 19).
+        if self.state is not State.STARTING or self.pid is not None:
+            return []
+        self.queued = reason
+        return [CancelTimer("boot"), Persist("queued", (("reason", reason),))]
+
+    def _admitted(self, waited: float) -> list[Action]:
+        if not self.queued:
+            return []
+        self.queued = ""
+        return [
+            StartTimer("boot", BOOT_TIMEOUT),
+            Persist("admitted", (("waited", f"{waited:.1f}s"),)),
+        ]
+
+    def _called_off(self, kind: str) -> list[Action]:
+        """Stop or kill of a boot still queued: nothing runs, so it is stopped at once."""
+        self.queued = ""
+        self.desired = "stopped"
+        self.last_exit = {"reason": f"{kind} while its boot was queued"}
+        return [
+            CancelTimer("restart"),
+            CancelTimer("boot"),
+            Dequeue(),
+            *self._to(State.STOPPED, kind, reason=self.last_exit["reason"]),
+        ]
+
     def _launch_failed(self, error: str) -> list[Action]:
         # A start that cannot even exec is a configuration problem: retrying will not help.
         self._launch_error = error
+        self.queued = ""
         self.desired = "stopped"
         self.last_exit = {"reason": "launch failed", "error": error}
         return [CancelTimer("boot"), *self._to(State.CRASHED, "launch-failed", error=error)]
@@ -282,6 +343,8 @@ class Machine:
     def _stop(self, ev: Stop) -> list[Action]:
         if self.state not in LIVE:
             raise Conflict(f"{self.name} is {self.state}, not running")
+        if self.queued:
+            return self._called_off("stopped")
         self.desired = "stopped"
         actions: list[Action] = [CancelTimer("restart")]
         if self.state is State.PAUSED:
@@ -320,6 +383,8 @@ class Machine:
     def _kill(self) -> list[Action]:
         if self.state not in LIVE:
             raise Conflict(f"{self.name} is {self.state}, not running")
+        if self.queued:
+            return self._called_off("killed")
         self.desired = "stopped"
         self._stop_phase = "kill"
         return [

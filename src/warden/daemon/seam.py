@@ -117,6 +117,8 @@ class Guest(Protocol):
 
     # The guest's own uid, given by the jail feature in before_boot (None: it runs as root).
     uid: int | None
+    # The host CPUs its cpuset allows ("1", "0-1"), given by the cpu feature (None: not placed).
+    cpus: str | None
 
     def base_for_boot(self) -> Path:
         """The base image the coming boot uses, checked against its COW header."""

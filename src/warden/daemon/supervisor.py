@@ -52,6 +52,7 @@ class Supervisor:
         self.started_at: float | None = None
         self.base: str | None = None
         self.uid: int | None = None
+        self.cpus: str | None = None  # set by the cpu feature (seam.Guest)
         self.pid_start: int | None = None
         self.kernel_path: Path | None = None
         self.guest_hostname = self.name  # what the seed names the guest (a persona's, or this)
@@ -133,6 +134,8 @@ class Supervisor:
             "lines": list(self.spec.lines),
             "last_exit": self.machine.last_exit,
             "desired": self.machine.desired,
+            "cpu": self.cpus,
+            "waiting": self.ctx.boots.waiting(self.name) or None,
         }
 
     # ---- events and actions ---------------------------------------------------------------
@@ -159,6 +162,8 @@ class Supervisor:
                 self._timers[timer] = loop.call_later(seconds, self._timer_fired, timer)
             case m.CancelTimer(timer=timer):
                 self._cancel_timer(timer)
+            case m.Dequeue():
+                self.ctx.boots.leave(self.name)
             case m.Persist(kind=kind, detail=detail):
                 self._persist(kind, detail)
                 spawn(self._notify_changed(), f"changed:{self.name}")
@@ -293,7 +298,19 @@ class Supervisor:
         recorded = backing.Recorded(self.name, Path(self.base))
         return backing.require_header(self.files.cow, header, recorded=recorded)
 
+    async def _admitted(self) -> bool:
+        """A boot slot (daemon/admission.py), waiting for it if others boot; False: the boot
+        was stopped or killed while it waited."""
+        t0 = time.monotonic()
+        if not await self.ctx.boots.admit(self.name, lambda why: self.post(m.Queued(why))):
+            return False
+        if self.machine.queued:
+            self.post(m.Admitted(time.monotonic() - t0))
+        return True
+
     async def _launch(self) -> None:
+        if not await self._admitted():
+            return
         spec = self.spec
         loop = asyncio.get_running_loop()
         kernel_fds: list[KernelLineFds] = []
@@ -371,6 +388,7 @@ class Supervisor:
                 for fn in extras.cleanup:
                     with contextlib.suppress(Exception):
                         fn()
+                self.ctx.boots.leave(self.name)
                 self.post(m.LaunchFailed(str(e) or type(e).__name__))
             else:
                 log.exception("%s: after launch", self.name)
@@ -511,6 +529,7 @@ class Supervisor:
             )
 
     def _kernel_up(self) -> None:
+        self.ctx.boots.up(self.name, self.cgroup.path)  # its slot goes when the boot settles
         was = self.machine.state
         self.post(m.KernelUp())
         # Hooks run when the kernel comes up (STARTING -> RUNNING) or comes back after a
@@ -562,6 +581,7 @@ class Supervisor:
         spawn(self._after_exit(status, signo), f"exit:{self.name}")
 
     async def _after_exit(self, status: int | None, signo: int | None) -> None:
+        self.ctx.boots.leave(self.name)
         # The kernel is gone; its pid namespace takes the rest of the guest with it, but make
         # sure (a jail-less guest on an old kernel, a process that escaped the namespace).
         if self.cgroup.exists() and self.cgroup.populated():

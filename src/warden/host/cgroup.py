@@ -127,7 +127,7 @@ class Cgroup:
 
     def all_paths(self) -> list[Path]:
         paths = [self.path]
-        for ctl in ("memory", "pids", "cpu"):
+        for ctl in ("memory", "pids", "cpu", "cpuset"):
             p = self._v1(ctl)
             if p is not None and p not in paths:
                 paths.append(p)
@@ -141,12 +141,26 @@ class Cgroup:
                 raise CgroupError(f"creating cgroup {p}: {e.strerror}") from None
         if self.hierarchy.mode == "v2":
             self._enable_v2_controllers()
+        else:
+            self._fill_v1_cpuset()
+
+    def _fill_v1_cpuset(self) -> None:
+        # A new v1 cpuset group starts with no CPUs and no memory nodes, and the kernel refuses
+        # to put a process into it (ENOSPC) until both are set: give the instance group and
+        # the guest's group their parent's, which the cpu feature narrows before the boot.
+        guest = self._v1("cpuset")
+        if guest is None:
+            return
+        for d in (guest.parent, guest):
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not (d / name).read_text().strip():
+                    _write(d / name, (d.parent / name).read_text().strip())
 
     def _enable_v2_controllers(self) -> None:
         # Controllers must be enabled in every ancestor's subtree_control to reach the leaf.
         parent = self.path.parent
         available = (parent.parent / "cgroup.controllers").read_text().split()
-        wanted = [c for c in ("memory", "pids", "cpu") if c in available]
+        wanted = [c for c in ("memory", "pids", "cpu", "cpuset") if c in available]
         for anc in (parent.parent, parent):
             for c in wanted:
                 with contextlib.suppress(CgroupError):

@@ -106,6 +106,7 @@ class Machine:
     disguise: str = ""
     jail: bool = True
     recycle: str = ""  # "" or a warden.spec.recycle policy: on-logout, idle:D, every:D
+    cpu: tuple[int, ...] = ()  # pinned host CPUs; (): warden places it (warden.cpu)
 
     @property
     def recycle_policy(self) -> recyclemod.RecyclePolicy | None:
@@ -125,6 +126,7 @@ class Host:
     uid_count: int = 65536
     balance_interval: float = 1.0
     balance_watch: float = 0.1  # headroom checks between intervals; 0: none (docs: Memory)
+    boot_slots: int = 0  # guests booting at once; 0: from the host's free CPUs (daemon/admission)
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,24 @@ def _forwards(v: Any) -> tuple[Forward, ...]:
     return tuple(out)
 
 
+MAX_CPU = 8191
+
+
+def _cpu(v: Any) -> tuple[int, ...]:
+    """`cpu = 1` or `cpu = [0, 1]`: the host CPUs a guest is pinned to. Whether this host has
+    them is checked when the fleet is applied (warden.cpu.feature), where the host is known."""
+    allowed = "expected a CPU number (cpu = 1) or a list of distinct CPU numbers (cpu = [0, 1])"
+    items = v if isinstance(v, list) else [v]
+    if not items:
+        raise ValueError(allowed)
+    for c in items:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CPU:
+            raise ValueError(allowed)
+    if len(set(items)) != len(items):
+        raise ValueError(f"{allowed}; a CPU is listed twice")
+    return tuple(sorted(items))
+
+
 def _nics(v: Any) -> tuple[Nic, ...]:
     if not isinstance(v, list):
         raise ValueError('expected a list of tables like { network = "lan0", ip = "10.77.0.10" }')
@@ -355,6 +375,7 @@ HOST_FIELDS: dict[str, Check] = {
     "uid_count": _int_range(1, 65536),
     "balance_interval": _positive_number,
     "balance_watch": _number_range(0.0, 10.0),
+    "boot_slots": _int_range(0, 10000),
 }
 CONCENTRATOR_FIELDS: dict[str, Check] = {
     "listen": _listen,
@@ -425,6 +446,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "disguise": _str,
     "jail": _bool,
     "recycle": _recycle,
+    "cpu": _cpu,
 }
 TOP_LEVEL = ("host", "concentrator", "web", "logs", "owner", "network", "machine", "pool")
 MIN_MEMORY = 32 << 20
