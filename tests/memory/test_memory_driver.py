@@ -213,7 +213,12 @@ class World:
 
 
 def run(
-    home: Path, budget: int, kernels: list[Kernel], body: Callable[[World], Any], **kw: Any
+    home: Path,
+    budget: int,
+    kernels: list[Kernel],
+    body: Callable[[World], Any],
+    loopcheck: bool = True,
+    **kw: Any,
 ) -> None:
     async def main() -> None:
         w = World(home, budget, kernels, kw.get("floors", {}))
@@ -223,7 +228,10 @@ def run(
         finally:
             await w.b.stop()
 
-    run_driver(main)
+    if loopcheck:
+        run_driver(main)
+    else:
+        asyncio.run(main())
 
 
 def test_an_unplug_that_ends_while_reads_are_in_flight_leaves_no_phantom_growth(
@@ -370,7 +378,9 @@ def test_a_flood_of_hints_costs_a_bounded_number_of_questions(tmp_path: Path) ->
         assert e.hi == a.plugged and w.b.ledger.total() <= total + RESCUE_MIN
         w.check()
 
-    run(tmp_path, 700 * MIB, [a], body)
+    # Not under the loop check: how many hints coalesce depends on how fast the loop goes
+    # through them (RESCUE_GAP is wall time), and timing every callback slows each step.
+    run(tmp_path, 700 * MIB, [a], body, loopcheck=False)
 
 
 @pytest.mark.parametrize("text", ["", "credit=1", "done=x unplugged=1"])
