@@ -60,6 +60,7 @@ class Daemon:
         self.ctx: Context | None = None
         self.reattached = 0
         self.fd_limit = 0
+        self.stored_error: str | None = None  # why the stored fleet was not read, if it was not
         self.services: list[Any] = []  # started/stopped with the daemon (concentrator, ...)
         self.started_services: list[Any] = []  # a refused `up` stops none it did not start
         # API routes added by features: (method, path under /v1, aiohttp handler)
@@ -78,9 +79,14 @@ class Daemon:
         return self.ctx
 
     # ---- life cycle -------------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, fallback: FleetFile | None = None) -> None:
         """Read the state, hook in the features and re-attach the guests that outlived the
-        previous daemon. Starts no process and changes nothing outside the daemon."""
+        previous daemon. Starts no process and changes nothing outside the daemon.
+
+        A stored fleet that no longer validates (a newer warden refuses what an older one
+        took) is not read as an empty fleet: that made every guest a half-done prune, and the
+        daemon destroyed their disks. The daemon attaches with `fallback` (the file `warden up`
+        was given) instead, and `start` refuses to go on without one."""
         self.layout.ensure()
         ns.set_child_subreaper()
         self.fd_limit = raise_fd_limit()
@@ -92,7 +98,12 @@ class Daemon:
             try:
                 fleet = fleetmod.parse(saved[1], saved[0])
             except SpecError as e:
-                log.error("the stored fleet no longer validates: %s", e)
+                self.stored_error = f"the stored fleet (from {saved[0]}) no longer validates: {e}"
+                if fallback is not None:
+                    fleet = fleetmod.parse(fallback.text, fallback.source)
+                    log.warning("%s; attaching with %s instead", self.stored_error, fallback.source)
+                else:
+                    log.error("%s", self.stored_error)
         self.ctx = Context(
             layout=self.layout,
             store=store,
@@ -120,7 +131,9 @@ class Daemon:
         starts (a network, the zygote, a guest): the caller then shuts down with nothing to
         undo."""
         if self.ctx is None:
-            self.open()
+            self.open(fallback=up)
+        if self.stored_error is not None:
+            self._refuse_unnamed(up)
         if up is not None:
             self.check(up.text, up.source, up.prune, verb="up")
         self.c.zygote = Zygote()
@@ -134,6 +147,24 @@ class Daemon:
             return self.apply(up.text, up.source, up.prune, start_all=True)
         self._autostart()
         return None
+
+    def _refuse_unnamed(self, up: FleetFile | None) -> None:
+        """With a stored fleet that no longer validates, the guests that have a row are kept
+        (disks, logs, running kernels) unless the file `warden up` was given names them or
+        is told to replace them."""
+        named = {spec.name for spec in self.c.fleet.machines}
+        unnamed = sorted(r.name for r in self.c.store.machines() if r.name not in named)
+        if up is None:
+            raise Conflict(
+                f"{self.stored_error}. Nothing was changed and the guests keep running; fix "
+                "the fleet file and start with it: warden up FILE"
+            )
+        if unnamed and not up.prune:
+            raise Conflict(
+                f"{self.stored_error}; {up.source} does not name {', '.join(unnamed)}, which "
+                f"still exist: name them, or let the file replace them: warden up --prune "
+                f"{up.source}"
+            )
 
     def _install_features(self) -> None:
         """Hook in the features built as separate modules (session logs, jails, network...)."""

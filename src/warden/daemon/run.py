@@ -116,7 +116,7 @@ async def serve(
     # finally block stops what was started: the guests of `up`, the services, the API.
     refused = True
     try:
-        daemon.open()
+        daemon.open(fallback=up)
         if up is not None:
             q = daemon.c.bus.subscribe()
 
