@@ -25,6 +25,7 @@ from warden.api.client import ApiClient
 from warden.app.compose import build
 from warden.daemon import machine as m
 from warden.daemon.core import Daemon
+from warden.errors import Conflict
 from warden.paths import Layout
 
 
@@ -240,3 +241,49 @@ def test_a_daemon_killed_while_a_snapshot_copies_leaves_no_half_snapshot(
     assert r.returncode == 0, r.stderr
     assert (left / "meta.json").exists()
     assert sorted(p.name for p in snaps.iterdir() if p.name.startswith(".")) == []  # swept
+
+
+def test_a_stored_fleet_that_no_longer_validates_destroys_nothing(home: Layout) -> None:
+    """A newer warden refuses what an older one stored (here a kernel argument warden now
+    reserves). The daemon read that as an empty fleet, took every guest for a half-done prune
+    and destroyed its disk. Now it refuses to start, changing nothing, and `warden up` with a
+    fixed file attaches the guests that file names."""
+    from warden.daemon.core import FleetFile
+    from warden.daemon.files import MachineFiles
+    from warden.store import MachineRow, Store
+
+    store = Store(home.db)
+    stale = faults.OWNER + faults.machine("a", False) + 'kernel_args = ["mem=4G"]\n'
+    store.save_fleet("old.toml", stale)
+    store.put_machine(MachineRow("a", "stopped", "stopped", None, 1, 1, None, None, None, None))
+    store.close()
+    files = MachineFiles(home.machine("a"), "a")
+    files.create(("con0",))
+    (home.machine("a") / "evidence").write_bytes(b"the guest's disk")
+
+    async def start(up: FleetFile | None) -> Daemon:
+        d = build(home).daemon
+        try:
+            await d.open(fallback=up)
+            await d.start(up)
+        finally:
+            await d.shutdown(stop_guests=False)
+        return d
+
+    with pytest.raises(Conflict, match=r"old.toml\) no longer validates: .*mem=.*warden up FILE"):
+        asyncio.run(start(None))
+    other = faults.OWNER + faults.machine("b", False)
+    with pytest.raises(Conflict, match=r"new.toml does not name a, which still exist"):
+        asyncio.run(start(FleetFile(other, "new.toml")))
+    store = Store(home.db)
+    assert store.machine("a") is not None and store.load_fleet() == ("old.toml", stale)
+    store.close()
+    assert (home.machine("a") / "evidence").read_bytes() == b"the guest's disk"
+    # the fixed file is what the daemon attaches with
+    async def attach() -> None:
+        d = build(home).daemon
+        await d.open(fallback=FleetFile(faults.OWNER + faults.machine("a", False), "fixed.toml"))
+        assert set(d.sups) == {"a"} and d.ctx.stored_error is not None
+        await d.shutdown(stop_guests=False)
+
+    asyncio.run(attach())

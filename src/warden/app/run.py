@@ -119,7 +119,7 @@ async def serve(
     # finally block stops what was started: the guests of `up`, the services, the API.
     refused = True
     try:
-        await daemon.open()
+        await daemon.open(fallback=up)
         if up is not None:
             q = daemon.ctx.bus.subscribe()
 

@@ -103,6 +103,9 @@ class Context:
     # Boot slots: how many guests boot at once (daemon/admission.py).
     boots: BootGate = field(init=False)
     logs: LogFactory = null_logs
+    # Why the stored fleet was not read (a newer warden refuses what an older one stored);
+    # the daemon then refuses to start without a fleet file (Daemon.open, Daemon.start).
+    stored_error: str | None = None
     machines: "dict[str, Supervisor]" = field(default_factory=dict)
     _gates: dict[str, guestinput.EventGate] = field(default_factory=dict)
     _gate_timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -122,13 +125,16 @@ class Context:
         layout.ensure()
         store = Store(layout.db)
         saved = store.load_fleet()
-        fleet = EMPTY_FLEET
+        fleet, stored_error = EMPTY_FLEET, None
         if saved is not None:
             try:
                 fleet = fleetmod.parse(saved[1], saved[0])
             except SpecError as e:
-                log.error("the stored fleet no longer validates: %s", e)
-        return cls(layout, store, cgroup.detect(), ImageStore(layout), fleet)
+                stored_error = f"the stored fleet (from {saved[0]}) no longer validates: {e}"
+                log.error("%s", stored_error)
+        ctx = cls(layout, store, cgroup.detect(), ImageStore(layout), fleet)
+        ctx.stored_error = stored_error
+        return ctx
 
     @property
     def guests(self) -> GuestTable:

@@ -76,9 +76,17 @@ class Daemon:
         return self.ctx
 
     # ---- life cycle -------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, fallback: FleetFile | None = None) -> None:
         """Re-attach the guests that outlived the previous daemon and let the features read
-        what they saved. Starts no process and changes nothing outside the daemon."""
+        what they saved. Starts no process and changes nothing outside the daemon.
+
+        A stored fleet that no longer validates (a newer warden refuses what an older one
+        took) is not read as an empty fleet: that made every guest a half-done prune, and the
+        daemon destroyed their disks. The daemon attaches with `fallback` (the file `warden up`
+        was given) instead, and `start` refuses to go on without one."""
+        if self.ctx.stored_error is not None and fallback is not None:
+            self.ctx.fleet = fleetmod.parse(fallback.text, fallback.source)
+            log.warning("%s; attaching with %s instead", self.ctx.stored_error, fallback.source)
         ns.set_child_subreaper()
         self.fd_limit = raise_fd_limit()
         for spec in self.ctx.fleet.machines:
@@ -97,6 +105,8 @@ class Daemon:
         (as `docker compose up` does). A file that would be refused is refused before anything
         starts (a network, the zygote, a guest): the caller then shuts down with nothing to
         undo."""
+        if self.ctx.stored_error is not None:
+            self._refuse_unnamed(up)
         if up is not None:
             await self.check(up.text, up.source, up.prune, verb="up")
         self.ctx.zygote = Zygote()
@@ -110,6 +120,24 @@ class Daemon:
             return await self.apply(up.text, up.source, up.prune, start_all=True)
         self._autostart()
         return None
+
+    def _refuse_unnamed(self, up: FleetFile | None) -> None:
+        """With a stored fleet that no longer validates, the guests that have a row are kept
+        (disks, logs, running kernels) unless the file `warden up` was given names them or
+        is told to replace them."""
+        named = {spec.name for spec in self.ctx.fleet.machines}
+        unnamed = sorted(r.name for r in self.ctx.store.machines() if r.name not in named)
+        if up is None:
+            raise Conflict(
+                f"{self.ctx.stored_error}. Nothing was changed and the guests keep running; "
+                "fix the fleet file and start with it: warden up FILE"
+            )
+        if unnamed and not up.prune:
+            raise Conflict(
+                f"{self.ctx.stored_error}; {up.source} does not name {', '.join(unnamed)}, "
+                f"which still exist: name them, or let the file replace them: warden up "
+                f"--prune {up.source}"
+            )
 
     async def _finish_prunes(self) -> None:
         """A machine with a row that the stored fleet does not name was being pruned when a
