@@ -14,8 +14,11 @@ each other):
     console    last to start: its log service closes every session log that nobody has
                re-opened by then (finalize_stale), the honeypot's tty logs among them
     snapshots  no hooks: snapshots and diffs by machine name
-    forensics  last: timeline, evidence, recycle; its recycle policy taps the session logs
+    forensics  timeline, evidence, recycle; its recycle policy taps the session logs
                the console makes
+    cluster    only with `warden daemon --cluster`: last, so that it joins (and boots what
+               etcd assigns) when everything else runs; its before_boot (owner record, disk
+               lock) is the last word on a boot
 
 The console provides the log of every terminal line (Core.logs), wired here, through the
 forensics feature's tap.
@@ -24,6 +27,7 @@ forensics feature's tap.
 from dataclasses import dataclass
 
 from warden.api.server import Api, Features
+from warden.cluster.agent import ClusterConfig, ClusterFeature
 from warden.console.feature import ConsoleFeature
 from warden.daemon.context import Context
 from warden.daemon.core import Daemon
@@ -43,8 +47,10 @@ class App:
     api: Api
 
 
-def build(layout: Layout) -> App:
-    """Read the home's state and build everything; starts nothing."""
+def build(layout: Layout, cluster: ClusterConfig | None = None) -> App:
+    """Read the home's state and build everything; starts nothing. With `cluster`, the
+    cluster feature comes last: it joins once every other feature runs, and what it applies
+    goes through every feature's checks."""
     ctx = Context.load(layout)
     jail = JailFeature(ctx)
     net = NetFeature(ctx)
@@ -55,6 +61,8 @@ def build(layout: Layout) -> App:
     forensics = ForensicsFeature(ctx)
     ctx.logs = forensics.tap(console.line_log)
     order: tuple[Feature, ...] = (jail, net, memory, honeypot, console, snapshots, forensics)
+    if cluster is not None:
+        order += (ClusterFeature(ctx, cluster),)
     daemon = Daemon(ctx, order)
     features = Features(
         console=console,

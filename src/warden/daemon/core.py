@@ -370,6 +370,12 @@ class _Control:
     async def kill(self, name: str, wait: bool = True) -> None:
         await self.daemon.kill_machine(name, wait=wait)
 
+    async def stop(self, name: str, timeout: float) -> None:
+        await self.daemon.stop_machine(name, timeout=timeout)
+
+    async def apply(self, text: str, source: str) -> dict[str, Any]:
+        return await self.daemon.apply(text, source, prune=True)
+
     def reset(self, name: str) -> None:
         self.daemon.reset_machine(name)
 

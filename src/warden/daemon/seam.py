@@ -134,6 +134,13 @@ class Control(Protocol):
         """As `warden start NAME` without waiting: admission, files, the start."""
 
     async def kill(self, name: str, wait: bool = True) -> None: ...
+    async def stop(self, name: str, timeout: float) -> None:
+        """A clean shutdown (ctrl-alt-del, then halt, then a kill), awaited."""
+
+    async def apply(self, text: str, source: str) -> dict[str, Any]:
+        """Apply a fleet file as `warden apply --prune` does (the cluster feature applies the
+        part of the cluster's fleet this host owns); SpecError or Conflict refuse it."""
+
     def reset(self, name: str) -> None:
         """A new COW disk over the image's current build (the guest must be stopped)."""
 

@@ -100,6 +100,9 @@ class Machine:
     disguise: str = ""
     jail: bool = True
     recycle: str = ""  # "" or a warden.spec.recycle policy: on-logout, idle:D, every:D
+    # In a cluster (warden.cluster): the host it must run on, and labels its host must have.
+    host: str = ""
+    host_labels: tuple[str, ...] = ()  # "key=value" each
 
     @property
     def recycle_policy(self) -> recyclemod.RecyclePolicy | None:
@@ -133,6 +136,13 @@ class Concentrator:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """[cluster]: what every host of a cluster shares (docs/formats/cluster.md)."""
+
+    storage: str = ""  # a directory every host reaches at this path: COW disks, their locks
+
+
+@dataclass(frozen=True)
 class Logs:
     quota: int = 64 << 20  # per guest, all of its session logs together
     enabled: bool = True  # false: no session logs (consoles still work)
@@ -144,6 +154,7 @@ class Fleet:
     host: Host = field(default_factory=Host)
     concentrator: Concentrator = field(default_factory=Concentrator)
     logs: Logs = field(default_factory=Logs)
+    cluster: Cluster = field(default_factory=Cluster)
     owners: tuple[Owner, ...] = ()
     networks: tuple[Network, ...] = ()
     machines: tuple[Machine, ...] = ()
@@ -286,6 +297,25 @@ def _egress(v: Any) -> str:
     raise ValueError('expected "allow", "deny" or a rate such as "20/second"')
 
 
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}$")
+
+
+def _absolute_dir(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("/"):
+        raise ValueError("expected an absolute path (every host reaches it at the same path)")
+    return s
+
+
+def _labels(v: Any) -> tuple[str, ...]:
+    items = _str_list(v)
+    for item in items:
+        if not LABEL.match(item):
+            raise ValueError(f"{item!r} is not a label: expected \"key=value\" (e.g. \"zone=a\")")
+    return items
+
+
 def _recycle(v: Any) -> str:
     recyclemod.parse(_str(v))  # ValueError says what is allowed
     return str(v)
@@ -332,6 +362,7 @@ CONCENTRATOR_FIELDS: dict[str, Check] = {
     "idle_timeout": _int_range(0, 7 * 86400),
 }
 LOGS_FIELDS: dict[str, Check] = {"quota": _size, "enabled": _bool}
+CLUSTER_FIELDS: dict[str, Check] = {"storage": _absolute_dir}
 OWNER_FIELDS: dict[str, Check] = {
     "name": _pattern(OWNER_NAME, "a lower-case name of up to 32 characters"),
     "keys": _ssh_keys,
@@ -366,8 +397,10 @@ MACHINE_FIELDS: dict[str, Check] = {
     "disguise": _str,
     "jail": _bool,
     "recycle": _recycle,
+    "host": _pattern(HOST_NAME, "a host name: lower-case letters, digits, '-' and '.'"),
+    "host_labels": _labels,
 }
-TOP_LEVEL = ("host", "concentrator", "logs", "owner", "network", "machine")
+TOP_LEVEL = ("host", "concentrator", "logs", "cluster", "owner", "network", "machine")
 MIN_MEMORY = 32 << 20
 
 
@@ -438,6 +471,7 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
         **_table(doc.get("concentrator", {}), CONCENTRATOR_FIELDS, "[concentrator]", problems, ())
     )
     logs = Logs(**_table(doc.get("logs", {}), LOGS_FIELDS, "[logs]", problems, ()))
+    cluster = Cluster(**_table(doc.get("cluster", {}), CLUSTER_FIELDS, "[cluster]", problems, ()))
 
     owners: list[Owner] = []
     for i, raw in enumerate(_array(doc.get("owner"), "owner", problems)):
@@ -491,6 +525,7 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
         host=host,
         concentrator=conc,
         logs=logs,
+        cluster=cluster,
         owners=tuple(owners),
         networks=tuple(networks),
         machines=tuple(machines),
