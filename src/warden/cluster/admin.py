@@ -61,7 +61,7 @@ async def machines(etcd: Etcd) -> list[dict[str, Any]]:
 
 async def hosts(etcd: Etcd) -> list[dict[str, Any]]:
     view = read_view(await etcd.prefix(keys.PREFIX))
-    names = set(view.hosts) | {a.host for a in view.assigned.values()} | view.drains
+    names = set(view.hosts) | view.known | {a.host for a in view.assigned.values()}
     out = []
     for name in sorted(names):
         h = view.hosts.get(name)

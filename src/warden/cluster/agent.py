@@ -83,6 +83,7 @@ class View:
     assigned: dict[str, Assignment] = field(default_factory=dict)
     owners: dict[str, tuple[Owner, bytes]] = field(default_factory=dict)
     drains: set[str] = field(default_factory=set)
+    known: set[str] = field(default_factory=set)
     moves: dict[str, str] = field(default_factory=dict)
     leader: str = ""
     problems: list[str] = field(default_factory=list)
@@ -103,11 +104,13 @@ def read_view(entries: dict[str, Any]) -> View:
                 v.assigned[key[len(keys.ASSIGN) :]] = Assignment.from_bytes(key, e.value)
             elif key.startswith(keys.OWN):
                 v.owners[key[len(keys.OWN) :]] = (Owner.from_bytes(key, e.value), e.value)
+            elif key.startswith(keys.KNOWN):
+                v.known.add(keys.check_host_name(key[len(keys.KNOWN) :]))
             elif key.startswith(keys.DRAIN):
                 v.drains.add(key[len(keys.DRAIN) :])
             elif key.startswith(keys.MOVE):
                 v.moves[key[len(keys.MOVE) :]] = keys.target_from_bytes(key, e.value)
-        except ClusterFormatError as err:
+        except (ClusterFormatError, WardenError) as err:
             v.problems.append(str(err))
     return v
 
@@ -205,6 +208,7 @@ class ClusterFeature(Feature):
         self.lease = await self.etcd.grant(self.config.ttl)
         self.owned.clear()
         await self._put_host()
+        await self.etcd.put(keys.KNOWN + self.me, b"{}")
         self._arm(time.monotonic())
 
     async def _put_host(self) -> None:

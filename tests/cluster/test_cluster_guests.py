@@ -1,0 +1,107 @@
+"""Three warden hosts over a real 3-member etcd, running real minimal guests."""
+
+import fcntl
+import os
+import signal
+import time
+
+import pytest
+
+from tests.cluster.conftest import TTL, Cluster, Watch, guest_pids, running_on
+from tests.support.daemon import kill_home
+from warden.cluster.hostplan import GRACE
+
+pytestmark = [pytest.mark.guest, pytest.mark.slow]
+
+
+def test_placement_spreads_then_move_and_drain(cluster: Cluster) -> None:
+    c = cluster
+    c.apply(c.fleet(c.machine("a") + c.machine("b") + c.machine("c", host="h3")))
+    rows = c.wait("all three running", lambda r: all(running_on(r, n) for n in "abc"))
+    hosts = {n: rows[n]["host"] for n in "abc"}
+    assert hosts["c"] == "h3"
+    assert sorted(hosts.values()) == ["h1", "h2", "h3"], hosts  # fewest guests first
+    listed = c.host_list()
+    assert all(listed[h]["alive"] for h in ("h1", "h2", "h3"))
+    assert sum(len(h["machines"]) for h in listed.values()) == 3
+
+    a_from = hosts["a"]
+    a_to = next(h for h in ("h1", "h2") if h != a_from)
+    c.cli("move", "a", a_to)
+    rows = c.wait("a moved", lambda r: running_on(r, "a") == a_to)
+    assert rows["a"]["why"] == "move"
+
+    c.cli("drain", a_to)
+    rows = c.wait(
+        f"{a_to} drained",
+        lambda r: all(running_on(r, n) not in (None, a_to) for n in ("a", "b")),
+    )
+    assert c.host_list()[a_to]["machines"] == []
+
+
+def test_failover_after_kill9_of_a_daemon_and_its_guests(cluster: Cluster) -> None:
+    c = cluster
+    t0 = time.monotonic()
+    c.apply(c.fleet(c.machine("a") + c.machine("b")))
+    rows = c.wait("both running", lambda r: all(running_on(r, n) for n in "ab"))
+    first_boot = time.monotonic() - t0
+    victim = rows["a"]["host"]
+    watch = Watch(c, "a")
+    try:
+        dead = c.hosts[victim]
+        dead.kill9()
+        killed = kill_home(dead.layout)  # the host is gone: its guests with it
+        assert killed, "the dead host's guest had processes to kill"
+        t_dead = time.monotonic()
+        rows = c.wait("a failed over", lambda r: running_on(r, "a") not in (None, victim))
+        took = time.monotonic() - t_dead
+    finally:
+        watch.stop()
+    assert watch.twice == 0, watch.seen
+    assert rows["a"]["why"] == "failover"
+    assert not c.host_list()[victim]["alive"]
+    print(
+        f"\nfailover: {took:.1f}s (lease TTL {TTL}s, grace {GRACE}s, first placement and "
+        f"boot {first_boot:.1f}s)"
+    )
+    # TTL + one boot (+ the grace period); a boot on this shared machine takes up to ~30 s.
+    assert took < TTL + GRACE + max(first_boot, 30), took
+
+
+def test_never_twice_when_a_daemon_is_frozen(cluster: Cluster) -> None:
+    c = cluster
+    c.apply(c.fleet(c.machine("a")))
+    rows = c.wait("a running", lambda r: running_on(r, "a") is not None)
+    frozen = rows["a"]["host"]
+    d = c.hosts[frozen]
+    assert d.proc is not None
+    before = guest_pids(d, "a")
+    assert before
+    watch = Watch(c, "a")
+    try:
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            rows = c.wait("a taken over", lambda r: running_on(r, "a") not in (None, frozen))
+            # The fence (outside the frozen daemon) killed it before another host started it.
+            assert guest_pids(d, "a") == []
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        new_host = rows["a"]["host"]
+        # The continued daemon finds its lease gone and does not start `a` again.
+        time.sleep(TTL)
+        assert running_on(c.ls(), "a") == new_host
+        assert guest_pids(d, "a") == []
+    finally:
+        watch.stop()
+    assert watch.twice == 0, watch.seen
+    ran_on = {h for _, on in watch.seen for h in on}
+    assert ran_on == {frozen, new_host}, watch.seen
+    # The disk is held by the one kernel that runs it.
+    lock = c.storage / "disks" / "a.lock"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    assert c.host_list()[frozen]["alive"]  # it joined again
