@@ -76,7 +76,11 @@ class DaemonProc:
         self.layout.ensure()
         logf = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [*WARDEN, "daemon", *self.args], env=self.env, stdout=logf, stderr=logf, start_new_session=True
+            [*WARDEN, "daemon", *self.args],
+            env=self.env,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
         )
         logf.close()
         deadline = time.monotonic() + timeout
