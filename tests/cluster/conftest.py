@@ -21,7 +21,8 @@ TTL = 6  # a short lease keeps the tests short; the default is 10
 
 
 class Cluster:
-    def __init__(self, etcd: EtcdCluster, storage: Path, image: Path):
+    def __init__(self, etcd: EtcdCluster, storage: Path, image: Path, ttl: int = TTL):
+        self.ttl = ttl
         self.etcd = etcd
         self.storage = storage
         self.image = image
@@ -31,7 +32,7 @@ class Cluster:
         home = layout(Path(tempfile.mkdtemp(prefix=f"wc-{name}-", dir="/tmp")))
         d = DaemonProc(
             home,
-            args=("--cluster", self.etcd.urls, "--host-name", name, "--lease-ttl", str(TTL),
+            args=("--cluster", self.etcd.urls, "--host-name", name, "--lease-ttl", str(self.ttl),
                   *extra),
         )  # fmt: skip
         self.hosts[name] = d.start()
@@ -139,10 +140,16 @@ def running_on(rows: dict[str, dict[str, Any]], name: str) -> str | None:
 
 
 @pytest.fixture
-def cluster(minimal_image: Path) -> Iterator[Cluster]:
+def cluster_ttl() -> int:
+    """The hosts' lease TTL (a test parametrizes it to change it)."""
+    return TTL
+
+
+@pytest.fixture
+def cluster(minimal_image: Path, cluster_ttl: int) -> Iterator[Cluster]:
     etcd = EtcdCluster().start_all()
     storage = Path(tempfile.mkdtemp(prefix="wstore-", dir="/tmp"))
-    c = Cluster(etcd, storage, minimal_image)
+    c = Cluster(etcd, storage, minimal_image, cluster_ttl)
     try:
         for name in ("h1", "h2", "h3"):
             c.add_host(name, "--budget", "256M")

@@ -105,3 +105,42 @@ def test_never_twice_when_a_daemon_is_frozen(cluster: Cluster) -> None:
     finally:
         os.close(fd)
     assert c.host_list()[frozen]["alive"]  # it joined again
+
+
+def test_one_etcd_member_down_keeps_working(cluster: Cluster) -> None:
+    c = cluster
+    c.apply(c.fleet(c.machine("a")))
+    c.wait("a running", lambda r: running_on(r, "a") is not None)
+    c.etcd.stop("m0")  # the first URL: every client's first choice
+    c.apply(c.fleet(c.machine("a") + c.machine("b")))
+    rows = c.wait("b placed and running", lambda r: running_on(r, "b") is not None)
+    assert running_on(rows, "a") is not None
+    assert all(h["alive"] for h in c.host_list().values())
+
+
+@pytest.mark.parametrize("cluster_ttl", [20])
+def test_quorum_lost_briefly_changes_nothing_running(cluster: Cluster) -> None:
+    c = cluster
+    fence_after = c.ttl - max(c.ttl / 3, 2.0)  # docs/formats/cluster.md: TTL - margin
+    c.apply(c.fleet(c.machine("a")))
+    rows = c.wait("a running", lambda r: running_on(r, "a") is not None)
+    d = c.hosts[rows["a"]["host"]]
+    pids = guest_pids(d, "a")
+    c.etcd.stop("m1")
+    c.etcd.stop("m2")
+    lost = time.monotonic()
+    # Nothing can be written: a fleet apply fails, naming etcd, and changes nothing ...
+    r = c.cli("apply", str(c.storage / "fleet.toml"), check=False)
+    assert r.returncode == 2 and "etcd at" in r.stderr, r.stderr
+    # ... and the running guest keeps running.
+    assert guest_pids(d, "a") == pids
+    c.etcd.start("m1")
+    c.etcd.start("m2")
+    while not c.etcd.healthy():
+        time.sleep(0.1)
+    outage = time.monotonic() - lost
+    print(f"\nquorum lost for {outage:.1f}s (hosts fence after {fence_after:.1f}s without etcd)")
+    assert outage < fence_after, "the outage outlasted the fence deadline: rerun"
+    time.sleep(2 * c.ttl)  # leases renewed again: no failover, no restart
+    assert guest_pids(d, "a") == pids
+    assert running_on(c.ls(), "a") == rows["a"]["host"]

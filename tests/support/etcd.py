@@ -1,7 +1,6 @@
 """A real etcd cluster (Debian's etcd-server, 3.4) of three members on loopback ports, for a
 test: own data directories in a temporary folder, every member killed at close()."""
 
-import contextlib
 import shutil
 import socket
 import subprocess
@@ -73,17 +72,20 @@ class EtcdCluster:
         raise TimeoutError(f"etcd did not elect a leader in {timeout}s: {self.logs()}")
 
     def healthy(self) -> bool:
+        """Every running member answers /health with a leader (quorum)."""
         import urllib.request
 
         for n in self.names:
             if n not in self.procs:
                 continue
-            with contextlib.suppress(OSError):
+            try:
                 url = f"http://127.0.0.1:{self.client[n]}/health"
                 with urllib.request.urlopen(url, timeout=1) as r:
-                    if b'"true"' in r.read():
-                        return True
-        return False
+                    if b'"true"' not in r.read():
+                        return False
+            except OSError:
+                return False
+        return True
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name)
