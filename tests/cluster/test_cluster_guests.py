@@ -27,9 +27,11 @@ def test_placement_spreads_then_move_and_drain(cluster: Cluster) -> None:
 
     a_from = hosts["a"]
     a_to = next(h for h in ("h1", "h2") if h != a_from)
+    t = time.monotonic()
     c.cli("move", "a", a_to)
     rows = c.wait("a moved", lambda r: running_on(r, "a") == a_to)
     assert rows["a"]["why"] == "move"
+    print(f"\nmove: {time.monotonic() - t:.1f}s (a clean stop, the grace period, a boot)")
 
     c.cli("drain", a_to)
     rows = c.wait(
