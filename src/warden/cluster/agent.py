@@ -188,21 +188,37 @@ class ClusterFeature(Feature):
         self.core.event(None, "cluster-joined", host=self.me, urls=self.config.urls)
 
     async def stop(self) -> None:
-        for t in self.tasks:
+        # Leave cleanly: no more placing or claiming, but the lease is renewed (and the fence
+        # re-armed) until every owned guest is stopped and given up, all at once; then the
+        # lease is revoked (others place the machines now) and the fence told to exit.
+        renew, *others = self.tasks
+        for t in others:
             t.cancel()
-        for t in self.tasks:
+        for t in others:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        # Leave cleanly: stop what we own, give it up, then the lease (others place it now).
-        for name in list(self.owned):
-            with contextlib.suppress(WardenError, TimeoutError, EtcdUnavailable):
-                await self._release(name)
+        await asyncio.gather(
+            *(self._leave(name) for name in list(self.owned)), return_exceptions=True
+        )
+        renew.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renew
         if self.lease is not None:
             with contextlib.suppress(EtcdUnavailable):
                 await self.etcd.revoke(self.lease)
         if self.fence is not None:
             self.fence.close()
         await self.etcd.close()
+
+    async def _leave(self, name: str) -> None:
+        guest = self.core.guests.get(name)
+        if guest is not None and guest.state in LIVE:
+            with contextlib.suppress(WardenError, TimeoutError):
+                await self.core.control.stop(name, STOP_TIMEOUT)
+        raw = self.owned.pop(name, None)
+        if raw is not None:
+            with contextlib.suppress(EtcdUnavailable):
+                await self.etcd.delete_if(keys.OWN + name, raw)
 
     async def _join(self) -> None:
         self.lease = await self.etcd.grant(self.config.ttl)
