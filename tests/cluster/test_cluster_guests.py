@@ -146,3 +146,15 @@ def test_quorum_lost_briefly_changes_nothing_running(cluster: Cluster) -> None:
     time.sleep(2 * c.ttl)  # leases renewed again: no failover, no restart
     assert guest_pids(d, "a") == pids
     assert running_on(c.ls(), "a") == rows["a"]["host"]
+
+
+def test_a_daemon_that_leaves_stops_its_guests_before_its_fence_fires(cluster: Cluster) -> None:
+    c = cluster
+    names = ("a", "b", "c")
+    c.apply(c.fleet("".join(c.machine(n, host="h1") for n in names)))
+    c.wait("three on h1", lambda r: all(running_on(r, n) == "h1" for n in names))
+    c.apply(c.fleet("".join(c.machine(n) for n in names)))  # free to go elsewhere
+    leaving = c.hosts["h1"]
+    leaving.stop()  # SIGTERM: leave the cluster
+    assert "fenced" not in leaving.log_text()  # every guest stopped cleanly, none killed
+    c.wait("all three elsewhere", lambda r: all(running_on(r, n) in ("h2", "h3") for n in names))
