@@ -158,3 +158,28 @@ def test_a_daemon_that_leaves_stops_its_guests_before_its_fence_fires(cluster: C
     leaving.stop()  # SIGTERM: leave the cluster
     assert "fenced" not in leaving.log_text()  # every guest stopped cleanly, none killed
     c.wait("all three elsewhere", lambda r: all(running_on(r, n) in ("h2", "h3") for n in names))
+
+
+def test_never_twice_when_a_frozen_daemon_would_restart_its_guest(cluster: Cluster) -> None:
+    """No shared storage (so no disk lock): only the owner record and the fence keep `a` from
+    running twice when the frozen daemon, continued, sees its guest die and its restart
+    policy says to boot it again."""
+    c = cluster
+    fleet = c.fleet(c.machine("a", restart="always")).replace(f'storage = "{c.storage}"', "")
+    c.apply(fleet)
+    rows = c.wait("a running", lambda r: running_on(r, "a") is not None)
+    frozen = rows["a"]["host"]
+    d = c.hosts[frozen]
+    assert d.proc is not None
+    watch = Watch(c, "a")
+    try:
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            c.wait("a taken over", lambda r: running_on(r, "a") not in (None, frozen))
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        time.sleep(TTL)
+    finally:
+        watch.stop()
+    assert watch.twice == 0, watch.seen
+    assert guest_pids(d, "a") == []

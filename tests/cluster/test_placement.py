@@ -115,3 +115,25 @@ def test_constraint_change_moves_the_machine() -> None:
     assigned = {"x": Assignment("a", 1, "placed")}
     actions = rc.reconcile([Want("x", M, host="b")], hosts("a", "b"), assigned)
     assert actions == [rc.Assign("x", Assignment("b", 2, "constraint"))]
+
+
+def test_a_spread_group_goes_to_different_hosts_first() -> None:
+    # h1 is the emptiest host, but it already has a sensor: the new sensor goes elsewhere.
+    loads = {
+        "a": Load(64 * M, 1, {"sensors": 1}),
+        "b": Load(128 * M, 2, {}),
+        "c": Load(128 * M, 2, {"sensors": 1}),
+    }
+    host, _ = choose(Want("s2", 64 * M, spread="sensors"), hosts("a", "b", "c"), loads)
+    assert host == "b"
+    # Without the group the fewest guests win, as always.
+    assert choose(Want("x", 64 * M), hosts("a", "b", "c"), loads)[0] == "a"
+
+
+def test_a_pool_spreads_over_every_host_before_doubling_up() -> None:
+    desired = [Want(f"s{i}", 64 * M, spread="sensors") for i in range(3)]
+    # h1 already runs two plain machines; the pool still takes one slot on it.
+    assigned = {"p1": Assignment("a", 1, "placed"), "p2": Assignment("a", 1, "placed")}
+    plain = [Want("p1", 32 * M), Want("p2", 32 * M)]
+    placed = assigns(rc.reconcile(plain + desired, hosts("a", "b", "c"), assigned))
+    assert sorted(placed.values()) == ["a", "b", "c"]

@@ -116,7 +116,7 @@ def read_view(entries: dict[str, Any]) -> View:
 
 
 def wants(fleet: fleetmod.Fleet) -> list[Want]:
-    return [Want(m.name, m.memory, m.host, m.host_labels) for m in fleet.machines]
+    return [Want(m.name, m.memory, m.host, m.host_labels, m.spread) for m in fleet.machines]
 
 
 def host_fleet(text: str, names: set[str]) -> str:
@@ -175,7 +175,7 @@ class ClusterFeature(Feature):
         self.storage = ""
         self.view = View()
         self.tasks: list[asyncio.Task[None]] = []
-        self.locks: dict[str, int] = {}
+        self.deadline = 0.0  # the fence's deadline (monotonic), as last armed
 
     # ---- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -248,6 +248,7 @@ class ClusterFeature(Feature):
         # Every guest group of this home, also one launched after this message.
         parent = self.core.hierarchy.unified / f"warden-{self.core.layout.instance}"
         deadline = sent_at + self.config.ttl - self.config.margin
+        self.deadline = deadline
         self.fence.send({"deadline": deadline, "parent": str(parent)})
 
     # ---- the lease --------------------------------------------------------------------------
@@ -442,11 +443,21 @@ class ClusterFeature(Feature):
 
     # ---- hooks ------------------------------------------------------------------------------
     async def before_boot(self, guest: Guest, extras: BootExtras) -> None:
-        if guest.name not in self.owned:
-            raise Conflict(
-                f"{guest.name}: this host ({self.me}) does not own it in the cluster any more; "
-                "it boots where the cluster assigns it"
-            )
+        """A boot only while this host holds the owner record under its current lease and
+        its fence has not fired: asked of etcd, not of what this daemon remembers (it may
+        just have been continued after a SIGSTOP, with a restart timer due)."""
+        refused = (
+            f"{guest.name}: this host ({self.me}) does not own it in the cluster now; "
+            "it boots where the cluster assigns it"
+        )
+        if guest.name not in self.owned or time.monotonic() >= self.deadline:
+            raise Conflict(refused)
+        try:
+            record = await self.etcd.get(keys.OWN + guest.name)
+        except EtcdUnavailable as e:
+            raise Conflict(f"{refused} ({e})") from None
+        if record is None or record.lease != self.lease:
+            raise Conflict(refused)
         if not self.storage:
             return
         path = Path(self.storage) / "disks" / f"{guest.name}.lock"

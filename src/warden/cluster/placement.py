@@ -4,7 +4,8 @@ Admission is the one-host check, per host: the `memory` of the guests a host hol
 new one's must fit the host's budget. Among the hosts that admit a machine, that are alive,
 not draining, have the labels it asks for and are the host it names (if it names one), it goes
 to the one with the fewest guests, then the most memory left, then the first by name (so a
-placement is the same on every run).
+placement is the same on every run). A machine of a spread group (`spread = "sensors"`: a
+honeypot pool) first goes to the host with the fewest machines of its group.
 """
 
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,7 @@ class Want:
     memory: int
     host: str = ""
     labels: tuple[str, ...] = ()  # "key=value" each
+    spread: str = ""  # its group, if any
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Load:
 
     memory: int = 0
     guests: int = 0
+    groups: dict[str, int] = field(default_factory=dict)  # spread group -> machines
 
 
 def fits(want: Want, host: HostView) -> str | None:
@@ -58,7 +61,7 @@ def choose(
     want: Want, hosts: Iterable[HostView], loads: Mapping[str, Load], exclude: str = ""
 ) -> tuple[str | None, str]:
     """The host for `want` (or None) and, when None, why no host fits."""
-    best: tuple[int, int, str] | None = None
+    best: tuple[int, int, int, str] | None = None
     reasons: list[str] = []
     for host in hosts:
         if host.name == exclude:
@@ -73,21 +76,26 @@ def choose(
         if why is not None:
             reasons.append(why)
             continue
-        key = (load.guests, -(host.budget - load.memory), host.name)
+        group = load.groups.get(want.spread, 0) if want.spread else 0
+        key = (group, load.guests, -(host.budget - load.memory), host.name)
         if best is None or key < best:
             best = key
     if best is None:
         return None, "; ".join(reasons) or "no host is alive"
-    return best[2], ""
+    return best[3], ""
 
 
 def add(loads: dict[str, Load], host: str, want: Want) -> None:
     load = loads.setdefault(host, Load())
     load.memory += want.memory
     load.guests += 1
+    if want.spread:
+        load.groups[want.spread] = load.groups.get(want.spread, 0) + 1
 
 
 def remove(loads: dict[str, Load], host: str, want: Want) -> None:
     load = loads.setdefault(host, Load())
     load.memory -= want.memory
     load.guests -= 1
+    if want.spread:
+        load.groups[want.spread] = load.groups.get(want.spread, 0) - 1

@@ -103,6 +103,7 @@ class Machine:
     # In a cluster (warden.cluster): the host it must run on, and labels its host must have.
     host: str = ""
     host_labels: tuple[str, ...] = ()  # "key=value" each
+    spread: str = ""  # a group name: machines of one group go to different hosts first
 
     @property
     def recycle_policy(self) -> recyclemod.RecyclePolicy | None:
@@ -399,6 +400,7 @@ MACHINE_FIELDS: dict[str, Check] = {
     "recycle": _recycle,
     "host": _pattern(HOST_NAME, "a host name: lower-case letters, digits, '-' and '.'"),
     "host_labels": _labels,
+    "spread": _pattern(NETWORK_NAME, "a short lower-case group name"),
 }
 TOP_LEVEL = ("host", "concentrator", "logs", "cluster", "owner", "network", "machine")
 MIN_MEMORY = 32 << 20
