@@ -27,7 +27,11 @@ class EtcdCluster:
     def __init__(self, members: int = 3):
         if shutil.which("etcd") is None:
             pytest.fail("etcd is not installed (scripts/setup.sh installs etcd-server)")
-        self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir="/tmp"))
+        # Data on tmpfs: etcd fsyncs its log on every write, and a disk busy with other
+        # helpers' image builds can stall an fsync for seconds; a stall longer than the
+        # fence deadline would fence healthy hosts in the middle of a test.
+        shm = "/dev/shm" if Path("/dev/shm").is_dir() else "/tmp"
+        self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=shm))
         ports = free_ports(2 * members)
         self.names = [f"m{i}" for i in range(members)]
         self.client = {n: ports[2 * i] for i, n in enumerate(self.names)}
