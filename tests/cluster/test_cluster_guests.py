@@ -21,6 +21,9 @@ def test_placement_spreads_then_move_and_drain(cluster: Cluster) -> None:
     hosts = {n: rows[n]["host"] for n in "abc"}
     assert hosts["c"] == "h3"
     assert sorted(hosts.values()) == ["h1", "h2", "h3"], hosts  # fewest guests first
+    # A host's own daemon takes no local fleet: it would run what etcd has not given it.
+    r = c.hosts["h1"].cli("apply", str(c.storage / "fleet.toml"), check=False)
+    assert r.returncode == 2 and "apply fleets to the cluster" in r.stderr, r.stderr
     listed = c.host_list()
     assert all(listed[h]["alive"] for h in ("h1", "h2", "h3"))
     assert sum(len(h["machines"]) for h in listed.values()) == 3

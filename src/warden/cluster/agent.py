@@ -48,6 +48,7 @@ from warden.tasks import spawn
 log = logging.getLogger("warden.cluster")
 
 TICK = 0.5
+SOURCE = "cluster:"  # the source of every fleet this feature applies
 STOP_TIMEOUT = 20.0
 
 
@@ -420,7 +421,7 @@ class ClusterFeature(Feature):
         if text == self.applied:
             return
         try:
-            await self.core.control.apply(text, f"cluster:{view.fleet_source}")
+            await self.core.control.apply(text, SOURCE + view.fleet_source)
         except (WardenError, Conflict) as e:
             self.core.event(None, "cluster-apply-failed", error=str(e))
             return
@@ -442,6 +443,15 @@ class ClusterFeature(Feature):
             await self._put_host()
 
     # ---- hooks ------------------------------------------------------------------------------
+    async def check_fleet(self, fleet: fleetmod.Fleet) -> None:
+        """On a cluster host only the cluster's fleet is applied (by this feature): a local
+        `warden apply` would start or drop guests etcd has not given this host."""
+        if not fleet.source.startswith(SOURCE):
+            raise Conflict(
+                f"{fleet.source}: this daemon is host {self.me} of a cluster; apply fleets to "
+                f"the cluster: warden --cluster {self.config.urls} apply FILE"
+            )
+
     async def before_boot(self, guest: Guest, extras: BootExtras) -> None:
         """A boot only while this host holds the owner record under its current lease and
         its fence has not fired: asked of etcd, not of what this daemon remembers (it may
