@@ -78,8 +78,19 @@ class Cluster:
             if cond(rows):
                 return rows
             time.sleep(0.2)
-        logs = "\n".join(f"--- {n}\n{d.log_text()[-3000:]}" for n, d in self.hosts.items())
+        logs = "\n".join(
+            f"--- {n}\n{d.log_text()[-3000:]}\n{self._events(d)}" for n, d in self.hosts.items()
+        )
         raise AssertionError(f"{what}: not within {timeout}s; ls: {rows}\n{logs}")
+
+    @staticmethod
+    def _events(d: DaemonProc) -> str:
+        """The host's last events (what a failed wait needs to be understood)."""
+        try:
+            r = d.cli("events", check=False, timeout=20)
+        except Exception as e:  # a frozen or dead daemon
+            return f"(no events: {e})"
+        return "\n".join(r.stdout.splitlines()[-40:])
 
     def close(self) -> None:
         problems = []

@@ -7,7 +7,8 @@ fence process (warden.cluster.fence). Then two tasks:
   renewal sent at monotonic time t, moves the fence's deadline to t + TTL - margin. When the
   lease is found expired, the fence has killed the owned guests: the host forgets them and
   joins again with a new lease.
-- work (every 0.5 s): one read of the whole prefix; the leader (warden.cluster.reconcile)
+- work (every 0.5 s): the cluster's keys from this host's copy (warden.cluster.cache: a
+  watch, a full read every 10 s); the leader (warden.cluster.reconcile)
   writes assignments; every host (warden.cluster.hostplan) claims the owner records of the
   machines assigned to it, stops and releases the others, and applies the part of the fleet
   it owns to its own daemon (Core.control.apply), which starts and stops the guests.
@@ -35,6 +36,7 @@ import tomli_w
 
 from warden.cluster import hostplan, keys
 from warden.cluster import reconcile as rc
+from warden.cluster.cache import Cache
 from warden.cluster.etcd import Etcd, EtcdUnavailable
 from warden.cluster.keys import Assignment, ClusterFormatError, HostInfo, Owner
 from warden.cluster.placement import HostView, Want
@@ -175,6 +177,7 @@ class ClusterFeature(Feature):
         self.applied: str | None = None  # the host fleet text last applied
         self.storage = ""
         self.view = View()
+        self.cache = Cache(self.etcd, keys.PREFIX)
         self.tasks: list[asyncio.Task[None]] = []
         self.deadline = 0.0  # the fence's deadline (monotonic), as last armed
 
@@ -209,6 +212,7 @@ class ClusterFeature(Feature):
                 await self.etcd.revoke(self.lease)
         if self.fence is not None:
             self.fence.close()
+        await self.cache.close()
         await self.etcd.close()
 
     async def _leave(self, name: str) -> None:
@@ -296,7 +300,7 @@ class ClusterFeature(Feature):
             await asyncio.sleep(TICK)
 
     async def _round(self) -> None:
-        self.view = view = read_view(await self.etcd.prefix(keys.PREFIX))
+        self.view = view = read_view(await self.cache.read())
         for p in view.problems:
             log.warning("ignored: %s", p)
         if view.fleet_text is None or self.lease is None:
@@ -311,7 +315,11 @@ class ClusterFeature(Feature):
             self.core.event(None, "cluster-leader", host=self.me)
             view.leader = self.me
         if view.leader == self.me:
-            await self._lead(fleet, view)
+            # The leader decides on a fresh read (etcd's reads are linearizable): its copy
+            # may lag its own last writes, and deciding on it would reassign twice.
+            fresh = read_view(await self.etcd.prefix(keys.PREFIX))
+            if fresh.fleet_text is not None:
+                await self._lead(fleetmod.parse(fresh.fleet_text, fresh.fleet_source), fresh)
         await self._host(fleet, view)
 
     async def _lead(self, fleet: fleetmod.Fleet, view: View) -> None:
@@ -341,9 +349,8 @@ class ClusterFeature(Feature):
     async def _host(self, fleet: fleetmod.Fleet, view: View) -> None:
         mine = {n for n, a in view.assigned.items() if a.host == self.me}
         owners = {n: o.host for n, (o, _) in view.owners.items()}
-        # What we believe we own but etcd no longer says we do: the lease was lost.
-        for name in [n for n in self.owned if owners.get(n) != self.me]:
-            del self.owned[name]
+        # No "forget what the copy does not show as ours": the copy may not show a claim made
+        # a moment ago. A lost lease is found by the renew task (_lease_lost).
         for action in hostplan.plan(
             self.me, mine, owners, self.memory, time.monotonic(), self.config.grace
         ):

@@ -7,8 +7,9 @@ it), and every aetcd or gRPC failure becomes EtcdUnavailable, naming the endpoin
 """
 
 import asyncio
+import contextlib
 import ipaddress
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -96,12 +97,24 @@ class Etcd:
         )
         self.requests = 0  # how many requests this client made (benchmarks, status)
 
-    async def _call(self, what: str, aw: Awaitable[T]) -> T:
-        self.requests += 1
-        try:
-            return await asyncio.wait_for(aw, self.timeout)
-        except (TimeoutError, aetcd.ClientError, OSError) as e:
-            raise EtcdUnavailable(f"etcd at {self.urls}: {what}: {e or 'no answer'}") from None
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """`fn()` under the deadline. A request refused as UNAVAILABLE (the member the
+        channel used just went away: gRPC fails the calls in flight, then moves to the next
+        address) is sent once more. Every request here may be repeated: puts and deletes are
+        idempotent; a create that is repeated after it succeeded reports False, and the
+        caller finds its own record on the next read."""
+        for attempt in (1, 2):
+            self.requests += 1
+            try:
+                return await asyncio.wait_for(fn(), self.timeout)
+            except aetcd.ConnectionFailedError as e:
+                if attempt == 2:
+                    raise EtcdUnavailable(f"etcd at {self.urls}: {what}: {e}") from None
+                await asyncio.sleep(0.2)
+            except (TimeoutError, aetcd.ClientError, OSError) as e:
+                why = str(e) or "no answer"
+                raise EtcdUnavailable(f"etcd at {self.urls}: {what}: {why}") from None
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         try:
@@ -110,31 +123,60 @@ class Etcd:
             pass
 
     async def prefix(self, prefix: str) -> dict[str, Entry]:
-        rng = await self._call(f"read {prefix}", self.client.get_prefix(prefix.encode()))
+        rng = await self._call(f"read {prefix}", lambda: self.client.get_prefix(prefix.encode()))
         out: dict[str, Entry] = {}
         for kv in rng:
             key = kv.key.decode(errors="replace")
             out[key] = Entry(key, kv.value, kv.mod_revision, kv.lease)
         return out
 
+    async def prefix_at(self, prefix: str) -> tuple[dict[str, Entry], int]:
+        """The keys under `prefix` and the store's revision they were read at."""
+        rng: Any = await self._call(
+            f"read {prefix}", lambda: self.client.get_prefix(prefix.encode())
+        )
+        out: dict[str, Entry] = {}
+        for kv in rng:
+            key = kv.key.decode(errors="replace")
+            out[key] = Entry(key, kv.value, kv.mod_revision, kv.lease)
+        return out, int(rng.header.revision)
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[tuple[bool, Entry]]:
+        """Changes under `prefix` from `start_revision` on: (True, entry) for a put, (False,
+        entry) for a delete. Ends with EtcdUnavailable when the stream breaks."""
+        w: Any = await self._call(
+            f"watch {prefix}",
+            lambda: self.client.watch_prefix(prefix.encode(), start_revision=start_revision),
+        )
+        try:
+            async for ev in w:
+                kv = ev.kv
+                key = kv.key.decode(errors="replace")
+                yield ev.kind == "PUT", Entry(key, kv.value, kv.mod_revision, kv.lease)
+        except (aetcd.ClientError, OSError) as e:
+            raise EtcdUnavailable(f"etcd at {self.urls}: watch {prefix}: {e}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(w.cancel(), self.timeout)
+
     async def get(self, key: str) -> Entry | None:
-        got = await self._call(f"read {key}", self.client.get(key.encode()))
+        got = await self._call(f"read {key}", lambda: self.client.get(key.encode()))
         if got is None:
             return None
         return Entry(key, got.value, got.mod_revision, got.lease)
 
     async def put(self, key: str, value: bytes, lease: int | None = None) -> None:
-        await self._call(f"write {key}", self.client.put(key.encode(), value, lease=lease))
+        await self._call(f"write {key}", lambda: self.client.put(key.encode(), value, lease=lease))
 
     async def delete(self, key: str) -> None:
-        await self._call(f"delete {key}", self.client.delete(key.encode()))
+        await self._call(f"delete {key}", lambda: self.client.delete(key.encode()))
 
     async def create(self, key: str, value: bytes, lease: int | None = None) -> bool:
         """Put `key` only if it does not exist; True if this call created it."""
         t = self.client.transactions
         ok, _ = await self._call(
             f"create {key}",
-            self.client.transaction(
+            lambda: self.client.transaction(
                 compare=[t.version(key.encode()) == 0],
                 success=[t.put(key.encode(), value, lease=lease)],
                 failure=[],
@@ -147,7 +189,7 @@ class Etcd:
         t = self.client.transactions
         ok, _ = await self._call(
             f"update {key}",
-            self.client.transaction(
+            lambda: self.client.transaction(
                 compare=[t.value(key.encode()) == expect],
                 success=[t.put(key.encode(), value, lease=lease)],
                 failure=[],
@@ -159,7 +201,7 @@ class Etcd:
         t = self.client.transactions
         ok, _ = await self._call(
             f"delete {key}",
-            self.client.transaction(
+            lambda: self.client.transaction(
                 compare=[t.value(key.encode()) == expect],
                 success=[t.delete(key.encode())],
                 failure=[],
@@ -168,13 +210,13 @@ class Etcd:
         return bool(ok)
 
     async def grant(self, ttl: int) -> int:
-        lease: Any = await self._call("grant a lease", self.client.lease(ttl))
+        lease: Any = await self._call("grant a lease", lambda: self.client.lease(ttl))
         return int(lease.id)
 
     async def keepalive(self, lease: int) -> int:
         """Renew `lease`; its remaining TTL (0 or less: it has expired)."""
-        reply: Any = await self._call("renew the lease", self.client.refresh_lease(lease))
+        reply: Any = await self._call("renew the lease", lambda: self.client.refresh_lease(lease))
         return int(reply.TTL) if reply is not None else 0
 
     async def revoke(self, lease: int) -> None:
-        await self._call("revoke the lease", self.client.revoke_lease(lease))
+        await self._call("revoke the lease", lambda: self.client.revoke_lease(lease))
