@@ -145,6 +145,16 @@ class Watch:
         self._thread.join(5)
 
 
+def kinds_after(host: DaemonProc, machine: str, kind: str) -> list[str]:
+    """The kinds of `machine`'s events on `host` after its last `kind` event."""
+    events = json.loads(host.cli("events", machine, "--json").stdout)
+    kinds = [e["kind"] for e in events]
+    if kind not in kinds:
+        return []
+    last = len(kinds) - 1 - kinds[::-1].index(kind)
+    return kinds[last + 1 :]
+
+
 def running_on(rows: dict[str, dict[str, Any]], name: str) -> str | None:
     r = rows.get(name)
     return r["host"] if r is not None and r["state"] == "running" else None

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import TTL, Cluster, Watch, guest_pids, running_on
+from tests.cluster.conftest import TTL, Cluster, Watch, guest_pids, kinds_after, running_on
 from tests.support.daemon import kill_home
 from warden.cluster.etcd import CALL_TIMEOUT
 from warden.cluster.hostplan import GRACE
@@ -36,6 +36,9 @@ def test_placement_spreads_then_move_and_drain(cluster: Cluster) -> None:
     rows = c.wait("a moved", lambda r: running_on(r, "a") == a_to)
     assert rows["a"]["why"] == "move"
     print(f"\nmove: {time.monotonic() - t:.1f}s (a clean stop, the grace period, a boot)")
+    # The host that gave `a` up never tried to boot it again (it once re-added a machine it
+    # had just released, from a read taken before the release).
+    assert "starting" not in kinds_after(c.hosts[a_from], "a", "cluster-released")
 
     c.cli("drain", a_to)
     rows = c.wait(

@@ -174,6 +174,7 @@ class ClusterFeature(Feature):
         self.fence: Fence | None = None
         self.memory = hostplan.HostMemory()
         self.owned: dict[str, bytes] = {}  # machine -> the owner record's value we wrote
+        self.released: set[str] = set()  # given up, until claimed again
         self.applied: str | None = None  # the host fleet text last applied
         self.storage = ""
         self.view = View()
@@ -278,6 +279,7 @@ class ClusterFeature(Feature):
         lost = sorted(self.owned)
         self.core.event(None, "cluster-lease-lost", host=self.me, machines=",".join(lost))
         self.owned.clear()
+        self.released.update(lost)  # the copy may show their records a moment longer
         for name in lost:
             guest = self.core.guests.get(name)
             if guest is not None and guest.state in LIVE:
@@ -351,33 +353,51 @@ class ClusterFeature(Feature):
         owners = {n: o.host for n, (o, _) in view.owners.items()}
         # No "forget what the copy does not show as ours": the copy may not show a claim made
         # a moment ago. A lost lease is found by the renew task (_lease_lost).
+        claimed = []
         for action in hostplan.plan(
             self.me, mine, owners, self.memory, time.monotonic(), self.config.grace
         ):
+            name = action.name
             if isinstance(action, hostplan.Release):
-                self.owned.setdefault(name := action.name, view.owners[name][1])
+                if name in self.released:
+                    continue  # done; the copy has not seen the record go yet
+                self.owned.setdefault(name, view.owners[name][1])
                 await self._release(name)
-            else:
-                await self._claim(fleet, action.name)
+            elif await self._claim(fleet, name):
+                claimed.append(name)
+        # A record of ours that this host does not know of (a claim whose answer was lost),
+        # never one it gave up: the copy may still show a record deleted a moment ago.
         for name, (owner, raw) in view.owners.items():
-            if owner.host == self.me:
+            if owner.host == self.me and name not in self.released:
                 self.owned.setdefault(name, raw)
         await self._apply(view, set(self.owned))
+        for name in claimed:
+            # Known here from an earlier stay (stopped, or refused while it was not ours):
+            # the apply added nothing, so it is started here, as a new machine would be.
+            guest = self.core.guests.get(name)
+            if guest is not None and guest.state not in LIVE and guest.spec.autostart:
+                try:
+                    self.core.control.start(name)
+                except WardenError as e:
+                    self.core.event(name, "cluster-start-failed", error=str(e))
         await self._report(view)
 
-    async def _claim(self, fleet: fleetmod.Fleet, name: str) -> None:
+    async def _claim(self, fleet: fleetmod.Fleet, name: str) -> bool:
         spec = fleet.machine(name)
         if spec is None:
-            return
+            return False
         try:
             self._prepare_disk(spec)
         except WardenError as e:
             self.core.event(name, "cluster-refused", why=str(e))
-            return
+            return False
         value = Owner(self.me, "claimed", time.time()).to_bytes()
         if await self.etcd.create(keys.OWN + name, value, lease=self.lease):
             self.owned[name] = value
+            self.released.discard(name)
             self.core.event(name, "cluster-claimed", host=self.me)
+            return True
+        return False
 
     def _prepare_disk(self, spec: fleetmod.Machine) -> None:
         """With [cluster] storage, the machine's COW disk lives there (made over its image on
@@ -418,7 +438,12 @@ class ClusterFeature(Feature):
         raw = self.owned.pop(name, None)
         await self._apply(self.view, set(self.owned))
         if raw is not None:
-            await self.etcd.delete_if(keys.OWN + name, raw)
+            try:
+                await self.etcd.delete_if(keys.OWN + name, raw)
+            except EtcdUnavailable:
+                self.owned[name] = raw  # the record stays ours: the next round tries again
+                raise
+        self.released.add(name)
         self.core.event(name, "cluster-released", host=self.me)
 
     async def _apply(self, view: View, names: set[str]) -> None:
