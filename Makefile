@@ -11,7 +11,7 @@ WARDEN_HOME ?= /var/lib/warden
 # tracked file is not changed. `warden fleet add-key --help` says more.
 RUN_FLEET = $(WARDEN_HOME)/fleets/$(notdir $(FLEET))
 
-.PHONY: setup up test check unit bench clean test-artefacts
+.PHONY: setup up test check unit bench clean test-artefacts cluster-demo
 
 setup:
 	@scripts/setup.sh
@@ -20,6 +20,10 @@ up: setup
 	$(BIN)/warden image build minimal
 	$(BIN)/warden fleet add-key $(FLEET) --out $(RUN_FLEET) >/dev/null
 	$(BIN)/warden up $(RUN_FLEET)
+
+# Three warden hosts and a 3-member etcd on this machine, the example cluster fleet on them.
+cluster-demo: setup
+	$(BIN)/python scripts/cluster_demo.py
 
 check: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # After the suite: nothing the tests started may be left behind. Checks UML kernels (Debian's
 # linux.uml and warden-built `linux`), warden cgroups in every hierarchy, network namespaces
-# the tests made (w*), warden's helpers (net agent, dnsmasq, tcpdump started by warden) and
+# the tests made (w*), warden's helpers (net agent, dnsmasq, tcpdump started by warden, the
+# cluster's fence, the tests' etcd members) and
 # mounts under /tmp. Prints what leaked and fails, so a leak turns CI red.
 set -u
 problems=()
@@ -17,7 +18,7 @@ groups=$(find /sys/fs/cgroup -maxdepth 3 -type d -name 'warden-*' 2>/dev/null ||
 netns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^w[a-z]?[0-9]|^warden' || true)
 [ -n "$netns" ] && problems+=("network namespaces left:"$'\n'"$netns")
 
-helpers=$(pgrep -a -f 'warden\.net\.agent|tests\.support\.netpeer' || true)
+helpers=$(pgrep -a -f 'warden\.net\.agent|tests\.support\.netpeer|warden\.cluster\.fence|etcd --name m[0-9]+ --data-dir /(dev/shm|tmp)/etcd-' || true)
 [ -n "$helpers" ] && problems+=("warden helpers still running:"$'\n'"$helpers")
 
 mounts=$(grep -E ' /tmp/(wh-|warden-)' /proc/self/mounts || true)

@@ -24,6 +24,8 @@ packages=(
     gcc libc6-dev
     # networking, capture and the concentrator's test client
     iproute2 nftables dnsmasq-base tcpdump tshark iputils-ping openssh-client
+    # the cluster's shared state (warden.cluster; tests start their own members)
+    etcd-server
     # building the honeypot kernel from Debian's source
     linux-source-6.1 make bc bison flex libssl-dev libelf-dev libvdeplug-dev xz-utils
     # the web console's tests: a real browser and its WebDriver

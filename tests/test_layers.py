@@ -9,7 +9,7 @@ Layers, top to bottom; a module imports its own package and the layers below it:
     composition     app            (builds the daemon with its features, starts the API)
     API             api, web       (api owns every route of the daemon; web is the browsers'
                                     server: its own routes, its own listener, its own logins)
-    features        console, jail, cpu, net, memory, honeypot, snapshots, forensics
+    features        console, jail, cpu, net, memory, honeypot, snapshots, forensics, cluster
                     (never each other)
     core            daemon         (features see only its seam and its pure parts)
     below           sessionlog, persona, spec, store, images, disk, uml, host, kernelbuild,
@@ -44,6 +44,7 @@ LAYER = {
     "honeypot": FEATURE,
     "snapshots": FEATURE,
     "forensics": FEATURE,
+    "cluster": FEATURE,
     "daemon": CORE,
     "sessionlog": BELOW,
     "persona": BELOW,  # a disguised machine's hardware: the honeypot and net features read it
@@ -111,6 +112,8 @@ CLI_MAY = {
     "warden.cli.mem": {"memory"},  # mem plot (reads the memory log)
     "warden.cli.net": {"net"},  # capture: the pcap record boundary (a pure reader)
     "warden.cli.forensics": {"forensics", "disk"},  # timeline with no daemon, evidence verify
+    # --cluster apply/ls/hosts/drain/move talk to etcd (any host runs them, no daemon needed)
+    "warden.cli.cluster": {"cluster"},
 }
 CLIENT = {"warden.api.client", "warden.api.lineclient"}
 

@@ -63,8 +63,11 @@ def kill_home(layout: Layout) -> list[int]:
 
 
 class DaemonProc:
-    def __init__(self, layout: Layout, env: dict[str, str] | None = None):
+    def __init__(
+        self, layout: Layout, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ):
         self.layout = layout
+        self.args = args  # more `warden daemon` options (--cluster ...)
         self.env = {**os.environ, "WARDEN_HOME": str(layout.home), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = layout.home / "daemon.log"
@@ -73,7 +76,11 @@ class DaemonProc:
         self.layout.ensure()
         logf = open(self.log, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [*WARDEN, "daemon"], env=self.env, stdout=logf, stderr=logf, start_new_session=True
+            [*WARDEN, "daemon", *self.args],
+            env=self.env,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
         )
         logf.close()
         deadline = time.monotonic() + timeout

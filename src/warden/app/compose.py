@@ -18,8 +18,11 @@ each other):
     snapshots  no hooks: snapshots and diffs by machine name
     forensics  timeline, evidence, recycle; its recycle policy taps the session logs the
                console makes
-    web        last: the web console (warden.app.web), a front end over the others (its
+    web        the web console (warden.app.web), a front end over the others (its
                pages show the balancer's numbers and the timelines)
+    cluster    only with `warden daemon --cluster`: last, so that it joins (and boots what
+               etcd assigns) when everything else runs; its before_boot (owner record, disk
+               lock) is the last word on a boot
 
 The console provides the log of every terminal line (Core.logs), wired here, through the
 forensics feature's tap.
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 from warden.api.server import Api, Features
 from warden.app.web import DaemonBackend, WebFeature
+from warden.cluster.agent import ClusterConfig, ClusterFeature
 from warden.console.feature import ConsoleFeature
 from warden.cpu.feature import CpuFeature
 from warden.daemon.context import Context
@@ -51,8 +55,10 @@ class App:
     web: WebServer
 
 
-def build(layout: Layout) -> App:
-    """Read the home's state and build everything; starts nothing."""
+def build(layout: Layout, cluster: ClusterConfig | None = None) -> App:
+    """Read the home's state and build everything; starts nothing. With `cluster`, the
+    cluster feature comes last: it joins once every other feature runs, and what it applies
+    goes through every feature's checks."""
     ctx = Context.load(layout)
     jail = JailFeature(ctx)
     cpu = CpuFeature(ctx)
@@ -75,6 +81,8 @@ def build(layout: Layout) -> App:
         forensics,
         WebFeature(web),
     )
+    if cluster is not None:
+        order += (ClusterFeature(ctx, cluster),)
     daemon = Daemon(ctx, order)
     features = Features(
         console=console,

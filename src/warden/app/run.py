@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from warden import termsafe
 from warden.app.compose import build
 from warden.app.web import greeting
+from warden.cluster.agent import ClusterConfig
 from warden.daemon.core import FleetFile
 from warden.errors import Conflict, WardenError
 from warden.paths import Layout
@@ -102,10 +103,14 @@ class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 async def serve(
-    layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool, prune: bool = False
+    layout: Layout,
+    fleet_path: Path | None,
+    stop_guests_on_exit: bool,
+    prune: bool = False,
+    cluster: ClusterConfig | None = None,
 ) -> int:
     lock = _lock(layout)
-    app = build(layout)
+    app = build(layout, cluster)
     daemon, api = app.daemon, app.api
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -165,12 +170,16 @@ async def _web_greeting(web: WebServer) -> list[str]:
 
 
 def run(
-    layout: Layout, fleet_path: Path | None, stop_guests_on_exit: bool, prune: bool = False
+    layout: Layout,
+    fleet_path: Path | None,
+    stop_guests_on_exit: bool,
+    prune: bool = False,
+    cluster: ClusterConfig | None = None,
 ) -> int:
     handler = _LogHandler(sys.stderr)
     # Log records quote guest strings (exception messages): escaped like every other output.
     handler.setFormatter(termsafe.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=os.environ.get("WARDEN_LOG", "INFO"), handlers=[handler])
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(layout, fleet_path, stop_guests_on_exit, prune))
+        return asyncio.run(serve(layout, fleet_path, stop_guests_on_exit, prune, cluster))
     return 130

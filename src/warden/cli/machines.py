@@ -29,8 +29,10 @@ def _up(args: argparse.Namespace) -> int:
 
 def _daemon(args: argparse.Namespace) -> int:
     from warden.app.run import run
+    from warden.cli.cluster import daemon_config
 
-    return run(layout(), None, stop_guests_on_exit=args.stop_guests)
+    cluster = daemon_config(args)
+    return run(layout(), None, stop_guests_on_exit=args.stop_guests, cluster=cluster)
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -169,6 +171,23 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
     p = sub.add_parser("daemon", help="run the daemon in the foreground (guests outlive it)")
     p.add_argument("--stop-guests", action="store_true", help="stop every guest on exit")
+    # Joining a cluster (warden.cli.cluster.daemon_config reads these; docs/formats/cluster.md)
+    p.add_argument(
+        "--cluster",
+        dest="cluster_urls",
+        metavar="URL[,URL...]",
+        help="join the cluster whose etcd members these are",
+    )
+    p.add_argument("--host-name", help="this host's name in the cluster")
+    p.add_argument("--lease-ttl", type=int, default=10, help="seconds (default 10)")
+    p.add_argument("--budget", help="memory for guests, e.g. 512M (default: MemTotal - 1G)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a host label (machines ask for one with host_labels)",
+    )
     p.set_defaults(func=_daemon)
 
     p = sub.add_parser("apply", help="apply a fleet file to the running daemon")

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "warden.cli.forensics",
     "warden.cli.honeypot",
     "warden.cli.web",
+    "warden.cli.cluster",
 )
 
 
@@ -89,7 +90,13 @@ COMMANDS = {
     "honeypot": "warden.cli.honeypot",
     "web": "warden.cli.web",
     "pools": "warden.cli.forensics",
+    "hosts": "warden.cli.cluster",
+    "drain": "warden.cli.cluster",
+    "move": "warden.cli.cluster",
 }
+
+# With --cluster URL these commands go to etcd (warden.cli.cluster), not to a daemon.
+CLUSTER_COMMANDS = ("apply", "ls")
 
 
 def _command_word(argv: list[str]) -> str | None:
@@ -98,7 +105,7 @@ def _command_word(argv: list[str]) -> str | None:
     for word in argv:
         if skip:
             skip = False
-        elif word == "--home":
+        elif word in ("--home", "--cluster"):
             skip = True
         elif not word.startswith("-"):
             return word
@@ -111,6 +118,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Fleets of User Mode Linux guests for server consolidation and honeypots.",
     )
     parser.add_argument("--home", help="state directory (default: $WARDEN_HOME or /var/lib/warden)")
+    parser.add_argument(
+        "--cluster",
+        metavar="URL[,URL...]",
+        help="talk to the cluster whose etcd members these are (apply, ls, hosts, drain, move)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = COMMANDS.get(_command_word(sys.argv[1:] if argv is None else argv) or "")
     for name in COMMAND_MODULES:
@@ -136,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.cluster and args.command in CLUSTER_COMMANDS:
+        from warden.cli import cluster
+
+        args.func = getattr(cluster, args.command)
     try:
         code: int = args.func(args)
         return code

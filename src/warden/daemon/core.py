@@ -396,11 +396,14 @@ class _Control:
     def start(self, name: str) -> None:
         self.daemon.start_machine(name)
 
-    async def stop(self, name: str, wait: bool = True) -> None:
-        await self.daemon.stop_machine(name, wait=wait)
+    async def stop(self, name: str, timeout: float = 30.0, wait: bool = True) -> None:
+        await self.daemon.stop_machine(name, timeout=timeout, wait=wait)
 
     async def kill(self, name: str, wait: bool = True) -> None:
         await self.daemon.kill_machine(name, wait=wait)
+
+    async def apply(self, text: str, source: str) -> dict[str, Any]:
+        return await self.daemon.apply(text, source, prune=True)
 
     def reset(self, name: str) -> None:
         self.daemon.reset_machine(name)

@@ -151,10 +151,16 @@ class Control(Protocol):
     def start(self, name: str) -> None:
         """As `warden start NAME` without waiting: admission, files, the start."""
 
-    async def stop(self, name: str, wait: bool = True) -> None:
-        """As `warden stop NAME`: ctrl-alt-del, then halt, then kill."""
+    async def stop(self, name: str, timeout: float = 30.0, wait: bool = True) -> None:
+        """As `warden stop NAME`: ctrl-alt-del (given `timeout` s), then halt, then kill;
+        awaited unless `wait` is False."""
 
     async def kill(self, name: str, wait: bool = True) -> None: ...
+
+    async def apply(self, text: str, source: str) -> dict[str, Any]:
+        """Apply a fleet file as `warden apply --prune` does (the cluster feature applies the
+        part of the cluster's fleet this host owns); SpecError or Conflict refuse it."""
+
     def reset(self, name: str) -> None:
         """A new COW disk over the image's current build (the guest must be stopped)."""
 

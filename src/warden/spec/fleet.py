@@ -107,6 +107,10 @@ class Machine:
     jail: bool = True
     recycle: str = ""  # "" or a warden.spec.recycle policy: on-logout, idle:D, every:D
     cpu: tuple[int, ...] = ()  # pinned host CPUs; (): warden places it (warden.cpu)
+    # In a cluster (warden.cluster): the host it must run on, and labels its host must have.
+    host: str = ""
+    host_labels: tuple[str, ...] = ()  # "key=value" each
+    spread: str = ""  # a group name: machines of one group go to different hosts first
 
     @property
     def recycle_policy(self) -> recyclemod.RecyclePolicy | None:
@@ -162,6 +166,13 @@ class Web:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """[cluster]: what every host of a cluster shares (docs/formats/cluster.md)."""
+
+    storage: str = ""  # a directory every host reaches at this path: COW disks, their locks
+
+
+@dataclass(frozen=True)
 class Logs:
     quota: int = 64 << 20  # per guest, all of its session logs together
     enabled: bool = True  # false: no session logs (consoles still work)
@@ -174,6 +185,7 @@ class Fleet:
     concentrator: Concentrator = field(default_factory=Concentrator)
     web: Web = field(default_factory=Web)
     logs: Logs = field(default_factory=Logs)
+    cluster: Cluster = field(default_factory=Cluster)
     owners: tuple[Owner, ...] = ()
     networks: tuple[Network, ...] = ()
     machines: tuple[Machine, ...] = ()  # a pool's guests among them (warden.spec.pool)
@@ -317,6 +329,25 @@ def _egress(v: Any) -> str:
     raise ValueError('expected "allow", "deny" or a rate such as "20/second"')
 
 
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}=[A-Za-z0-9_.-]{0,63}$")
+
+
+def _absolute_dir(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("/"):
+        raise ValueError("expected an absolute path (every host reaches it at the same path)")
+    return s
+
+
+def _labels(v: Any) -> tuple[str, ...]:
+    items = _str_list(v)
+    for item in items:
+        if not LABEL.match(item):
+            raise ValueError(f"{item!r} is not a label: expected \"key=value\" (e.g. \"zone=a\")")
+    return items
+
+
 def _recycle(v: Any) -> str:
     recyclemod.parse(_str(v))  # ValueError says what is allowed
     return str(v)
@@ -412,6 +443,7 @@ WEB_FIELDS: dict[str, Check] = {
     "idle_timeout": _int_range(60, 7 * 86400),
 }
 LOGS_FIELDS: dict[str, Check] = {"quota": _size, "enabled": _bool}
+CLUSTER_FIELDS: dict[str, Check] = {"storage": _absolute_dir}
 OWNER_FIELDS: dict[str, Check] = {
     "name": _pattern(OWNER_NAME, "a lower-case name of up to 32 characters"),
     "keys": _ssh_keys,
@@ -447,8 +479,21 @@ MACHINE_FIELDS: dict[str, Check] = {
     "jail": _bool,
     "recycle": _recycle,
     "cpu": _cpu,
+    "host": _pattern(HOST_NAME, "a host name: lower-case letters, digits, '-' and '.'"),
+    "host_labels": _labels,
+    "spread": _pattern(NETWORK_NAME, "a short lower-case group name"),
 }
-TOP_LEVEL = ("host", "concentrator", "web", "logs", "owner", "network", "machine", "pool")
+TOP_LEVEL = (
+    "host",
+    "concentrator",
+    "web",
+    "logs",
+    "cluster",
+    "owner",
+    "network",
+    "machine",
+    "pool",
+)
 MIN_MEMORY = 32 << 20
 
 
@@ -521,6 +566,7 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
     web = Web(**_table(doc.get("web", {}), WEB_FIELDS, "[web]", problems, ()))
     _check_web(web, problems)
     logs = Logs(**_table(doc.get("logs", {}), LOGS_FIELDS, "[logs]", problems, ()))
+    cluster = Cluster(**_table(doc.get("cluster", {}), CLUSTER_FIELDS, "[cluster]", problems, ()))
 
     owners: list[Owner] = []
     for i, raw in enumerate(_array(doc.get("owner"), "owner", problems)):
@@ -588,6 +634,7 @@ def parse(text: str, source: str = "<fleet>") -> Fleet:
         concentrator=conc,
         web=web,
         logs=logs,
+        cluster=cluster,
         owners=tuple(owners),
         networks=tuple(networks),
         machines=tuple(machines),

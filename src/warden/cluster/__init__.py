@@ -1,0 +1,1 @@
+"""Many hosts, one fleet, over etcd (issue 15; keys and fencing: docs/formats/cluster.md)."""
