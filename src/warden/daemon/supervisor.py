@@ -71,6 +71,10 @@ class Supervisor:
         return self.machine.state
 
     @property
+    def pause_reason(self) -> str:
+        return self.machine.pause_reason
+
+    @property
     def pid(self) -> int | None:
         return self.machine.pid
 
@@ -131,6 +135,7 @@ class Supervisor:
             "lines": list(self.spec.lines),
             "last_exit": self.machine.last_exit,
             "desired": self.machine.desired,
+            "pause_reason": self.machine.pause_reason or None,
         }
 
     # ---- events and actions ---------------------------------------------------------------
