@@ -14,8 +14,11 @@ each other):
     console    last to start: its log service closes every session log that nobody has
                re-opened by then (finalize_stale), the honeypot's tty logs among them
     snapshots  no hooks: snapshots and diffs by machine name
-    forensics  last: timeline, evidence, recycle; its recycle policy taps the session logs
-               the console makes
+    forensics  timeline, evidence, recycle; its recycle policy taps the session logs the
+               console makes
+    storage    last: its watch pauses guests whose disks grow when WARDEN_HOME runs low; it
+               needs nothing of the others, and starting after them it sees every guest
+               re-attached
 
 The console provides the log of every terminal line (Core.logs), wired here, through the
 forensics feature's tap.
@@ -35,6 +38,7 @@ from warden.memory.feature import MemoryFeature
 from warden.net.feature import NetFeature
 from warden.paths import Layout
 from warden.snapshots.feature import SnapshotFeature
+from warden.storage.feature import StorageFeature
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,10 @@ def build(layout: Layout) -> App:
     console = ConsoleFeature(ctx)
     snapshots = SnapshotFeature(ctx)
     forensics = ForensicsFeature(ctx)
+    storage = StorageFeature(ctx)
     ctx.logs = forensics.tap(console.line_log)
-    order: tuple[Feature, ...] = (jail, net, memory, honeypot, console, snapshots, forensics)
+    features_ = (jail, net, memory, honeypot, console, snapshots, forensics)
+    order: tuple[Feature, ...] = (*features_, storage)
     daemon = Daemon(ctx, order)
     features = Features(
         console=console,
