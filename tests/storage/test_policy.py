@@ -120,3 +120,33 @@ def test_the_interval_leaves_four_intervals_of_room_at_the_measured_rate(rate_mi
     assert d.wait == min(SLOW, max(FAST, room / (rate_mib * MiB * 4)))
     # Within one interval the guest uses at most a quarter of the room above the floor.
     assert d.wait == SLOW or d.wait * rate_mib * MiB <= room / 4 + 1
+
+
+def test_a_guest_that_writes_on_at_the_edge_waits_longer_each_time() -> None:
+    """Paused, resumed, paused again at once: each resume waits twice as long (0.5, 1, 2 ... 8
+    s), so a guest writing at the floor costs a pause and a resume every 8 s at most."""
+    w = Watch()
+    floor = 2 * GiB
+    t, cow = 0.0, 0
+    w.step(reading(t, floor + GiB, {"a": cow}))
+    waits = []
+    for _ in range(6):
+        t += 0.25
+        cow += 200 * MiB
+        assert w.step(reading(t, floor - 1, {"a": cow})).pause == ("a",)
+        paused_at = t
+        while True:
+            t += 0.25
+            if w.step(reading(t, floor + floor // 2, {"a": cow}, held={"a"})).resume:
+                break
+        waits.append(t - paused_at)
+    assert waits == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    # Ten seconds of running without a pause: the next pause waits no longer than the first.
+    for _ in range(41):
+        t += 0.25
+        w.step(reading(t, floor + floor // 2, {"a": cow}))
+    t += 0.25
+    cow += 200 * MiB
+    assert w.step(reading(t, floor - 1, {"a": cow})).pause == ("a",)
+    t += 0.25
+    assert w.step(reading(t, floor + floor // 2, {"a": cow}, held={"a"})).resume == ("a",)

@@ -32,6 +32,11 @@ LOW_BAND = 3  # "low": free below 3 x floor
 # log) keeps running while a fast writer is paused; below the reserve every growing guest is.
 RESERVE_SHARE = 2
 HORIZON = 10.0
+# A guest paused again within BACKOFF_RESET seconds of its resume (it writes on at the edge)
+# waits twice as long as the last time before its next resume, up to BACKOFF_MAX: at most a
+# pause and a resume every 8 s, not four events a second, while it keeps writing at the floor.
+BACKOFF_RESET = 10.0
+BACKOFF_MAX = 8.0
 # Between two readings a guest may write `rate x interval`: the interval is chosen so that the
 # measured rates need at least this many intervals to use the room left above the floor.
 INTERVALS_OF_ROOM = 4
@@ -96,6 +101,8 @@ class Decision:
 class Watch:
     setting: FloorSetting = field(default_factory=FloorSetting)
     _last: dict[str, tuple[float, int]] = field(default_factory=dict)
+    _resumed: dict[str, float] = field(default_factory=dict)  # when it was last resumed
+    _hold: dict[str, tuple[float, float]] = field(default_factory=dict)  # paused at, backoff
 
     def step(self, r: Reading) -> Decision:
         floor = self.setting.floor(r.size)
@@ -127,7 +134,22 @@ class Watch:
                     break
                 pause.append(name)
                 projected += rates[name] * FAST
-        resume = sorted(r.held) if r.free >= resume_at and not pause else []
+        for name in pause:
+            again = r.now - self._resumed.get(name, -BACKOFF_RESET) < BACKOFF_RESET
+            last = self._hold.get(name, (0.0, 0.0))[1]
+            self._hold[name] = (r.now, min(BACKOFF_MAX, max(FAST * 2, last * 2)) if again else 0)
+        resume: list[str] = []
+        if r.free >= resume_at and not pause:
+            for name in sorted(r.held):
+                since, backoff = self._hold.get(name, (0.0, 0.0))
+                if r.now - since >= backoff:
+                    resume.append(name)
+                    self._resumed[name] = r.now
+        # A guest that ran BACKOFF_RESET seconds since its resume starts again from no back-off.
+        for name, at in list(self._resumed.items()):
+            if r.now - at >= BACKOFF_RESET and name not in r.held and name not in pause:
+                del self._resumed[name]
+                self._hold.pop(name, None)
         return Decision(
             tuple(pause), tuple(resume), self._wait(r, floor, rates), floor, resume_at, rates
         )
