@@ -136,8 +136,9 @@ class Watch:
                 projected += rates[name] * FAST
         for name in pause:
             again = r.now - self._resumed.get(name, -BACKOFF_RESET) < BACKOFF_RESET
-            last = self._hold.get(name, (0.0, 0.0))[1]
-            self._hold[name] = (r.now, min(BACKOFF_MAX, max(FAST * 2, last * 2)) if again else 0)
+            before = self._hold.get(name, (0.0, 0.0))[1]
+            backoff = min(BACKOFF_MAX, max(FAST * 2, before * 2)) if again else 0.0
+            self._hold[name] = (r.now, backoff)
         resume: list[str] = []
         if r.free >= resume_at and not pause:
             for name in sorted(r.held):
