@@ -9,8 +9,8 @@ Layers, top to bottom; a module imports its own package and the layers below it:
     composition     app            (builds the daemon with its features, starts the API)
     API             api, web       (api owns every route of the daemon; web is the browsers'
                                     server: its own routes, its own listener, its own logins)
-    features        console, jail, cpu, net, memory, honeypot, snapshots, forensics, cluster
-                    (never each other)
+    features        console, jail, cpu, net, memory, honeypot, snapshots, forensics, storage,
+                    cluster (never each other)
     core            daemon         (features see only its seam and its pure parts)
     below           sessionlog, persona, spec, store, images, disk, uml, host, kernelbuild,
                     doctor
@@ -45,6 +45,7 @@ LAYER = {
     "snapshots": FEATURE,
     "forensics": FEATURE,
     "cluster": FEATURE,
+    "storage": FEATURE,
     "daemon": CORE,
     "sessionlog": BELOW,
     "persona": BELOW,  # a disguised machine's hardware: the honeypot and net features read it

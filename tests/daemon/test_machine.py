@@ -155,6 +155,30 @@ def test_pause_resume_and_stop_while_paused() -> None:
     assert kinds(acts)[:2] == ["cancel:restart", "Thaw"]
 
 
+def test_a_pause_says_who_paused_and_an_admin_pause_takes_over_a_storage_pause() -> None:
+    mm = running()
+    acts = mm.handle(m.Pause("storage"), 1)
+    assert kinds(acts) == ["Freeze", "persist:paused"]
+    assert acts[-1] == m.Persist("paused", (("reason", "storage"),))
+    assert mm.pause_reason == "storage"
+    # Already frozen: no second Freeze, the reason is the admin's from now on.
+    assert kinds(mm.handle(m.Pause("admin"), 2)) == ["persist:paused"]
+    assert mm.pause_reason == "admin"
+    with pytest.raises(Conflict):
+        mm.handle(m.Pause("admin"), 3)
+    acts = mm.handle(m.Resume(), 4)
+    assert kinds(acts) == ["Thaw", "persist:resumed"]
+    assert acts[-1] == m.Persist("resumed", (("paused_by", "admin"),))
+    assert mm.pause_reason == "" and mm.state is m.State.RUNNING
+
+
+def test_leaving_paused_any_way_clears_the_reason() -> None:
+    mm = running()
+    mm.handle(m.Pause("storage"), 1)
+    mm.handle(m.Kill(), 2)
+    assert mm.state is m.State.STOPPING and mm.pause_reason == ""
+
+
 def test_exit_while_no_daemon_ran() -> None:
     mm = running()
     mm.handle(m.Exited(None, None), 9)

@@ -1070,13 +1070,25 @@ def kill_campaign(d: DaemonProc, size: Size, work: Path, say: Say = print) -> Ta
 
 # ---- fault 2: WARDEN_HOME fills up ------------------------------------------------------
 @contextlib.contextmanager
-def small_home(mib: int) -> Iterator[Layout]:
+def small_home(mib: int, ext4: bool = False) -> Iterator[Layout]:
     """A WARDEN_HOME on a tmpfs of `mib` MiB, mounted here and unmounted after (whatever is
-    left running of it is killed through its cgroups first)."""
+    left running of it is killed through its cgroups first). `ext4`: an ext4 filesystem in a
+    file instead, loop-mounted: the pages a guest writes to a COW file on tmpfs are charged to
+    the guest's memory cgroup (a guest writing its disk fast is OOM-killed), on a disk
+    filesystem they are page cache, as on a real host."""
     top = Path(tempfile.mkdtemp(prefix="wff-", dir="/tmp"))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "wardenfull", str(top)], check=True
-    )
+    backing = top.with_suffix(".ext4")
+    if ext4:
+        with open(backing, "wb") as f:
+            f.truncate(mib << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-m", "0", "-E", "nodiscard", str(backing)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(backing), str(top)], check=True)
+        top.chmod(0o755)
+    else:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0755", "wardenfull", str(top)],
+            check=True,
+        )
     lay = layout(top)
     try:
         lay.ensure()
@@ -1090,6 +1102,7 @@ def small_home(mib: int) -> Iterator[Layout]:
         else:
             subprocess.run(["umount", "-l", str(top)], check=False)
         shutil.rmtree(top, ignore_errors=True)
+        backing.unlink(missing_ok=True)
 
 
 def fill(directory: Path) -> tuple[Path, int]:

@@ -18,6 +18,9 @@ each other):
     snapshots  no hooks: snapshots and diffs by machine name
     forensics  timeline, evidence, recycle; its recycle policy taps the session logs the
                console makes
+    storage    after the others: its watch pauses guests whose disks grow when WARDEN_HOME
+               runs low; it needs nothing of the others, and starting after them it sees
+               every guest re-attached
     web        the web console (warden.app.web), a front end over the others (its
                pages show the balancer's numbers and the timelines)
     cluster    only with `warden daemon --cluster`: last, so that it joins (and boots what
@@ -45,6 +48,7 @@ from warden.memory.feature import MemoryFeature
 from warden.net.feature import NetFeature
 from warden.paths import Layout
 from warden.snapshots.feature import SnapshotFeature
+from warden.storage.feature import StorageFeature
 from warden.web.server import WebServer
 
 
@@ -68,6 +72,7 @@ def build(layout: Layout, cluster: ClusterConfig | None = None) -> App:
     console = ConsoleFeature(ctx)
     snapshots = SnapshotFeature(ctx)
     forensics = ForensicsFeature(ctx)
+    storage = StorageFeature(ctx)
     ctx.logs = forensics.tap(console.line_log)
     web = WebServer(DaemonBackend(ctx, console, memory, forensics))
     order: tuple[Feature, ...] = (
@@ -79,6 +84,7 @@ def build(layout: Layout, cluster: ClusterConfig | None = None) -> App:
         console,
         snapshots,
         forensics,
+        storage,
         WebFeature(web),
     )
     if cluster is not None:

@@ -83,6 +83,8 @@ def _ls(args: argparse.Namespace) -> int:
             note = str(last.get("reason", ""))  # may quote the guest (a panic message)
         elif mm.get("waiting"):
             note = str(mm["waiting"])  # a boot waiting for its slot (daemon/admission.py)
+        elif mm["state"] == "paused" and mm.get("pause_reason") == "storage":
+            note = "storage: WARDEN_HOME below its free-space floor; resumes when space returns"
         name, owner, state = (termsafe.line(mm[k]) for k in ("name", "owner", "state"))
         print(
             f"{name:<16} {owner:<10} {state:<9} {format_size(mm['memory']):>7} "

@@ -410,3 +410,9 @@ class _Control:
 
     async def wait_state(self, name: str, states: tuple[m.State, ...], timeout: float) -> m.State:
         return await self.daemon.sup(name).wait_state(states, timeout)
+
+    def pause(self, name: str, reason: str) -> None:
+        self.daemon.sup(name).post(m.Pause(reason))
+
+    def resume(self, name: str) -> None:
+        self.daemon.resume_machine(name)

@@ -79,7 +79,10 @@ class Kill:
 
 @dataclass(frozen=True)
 class Pause:
-    pass
+    """`reason`: who paused it, "admin" (warden pause) or "storage" (WARDEN_HOME ran low: the
+    storage feature resumes it when space returns; an admin's pause it never undoes)."""
+
+    reason: str = "admin"
 
 
 @dataclass(frozen=True)
@@ -218,10 +221,13 @@ class Machine:
     _halt_timeout: float = 10.0
     queued: str = ""  # why the boot waits for a slot ("" : it does not wait)
     history: list[str] = field(default_factory=list)  # for tests and `warden events`
+    pause_reason: str = ""  # while paused: Pause.reason
 
     # -- helpers
     def _to(self, state: State, kind: str, **detail: object) -> list[Action]:
         self.state = state
+        if state is not State.PAUSED:
+            self.pause_reason = ""
         self.history.append(f"{state}:{kind}")
         return [Persist(kind, tuple((k, str(v)) for k, v in detail.items()))]
 
@@ -255,8 +261,8 @@ class Machine:
                 return self._stop(event)
             case Kill():
                 return self._kill()
-            case Pause():
-                return self._pause()
+            case Pause(reason=reason):
+                return self._pause(reason)
             case Resume():
                 return self._resume()
             case Exited():
@@ -396,15 +402,23 @@ class Machine:
             StartTimer("kill", KILL_GRACE),
         ]
 
-    def _pause(self) -> list[Action]:
+    def _pause(self, reason: str) -> list[Action]:
+        if self.state is State.PAUSED and reason != self.pause_reason:
+            # Already frozen: the reason changes (an admin's pause of a guest the storage watch
+            # holds is the admin's from now on: space coming back does not resume it).
+            self.pause_reason = reason
+            return [Persist("paused", (("reason", reason),))]
         if self.state is not State.RUNNING:
             raise Conflict(f"{self.name} is {self.state}; only a running guest can be paused")
-        return [Freeze(), *self._to(State.PAUSED, "paused")]
+        actions = [Freeze(), *self._to(State.PAUSED, "paused", reason=reason)]
+        self.pause_reason = reason
+        return actions
 
     def _resume(self) -> list[Action]:
         if self.state is not State.PAUSED:
             raise Conflict(f"{self.name} is {self.state}, not paused")
-        return [Thaw(), *self._to(State.RUNNING, "resumed")]
+        detail = {"paused_by": self.pause_reason} if self.pause_reason else {}
+        return [Thaw(), *self._to(State.RUNNING, "resumed", **detail)]
 
     def _timeout(self, timer: str, now: float) -> list[Action]:
         if timer == "restart":

@@ -89,6 +89,10 @@ class Guest(Protocol):
     @property
     def state(self) -> State: ...
     @property
+    def pause_reason(self) -> str:
+        """While paused: who paused it ("admin", "storage"); "" otherwise."""
+
+    @property
     def pid(self) -> int | None:
         """The kernel's pid while it runs."""
 
@@ -166,6 +170,13 @@ class Control(Protocol):
 
     async def wait_state(self, name: str, states: tuple[State, ...], timeout: float) -> State:
         """Until the guest is in one of `states`; TimeoutError after `timeout` seconds."""
+
+    def pause(self, name: str, reason: str) -> None:
+        """Freeze a running guest (as `warden pause`), saying who paused it; Conflict if it is
+        not running."""
+
+    def resume(self, name: str) -> None:
+        """Thaw a paused guest (as `warden resume`); Conflict if it is not paused."""
 
 
 class LogFactory(Protocol):

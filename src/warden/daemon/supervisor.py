@@ -74,6 +74,10 @@ class Supervisor:
         return self.machine.state
 
     @property
+    def pause_reason(self) -> str:
+        return self.machine.pause_reason
+
+    @property
     def pid(self) -> int | None:
         return self.machine.pid
 
@@ -136,6 +140,7 @@ class Supervisor:
             "desired": self.machine.desired,
             "cpu": self.cpus,
             "waiting": self.ctx.boots.waiting(self.name) or None,
+            "pause_reason": self.machine.pause_reason or None,
         }
 
     # ---- events and actions ---------------------------------------------------------------

@@ -131,6 +131,10 @@ class Host:
     balance_interval: float = 1.0
     balance_watch: float = 0.1  # headroom checks between intervals; 0: none (docs: Memory)
     boot_slots: int = 0  # guests booting at once; 0: from the host's free CPUs (daemon/admission)
+    # Free space kept in WARDEN_HOME for the guests' COW growth (warden.storage.policy): the
+    # larger of the two; both 0: max(1 GiB, 2%), at most 1/8 of the filesystem.
+    home_floor: int = 0
+    home_floor_percent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -407,6 +411,8 @@ HOST_FIELDS: dict[str, Check] = {
     "balance_interval": _positive_number,
     "balance_watch": _number_range(0.0, 10.0),
     "boot_slots": _int_range(0, 10000),
+    "home_floor": _size,
+    "home_floor_percent": _number_range(0.0, 50.0),
 }
 CONCENTRATOR_FIELDS: dict[str, Check] = {
     "listen": _listen,
