@@ -141,8 +141,8 @@ class HeldLog(Log):
         self.out += len(data)
 
     def confirm(self) -> None:
-        assert self.done is not None
-        self.done(self.out)
+        if self.done is not None:  # (a relay that asks for no confirmation: nothing to do)
+            self.done(self.out)
 
 
 def test_output_stays_in_the_fifo_until_the_log_has_it(tmp_path: Path) -> None:

@@ -43,9 +43,10 @@ READ_CHUNK = 64 * 1024
 SCROLLBACK = 64 * 1024
 MAX_PENDING_INPUT = 4 << 20  # bytes queued toward a guest that is not reading
 CLIENT_QUEUE = 4 << 20  # bytes queued toward one client before it is dropped
-# Output peeked (relayed, handed to the log) and not yet taken off the FIFO: at most one peek
-# at a time (tee copies from the FIFO's head, so a second peek would copy the first again), and
-# at most this much in it. Also the most a killed daemon's successor can log twice.
+# Output peeked (relayed, handed to the log) and not yet taken off the FIFO: at most this much.
+# tee copies from the FIFO's head, so each peek copies the held bytes again (references to
+# the same pages) and drops that copy; the window slides as the writer confirms. Also the most
+# a killed daemon's successor can log twice.
 PEEK_WINDOW = 256 * 1024
 # The writer normally answers within milliseconds; one that has not for this long (a disk that
 # hangs) must not stop the relay: output is then taken off the FIFO as it is handed over (the
@@ -254,30 +255,41 @@ class Line:
     def _readable(self) -> None:
         assert self._rfd is not None and self._loop is not None
         assert self._peek_r is not None and self._peek_w is not None
-        if self._inflight:
-            self._pause()  # tee would copy the same head again: wait for the writer
+        held = self._inflight  # at the FIFO's head, relayed and logged already
+        if held and (held >= PEEK_WINDOW or _fionread(self._rfd) <= held):
+            self._pause()  # nothing new past them, or the window is full: wait for the writer
             return
         try:
-            n = tee(self._rfd, self._peek_w, PEEK_WINDOW)
+            # From the head: the held bytes again (page references, no copy), then new ones.
+            # At most READ_CHUNK new ones a time: the writer writes one chunk while the next
+            # is peeked (a whole window a time would leave one of them idle).
+            n = tee(self._rfd, self._peek_w, min(PEEK_WINDOW, held + READ_CHUNK))
         except BlockingIOError:
             return
         except OSError as e:
             log.warning("%s/%s: read failed: %s", self.machine, self.name, e)
             n = 0
-        if not n:
+        if not n and not held:
             # Every writer is gone: the kernel exited. The supervisor closes the boot.
             self._loop.remove_reader(self._rfd)
             return
-        data = _read_exactly(self._peek_r, n)
+        if n <= held:  # fewer than we hold: see _take
+            _discard(self._peek_r, self._null, n)
+            self._pause()
+            return
+        _discard(self._peek_r, self._null, held)
+        data = _read_exactly(self._peek_r, n - held)
         self._inflight = n
         if self._forced:
             # The writer is behind by more than ACK_GRACE: take it off now, as before, until
             # its confirmations catch up with everything taken off unconfirmed.
-            self._forced += n
+            self._forced += len(data)
             self._take(n)
         else:
-            self._pause()
-            self._overdue = self._loop.call_later(ACK_GRACE, self._ack_overdue, self._gen)
+            if n >= PEEK_WINDOW:
+                self._pause()
+            if self._overdue is None:
+                self._overdue = self._loop.call_later(ACK_GRACE, self._ack_overdue, self._gen)
         self._deliver(data)
 
     def _pause(self) -> None:
@@ -298,14 +310,16 @@ class Line:
         self._forced -= early
         self._acked += n - early
         k = min(self._acked, self._inflight)
-        if k:
-            self._take(k)
-            self._acked -= k
-        if not self._inflight:
-            if self._overdue is not None:
-                self._overdue.cancel()
-                self._overdue = None
-            self._resume()
+        if not k:
+            return
+        self._take(k)
+        self._acked -= k
+        if self._overdue is not None:  # the writer moves: the grace starts again
+            self._overdue.cancel()
+            self._overdue = None
+        if self._inflight and self._loop is not None:
+            self._overdue = self._loop.call_later(ACK_GRACE, self._ack_overdue, self._gen)
+        self._resume()
 
     def _ack_overdue(self, gen: int) -> None:
         self._overdue = None
@@ -470,6 +484,13 @@ def tee(fd_in: int, fd_out: int, n: int) -> int:
             raise BlockingIOError(err, os.strerror(err))
         raise OSError(err, os.strerror(err))
     return got
+
+
+def _discard(fd: int, null: int | None, n: int) -> None:
+    """Drop the first n bytes of the private pipe (copies of what is held) into /dev/null."""
+    assert null is not None
+    while n > 0:
+        n -= os.splice(fd, null, n)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
