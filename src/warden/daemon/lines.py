@@ -48,10 +48,12 @@ CLIENT_QUEUE = 4 << 20  # bytes queued toward one client before it is dropped
 # the same pages) and drops that copy; the window slides as the writer confirms. Also the most
 # a killed daemon's successor can log twice.
 PEEK_WINDOW = 256 * 1024
-# The writer normally answers within milliseconds; one that has not for this long (a disk that
-# hangs) must not stop the relay: output is then taken off the FIFO as it is handed over (the
-# old way: a kill then loses what is queued) until the writer catches up.
-ACK_GRACE = 2.0
+# The writer normally answers within milliseconds (after a re-attach: once it has re-read and
+# checked the part it continues, up to a second for a full 64 MiB quota on a loaded host); one
+# that has not for this long (a disk that hangs) must not stop the relay: output is then taken
+# off the FIFO as it is handed over (the old way: a kill then loses what is queued) until the
+# writer catches up.
+ACK_GRACE = 5.0
 
 
 class LineLog(Protocol):
