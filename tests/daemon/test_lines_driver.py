@@ -228,3 +228,33 @@ def test_a_writer_that_never_confirms_stops_the_relay_for_ack_grace_only(
     assert got["took"] < 5.0  # one grace, then on as before (not a grace per peek)
     assert got["in_fifo"] == 0
     assert got["in_fifo_next"] == 1000
+
+
+def test_a_kernel_ending_as_a_daemon_re_attaches_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """The fault campaign's kill -9 during a stop: the kernel had closed its files (no reader on
+    LINE.in) while its pid still lived, and the next daemon's re-attach raised ENXIO, so the
+    daemon did not start. Its output is still relayed; nothing typed reaches it."""
+    files = MachineFiles(tmp_path / "m5", "m5")
+    files.create(("con0",))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        out = files.fifo("con0", "out")
+        keep = os.open(out, os.O_RDONLY | os.O_NONBLOCK)  # the kernel's spare read end
+        wfd = os.open(out, os.O_WRONLY | os.O_NONBLOCK)  # its write end; LINE.in: no reader
+        line = Line("m5", "con0", files)
+        log = Log()
+        line.open_boot(log, reattach=True)
+        viewer = Viewer("alice", reads=True)
+        line.attach(viewer.client, want_write=True)
+        os.write(wfd, b"last words")
+        while viewer.got < 10:
+            await asyncio.sleep(0.001)
+        line.write(viewer.client, b"ls\n")
+        got["relayed"] = viewer.got
+        os.close(wfd)
+        os.close(keep)
+        line.close_boot("kernel ended")
+
+    run_driver(main)
+    assert got["relayed"] == 10

@@ -148,9 +148,21 @@ class Line:
         self._rfd = os.open(
             self.files.fifo(self.name, "out"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         )
-        self._wfd = os.open(
-            self.files.fifo(self.name, "in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        try:
+            self._wfd = os.open(
+                self.files.fifo(self.name, "in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                self._close_fds()
+                raise
+            # No reader: a kernel that is ending closes its files before its pid is gone (a
+            # daemon re-attaching then finds it "alive"). Its output is still read; its exit,
+            # seen by the supervisor, closes the boot. Nothing typed can reach it.
+            logging.getLogger("warden.lines").warning(
+                "%s/%s: the guest reads no input (its kernel is ending)", self.machine, self.name
+            )
+            self._wfd = None
         self._open_peek()
         if reattach:
             waiting = _fionread(self._rfd)
@@ -195,7 +207,7 @@ class Line:
             if self._wfd is not None:
                 with contextlib.suppress(Exception):
                     self._loop.remove_writer(self._wfd)
-        if self._rfd is not None:
+        if self._rfd is not None and self._null is not None:
             # Drain what the kernel wrote before it ended: the kernel's ends are closed, so
             # ours is the FIFO's last and nothing outlives this daemon to be peeked at again.
             with contextlib.suppress(OSError):
@@ -221,7 +233,7 @@ class Line:
             with contextlib.suppress(Exception):
                 self._loop.remove_writer(self._wfd)
         left = self._inflight - self._acked
-        if self._rfd is not None:
+        if self._rfd is not None and self._null is not None and self._acked:
             with contextlib.suppress(OSError):
                 self._take(self._acked)  # written: the next daemon must not see them again
         self._close_fds()
