@@ -6,6 +6,7 @@ asyncio debug with every callback timed (tests/support/loopcheck.py).
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,15 @@ class Log:
         self.out = 0
         self.inp = 0
         self.events: list[tuple[str, dict[str, object]]] = []
+        self.done: Callable[[int], None] | None = None
 
     def output(self, data: bytes) -> None:
         self.out += len(data)
+        if self.done is not None:
+            self.done(len(data))  # written at once
+
+    def on_written(self, done: Callable[[int], None]) -> None:
+        self.done = done
 
     def input(self, data: bytes, user: str) -> None:
         self.inp += len(data)
@@ -125,3 +132,129 @@ def test_a_guest_that_reads_no_input_gets_a_bounded_queue(tmp_path: Path) -> Non
     assert got["pending"] <= lines.MAX_PENDING_INPUT
     assert got["dropped"] and all(f["user"] == "alice" for f in got["dropped"])
     assert any("is not reading its input" in n for n in got["notices"])
+
+
+class HeldLog(Log):
+    """A LineLog whose writer confirms only when told (`confirm`), or never."""
+
+    def output(self, data: bytes) -> None:
+        self.out += len(data)
+
+    def confirm(self) -> None:
+        if self.done is not None:  # (a relay that asks for no confirmation: nothing to do)
+            self.done(self.out)
+
+
+def test_output_stays_in_the_fifo_until_the_log_has_it(tmp_path: Path) -> None:
+    """What a daemon killed now would leave: the bytes it relayed and logged but whose write
+    the log has not confirmed are still in the FIFO, for the next daemon."""
+    files = MachineFiles(tmp_path / "m3", "m3")
+    files.create(("con0",))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        kernel = open_kernel_ends(files, "con0")
+        line = Line("m3", "con0", files)
+        log = HeldLog()
+        line.open_boot(log)
+        viewer = Viewer("alice", reads=True)
+        line.attach(viewer.client, want_write=False)
+        os.write(kernel.write, b"a" * 1000)
+        while viewer.got < 1000:
+            await asyncio.sleep(0.001)
+        os.write(kernel.write, b"b" * 500)  # printed while the first peek waits
+        await asyncio.sleep(0.05)
+        got["relayed"], got["logged"] = viewer.got, log.out
+        got["in_fifo"] = lines._fionread(kernel.out_keep)
+        log.confirm()  # the writer: 1000 bytes are in the file
+        while viewer.got < 1500:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        got["in_fifo_after"] = lines._fionread(kernel.out_keep)
+        log.confirm()
+        await asyncio.sleep(0.05)
+        got["in_fifo_end"] = lines._fionread(kernel.out_keep)
+        line.close_boot("test over")
+        kernel.close()
+
+    run_driver(main)
+    assert (got["relayed"], got["logged"]) == (1000, 1000)  # relayed at once, not re-read
+    assert got["in_fifo"] == 1500  # nothing taken off before the log confirmed
+    assert got["in_fifo_after"] == 500  # exactly what was confirmed
+    assert got["in_fifo_end"] == 0
+
+
+def test_a_writer_that_never_confirms_stops_the_relay_for_ack_grace_only(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(lines, "ACK_GRACE", 0.2)
+    files = MachineFiles(tmp_path / "m4", "m4")
+    files.create(("con0",))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        kernel = open_kernel_ends(files, "con0")
+        line = Line("m4", "con0", files)
+        log = HeldLog()  # never confirms
+        line.open_boot(log)
+        viewer = Viewer("alice", reads=True)
+        line.attach(viewer.client, want_write=False)
+        total = 3 << 20  # three times the FIFO
+        chunk = b"z" * 65536
+        sent = 0
+        t0 = asyncio.get_running_loop().time()
+        while sent < total:
+            try:
+                sent += os.write(kernel.write, chunk)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        while viewer.got < total:
+            await asyncio.sleep(0.01)
+        got["took"] = asyncio.get_running_loop().time() - t0
+        got["logged"] = log.out
+        log.confirm()  # the writer catches up: late confirmations take nothing more off
+        await asyncio.sleep(0.05)
+        got["in_fifo"] = lines._fionread(kernel.out_keep)
+        os.write(kernel.write, b"w" * 1000)  # and the next output waits for its own again
+        while viewer.got < total + 1000:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        got["in_fifo_next"] = lines._fionread(kernel.out_keep)
+        line.close_boot("test over")
+        kernel.close()
+
+    run_driver(main)
+    assert got["logged"] == 3 << 20
+    assert got["took"] < 5.0  # one grace, then on as before (not a grace per peek)
+    assert got["in_fifo"] == 0
+    assert got["in_fifo_next"] == 1000
+
+
+def test_a_kernel_ending_as_a_daemon_re_attaches_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """The fault campaign's kill -9 during a stop: the kernel had closed its files (no reader on
+    LINE.in) while its pid still lived, and the next daemon's re-attach raised ENXIO, so the
+    daemon did not start. Its output is still relayed; nothing typed reaches it."""
+    files = MachineFiles(tmp_path / "m5", "m5")
+    files.create(("con0",))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        out = files.fifo("con0", "out")
+        keep = os.open(out, os.O_RDONLY | os.O_NONBLOCK)  # the kernel's spare read end
+        wfd = os.open(out, os.O_WRONLY | os.O_NONBLOCK)  # its write end; LINE.in: no reader
+        line = Line("m5", "con0", files)
+        log = Log()
+        line.open_boot(log, reattach=True)
+        viewer = Viewer("alice", reads=True)
+        line.attach(viewer.client, want_write=True)
+        os.write(wfd, b"last words")
+        while viewer.got < 10:
+            await asyncio.sleep(0.001)
+        line.write(viewer.client, b"ls\n")
+        got["relayed"] = viewer.got
+        os.close(wfd)
+        os.close(keep)
+        line.close_boot("kernel ended")
+
+    run_driver(main)
+    assert got["relayed"] == 10

@@ -10,11 +10,20 @@ keystrokes go nowhere. A slow client never slows the guest: each client gets out
 own bounded queue, and a client that falls too far behind is dropped.
 
 Every byte in either direction and every attach/detach/takeover goes to the line's session log
-(`LineLog`, implemented in warden.sessionlog.codec) before it is relayed.
+(`LineLog`, implemented in warden.sessionlog.writer) before it is relayed.
+
+Output is peeked, not read: tee(2) copies the FIFO's head into a private pipe, the copy is
+relayed and handed to the log, and the same bytes are taken off the FIFO only once the log's
+writer says they are written (or counted as not written). A daemon killed in between leaves
+them in the FIFO, which outlives it while the kernel holds its ends: the next daemon logs them
+again (its `reattach` event says how many may repeat) instead of nobody logging them
+(docs/decisions/2026-12-07-zero-loss.md).
 """
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -25,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from warden.daemon.files import MachineFiles, pipe_size
+from warden.daemon.files import F_SETPIPE_SZ, PIPE_SIZE, MachineFiles, pipe_size
 from warden.errors import Conflict
 
 log = logging.getLogger("warden.lines")
@@ -34,6 +43,17 @@ READ_CHUNK = 64 * 1024
 SCROLLBACK = 64 * 1024
 MAX_PENDING_INPUT = 4 << 20  # bytes queued toward a guest that is not reading
 CLIENT_QUEUE = 4 << 20  # bytes queued toward one client before it is dropped
+# Output peeked (relayed, handed to the log) and not yet taken off the FIFO: at most this much.
+# tee copies from the FIFO's head, so each peek copies the held bytes again (references to
+# the same pages) and drops that copy; the window slides as the writer confirms. Also the most
+# a killed daemon's successor can log twice.
+PEEK_WINDOW = 256 * 1024
+# The writer normally answers within milliseconds (after a re-attach: once it has re-read and
+# checked the part it continues, up to a second for a full 64 MiB quota on a loaded host); one
+# that has not for this long (a disk that hangs) must not stop the relay: output is then taken
+# off the FIFO as it is handed over (the old way: a kill then loses what is queued) until the
+# writer catches up.
+ACK_GRACE = 5.0
 
 
 class LineLog(Protocol):
@@ -44,10 +64,23 @@ class LineLog(Protocol):
     def event(self, kind: str, **fields: object) -> None: ...
     def close(self) -> None: ...
 
+    def on_written(self, done: Callable[[int], None]) -> None:
+        """`done(n)` (from any thread, in order) once n more bytes given to `output` are in
+        the file (write(2) returned: a killed process loses nothing of them) or are counted
+        in it as not written (quota, disk, a failed write)."""
+        ...
+
 
 class NullLog:
+    def __init__(self) -> None:
+        self._done: Callable[[int], None] | None = None
+
     def output(self, data: bytes) -> None:
-        pass
+        if self._done is not None:
+            self._done(len(data))  # nothing to write: done at once
+
+    def on_written(self, done: Callable[[int], None]) -> None:
+        self._done = done
 
     def input(self, data: bytes, user: str) -> None:
         pass
@@ -88,6 +121,18 @@ class Line:
         self._wfd: int | None = None
         self._pending = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the peek (module docstring): a private pipe tee(2) copies into, /dev/null to take
+        # bytes off the FIFO without copying them, and the bytes of the FIFO's head that were
+        # relayed and logged but not yet taken off it
+        self._peek_r: int | None = None
+        self._peek_w: int | None = None
+        self._null: int | None = None
+        self._inflight = 0
+        self._acked = 0  # of _inflight, what the writer has confirmed
+        self._forced = 0  # taken off unconfirmed (ACK_GRACE): confirmations still to come
+        self._gen = 0  # this boot's number of open_boot: confirmations of an older one are stale
+        self._overdue: asyncio.TimerHandle | None = None
+        self._paused = False
         self.bytes_out = 0
         self.bytes_in = 0
         self.on_output: list[Callable[[bytes], None]] = []  # extra taps (e.g. reboot detection)
@@ -103,23 +148,53 @@ class Line:
         self._rfd = os.open(
             self.files.fifo(self.name, "out"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         )
-        self._wfd = os.open(
-            self.files.fifo(self.name, "in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        try:
+            self._wfd = os.open(
+                self.files.fifo(self.name, "in"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                self._close_fds()
+                raise
+            # No reader: a kernel that is ending closes its files before its pid is gone (a
+            # daemon re-attaching then finds it "alive"). Its output is still read; its exit,
+            # seen by the supervisor, closes the boot. Nothing typed can reach it.
+            logging.getLogger("warden.lines").warning(
+                "%s/%s: the guest reads no input (its kernel is ending)", self.machine, self.name
+            )
+            self._wfd = None
+        self._open_peek()
         if reattach:
             waiting = _fionread(self._rfd)
             size = pipe_size(self._rfd)
+            repeat = min(waiting, PEEK_WINDOW)
             self.log.event(
                 "reattach",
                 waiting=waiting,
                 buffer=size,
                 full=waiting >= size,
+                may_repeat=repeat,
                 note=(
                     "output below was buffered while no daemon ran"
                     if waiting < size
                     else "the buffer was full: output the guest printed after it filled was lost"
+                )
+                + (
+                    f"; its first {repeat} bytes may repeat the end of what the last daemon"
+                    " logged (it had logged them and was gone before it took them off)"
+                    if repeat
+                    else ""
                 ),
             )
+        self._gen += 1
+        gen, loop = self._gen, self._loop
+
+        def done(n: int) -> None:  # the writer thread's confirmation, onto the loop
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._written, gen, n)
+
+        self.log.on_written(done)
+        self._paused = False
         self._loop.add_reader(self._rfd, self._readable)
         self._notify_all(f"[warden: {self.machine} {self.name} connected]")
 
@@ -132,19 +207,17 @@ class Line:
             if self._wfd is not None:
                 with contextlib.suppress(Exception):
                     self._loop.remove_writer(self._wfd)
-        if self._rfd is not None:
-            # Drain what the kernel wrote before it ended.
+        if self._rfd is not None and self._null is not None:
+            # Drain what the kernel wrote before it ended: the kernel's ends are closed, so
+            # ours is the FIFO's last and nothing outlives this daemon to be peeked at again.
             with contextlib.suppress(OSError):
+                self._take(self._inflight)  # relayed and logged already
                 while True:
                     data = os.read(self._rfd, READ_CHUNK)
                     if not data:
                         break
                     self._deliver(data)
-        for fd in (self._rfd, self._wfd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._rfd = self._wfd = None
+        self._close_fds()
         self._pending.clear()
         self.log.event("boot-end", reason=reason)
         self.log.close()
@@ -159,31 +232,144 @@ class Line:
         if self._loop is not None and self._wfd is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_writer(self._wfd)
-        for fd in (self._rfd, self._wfd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._rfd = self._wfd = None
-        self.log.event("daemon-detach")
+        left = self._inflight - self._acked
+        if self._rfd is not None and self._null is not None and self._acked:
+            with contextlib.suppress(OSError):
+                self._take(self._acked)  # written: the next daemon must not see them again
+        self._close_fds()
+        # `unconsumed`: bytes logged above (or queued to be) that stay in the FIFO, where the
+        # next daemon reads them again (its `reattach` says they may repeat).
+        self.log.event("daemon-detach", unconsumed=left)
         self.log.close()
         self.log = NullLog()
 
+    def _open_peek(self) -> None:
+        assert self._rfd is not None
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._peek_r, self._peek_w = r, w
+        # As many slots as the FIFO: tee copies buffers, and a FIFO of small writes has many.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, F_SETPIPE_SZ, max(PIPE_SIZE, pipe_size(self._rfd)))
+        self._null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self._inflight = self._acked = self._forced = 0
+
+    def _close_fds(self) -> None:
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
+        self._gen += 1  # confirmations still on their way belong to nobody now
+        for fd in (self._rfd, self._wfd, self._peek_r, self._peek_w, self._null):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._rfd = self._wfd = self._peek_r = self._peek_w = self._null = None
+        self._inflight = self._acked = self._forced = 0
+
     # -- guest to clients
     def _readable(self) -> None:
-        assert self._rfd is not None
+        assert self._rfd is not None and self._loop is not None
+        assert self._peek_r is not None and self._peek_w is not None
+        held = self._inflight  # at the FIFO's head, relayed and logged already
+        if held and (held >= PEEK_WINDOW or _fionread(self._rfd) <= held):
+            self._pause()  # nothing new past them, or the window is full: wait for the writer
+            return
         try:
-            data = os.read(self._rfd, READ_CHUNK)
+            # From the head: the held bytes again (page references, no copy), then new ones.
+            # At most READ_CHUNK new ones a time: the writer writes one chunk while the next
+            # is peeked (a whole window a time would leave one of them idle).
+            n = tee(self._rfd, self._peek_w, min(PEEK_WINDOW, held + READ_CHUNK))
         except BlockingIOError:
             return
         except OSError as e:
             log.warning("%s/%s: read failed: %s", self.machine, self.name, e)
-            data = b""
-        if not data:
+            n = 0
+        if not n and not held:
             # Every writer is gone: the kernel exited. The supervisor closes the boot.
-            assert self._loop is not None
             self._loop.remove_reader(self._rfd)
             return
+        if n <= held:  # fewer than we hold: see _take
+            _discard(self._peek_r, self._null, n)
+            self._pause()
+            return
+        _discard(self._peek_r, self._null, held)
+        data = _read_exactly(self._peek_r, n - held)
+        self._inflight = n
+        if self._forced:
+            # The writer is behind by more than ACK_GRACE: take it off now, as before, until
+            # its confirmations catch up with everything taken off unconfirmed.
+            self._forced += len(data)
+            self._take(n)
+        else:
+            if n >= PEEK_WINDOW:
+                self._pause()
+            if self._overdue is None:
+                self._overdue = self._loop.call_later(ACK_GRACE, self._ack_overdue, self._gen)
         self._deliver(data)
+
+    def _pause(self) -> None:
+        if not self._paused and self._loop is not None and self._rfd is not None:
+            self._loop.remove_reader(self._rfd)
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused and self._loop is not None and self._rfd is not None:
+            self._loop.add_reader(self._rfd, self._readable)
+            self._paused = False
+
+    def _written(self, gen: int, n: int) -> None:
+        """The writer confirmed n more output bytes: take them off the FIFO."""
+        if gen != self._gen:
+            return
+        early = min(n, self._forced)
+        self._forced -= early
+        self._acked += n - early
+        k = min(self._acked, self._inflight)
+        if not k:
+            return
+        self._take(k)
+        self._acked -= k
+        if self._overdue is not None:  # the writer moves: the grace starts again
+            self._overdue.cancel()
+            self._overdue = None
+        if self._inflight and self._loop is not None:
+            self._overdue = self._loop.call_later(ACK_GRACE, self._ack_overdue, self._gen)
+        self._resume()
+
+    def _ack_overdue(self, gen: int) -> None:
+        self._overdue = None
+        if gen != self._gen or not self._inflight:
+            return
+        log.warning(
+            "%s/%s: the log writer has not confirmed %d bytes in %.0f s; relaying on without"
+            " waiting (a kill now loses what it has queued)",
+            self.machine,
+            self.name,
+            self._inflight,
+            ACK_GRACE,
+        )
+        self._forced += self._inflight - self._acked
+        self._acked = 0
+        self._take(self._inflight)
+        self._resume()
+
+    def _take(self, n: int) -> None:
+        """Take n bytes (the peeked head) off the FIFO, into /dev/null: no copy."""
+        assert self._rfd is not None and self._null is not None
+        left = n
+        while left > 0:
+            try:
+                got = os.splice(self._rfd, self._null, left, flags=SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                got = 0
+            if not got:
+                # Fewer bytes than were peeked: only a kernel reading its own spare read end
+                # does that (a subverted guest, hiding its own output from itself).
+                log.warning(
+                    "%s/%s: %d peeked bytes were gone from the FIFO", self.machine, self.name, left
+                )
+                break
+            left -= got
+        self._inflight -= n
 
     def _deliver(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -292,6 +478,41 @@ class Line:
     def drop_all(self, reason: str) -> None:
         for c in list(self.clients):
             self._drop(c, reason)
+
+
+SPLICE_F_NONBLOCK = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_tee = _libc.tee
+_tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
+_tee.restype = ctypes.c_ssize_t
+
+
+def tee(fd_in: int, fd_out: int, n: int) -> int:
+    """tee(2), non-blocking: copy up to n bytes from the head of pipe fd_in into pipe fd_out
+    without taking them off fd_in (Python has os.splice but no os.tee). 0: fd_in is empty and
+    has no writer; BlockingIOError: empty, or fd_out full."""
+    got = int(_tee(fd_in, fd_out, n, SPLICE_F_NONBLOCK))
+    if got < 0:
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN:
+            raise BlockingIOError(err, os.strerror(err))
+        raise OSError(err, os.strerror(err))
+    return got
+
+
+def _discard(fd: int, null: int | None, n: int) -> None:
+    """Drop the first n bytes of the private pipe (copies of what is held) into /dev/null."""
+    assert null is not None
+    while n > 0:
+        n -= os.splice(fd, null, n)
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """The n bytes tee just put in the (otherwise empty) private pipe."""
+    data = os.read(fd, n)
+    while len(data) < n:
+        data += os.read(fd, n - len(data))
+    return data
 
 
 def _fionread(fd: int) -> int:

@@ -72,7 +72,13 @@ class SessionLog:
         self._suspend = False
         self._end_reason = ""
         self.closed = False
+        self.done: Callable[[int], None] | None = None  # see on_written
         writer.submit(self, "open", logstore.now_us(), None)
+
+    def on_written(self, done: Callable[[int], None]) -> None:
+        """`done(n)` from the writer thread once n more output bytes are written (write(2)
+        returned) or counted as not written: the line then takes them off its FIFO."""
+        self.done = done
 
     def output(self, data: bytes) -> None:
         if not self.closed:
@@ -199,8 +205,13 @@ class SessionLogWriter(Worker):
         # to 64 KiB, stamped with the first chunk's time): fewer headers, MACs and Python.
         outs: dict[LogFile, tuple[int, list[bytes], int]] = {}
         done = 0
+        # Output bytes per SessionLog that this batch writes or counts: confirmed to its line
+        # once the batch's writes returned (SessionLog.on_written).
+        confirm: dict[SessionLog, int] = {}
         for lg, op, t, arg, n in batch:
             done += n
+            if isinstance(lg, SessionLog) and (op == "out" or (op == "lost" and arg[0] == "out")):
+                confirm[lg] = confirm.get(lg, 0) + (len(arg) if op == "out" else arg[1])
             if op == "stale":
                 self._out_all(outs)
                 self._flush_all(touched)
@@ -251,6 +262,12 @@ class SessionLogWriter(Worker):
         self._flush_all(touched)
         for other in others:
             other.flush_in_thread(self)
+        for lg, count in confirm.items():
+            if lg.done is not None:
+                try:
+                    lg.done(count)
+                except Exception:  # a line's callback must not stop the other logs
+                    log.exception("%s %s: confirming output", lg.machine, lg.line)
         if done:
             with self.qlock:
                 self.queued -= done
