@@ -218,6 +218,9 @@ def test_up_brings_its_fleet_up_every_time(home: Layout, minimal_image: Path) ->
         _up_ready(home, "g1", "g2")
         _ctrl_c(home, up)
         assert {m["state"] for m in _offline_ls(home).values()} == {"stopped"}
+        # the last line says it is over (a newcomer saw "stopping 2 guests" and then nothing)
+        said = (home.home / "up.log").read_text().splitlines()
+        assert said[-1] == "warden: stopped; no guest is left running", said[-5:]
         up = _start_up(home, fleet)
         _up_ready(home, "g1", "g2")
         assert "2 machines (g1, g2 starting)" in (home.home / "up.log").read_text()

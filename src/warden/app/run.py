@@ -155,6 +155,13 @@ async def serve(
             _say(f"warden: stopping {len(live)} guests")
         await daemon.shutdown(stop_guests=stop_guests)
         await api.stop()
+        if stop_guests:  # the last line a user of `warden up` sees says it is over
+            left = [s.name for s in daemon.sups.values() if s.machine.pid]
+            _say(
+                f"warden: stopped; still running: {', '.join(left)}"
+                if left
+                else "warden: stopped; no guest is left running"
+            )
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         os.close(lock)
