@@ -58,8 +58,19 @@ def test_kernel_held_after_up_survives_the_first_emptying(
     out = tmp_path / "strace.txt"
     # The kernel's first sendto is the SOCKET notify ("up"); it stays stopped after it.
     tracer = subprocess.Popen(
-        ["strace", "-p", str(pid), "-o", str(out), "-e", "trace=sendto", "-e", "signal=none",
-         "-e", f"inject=sendto:delay_exit={HOLD_US}:when=1"],
+        [
+            "strace",
+            "-p",
+            str(pid),
+            "-o",
+            str(out),
+            "-e",
+            "trace=sendto",
+            "-e",
+            "signal=none",
+            "-e",
+            f"inject=sendto:delay_exit={HOLD_US}:when=1",
+        ],
         stderr=subprocess.DEVNULL,
     )
     try:
