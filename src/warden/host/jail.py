@@ -55,7 +55,9 @@ from warden.host import ns
 # What a bind mount holds: decides the mount-point type and the check made on the source.
 FILE, DIR, DEV = "file", "dir", "dev"
 # When `empty` takes it away: at "up" (the kernel has exec'd and mapped what it needs) or
-# once the guest has opened its disks and read its seed ("disks").
+# once the guest has opened its disks and read its seed ("disks"). "up" is the mconsole notify,
+# sent from a device initcall: what a later initcall opens (TMPDIR, /dev/random) waits for
+# "disks", when init runs and every initcall is over (warden.jail.emptier).
 AT_UP, AT_DISKS = "up", "disks"
 
 CAP_VERSION_3 = 0x20080522
@@ -102,6 +104,12 @@ class JailPlan:
     hidden: str = ""
     cpuinfo: str = ""  # the lines of /proc/cpuinfo UML parses; written at /proc/cpuinfo
     seccomp: str = ""  # hex of a compiled BPF program (warden.host.seccomp), "" for none
+
+    def kept_at_up(self) -> list[str]:
+        """What the first emptying (at "up") leaves in place: the binds taken at "disks" and
+        TMPDIR's tmpfs (UML's mem_mc_init makes a test memory file there after "up", and
+        exits with status 1, silently, when it cannot)."""
+        return [b.dst for b in self.binds if b.until == AT_DISKS] + [self.tmpdir]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

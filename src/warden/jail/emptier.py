@@ -1,14 +1,18 @@
 """Emptying a booted guest's jail (warden.host.jail `empty`, run in a fresh process).
 
 At "up" (the mconsole notify, sent early in the kernel's boot) the kernel has exec'd and
-mapped its binary, libraries and shim, created its memory file (on its own tmpfs), opened
-/dev/random and made its umid directory in ctl: those go, the ctl mount and the memory tmpfs
-included (the kernel keeps both through its working directory and its fds). Its disks it opens
-by path when a block device is first opened, the seed disk only when the guest mounts it: those
-stay until the guest's hostname (read through the mconsole) is its name, which warden's images
-set just after unmounting the seed, and the kernel holds the COW and base open; or until
-SEED_WAIT has passed. Then the rest goes and the root is remounted read-only: it is empty, and
-hostfs in the guest shows an empty, read-only directory.
+mapped its binary, libraries and shim, created its memory file and made its umid directory in
+ctl: those go, the ctl mount included (the kernel keeps it through its working directory).
+"up" comes from a device initcall (mconsole_init), and initcalls after it still use the jail:
+mem_mc_init makes a test memory file in TMPDIR (UML exits with status 1, printing nothing,
+when it cannot) and rng_init opens /dev/random. Those stay, with the disks (opened by path
+when a block device is first opened, the seed only when the guest mounts it), until the
+guest's hostname (read through the mconsole) is its name, which warden's images set just after
+unmounting the seed, and the kernel holds the COW and base open; or until SEED_WAIT has
+passed. By then init runs: every initcall is over. Then the rest goes and the root is
+remounted read-only: it is empty, and hostfs in the guest shows an empty, read-only directory.
+(Taking TMPDIR at "up" lost guests in boot storms on a loaded host, where the first step could
+run before the kernel reached mem_mc_init: docs/decisions/2026-12-07-cpu-placement.md.)
 """
 
 import asyncio
@@ -42,8 +46,13 @@ Event = Callable[..., None]  # event(kind, **fields): the guest's event
 class Emptier:
     """Takes everything out of one booted guest's jail, in two steps (see the module)."""
 
-    def __init__(self, guest: Guest, status: Report, event: Event):
+    def __init__(
+        self, guest: Guest, status: Report, event: Event, keep_at_up: list[str] | None = None
+    ):
         self.guest = guest
+        # the jail plan's kept_at_up(); a guest a restarted daemon re-attached to has long
+        # finished its initcalls, and only its disks wait for the seed
+        self.keep_at_up = keep_at_up or [JAIL_COW, JAIL_SEED, JAIL_BASE]
         self.status = status
         self.event = event
         self.pid = guest.pid
@@ -63,9 +72,8 @@ class Emptier:
             return
         t0 = time.monotonic()
         files = self.guest.files
-        keep = [JAIL_COW, JAIL_SEED, JAIL_BASE]
         try:
-            first = await self._helper(keep)
+            first = await self._helper(self.keep_at_up)
             self.status(state="disks", detached_at_up=first.get("detached", []))
             deadline = time.monotonic() + SEED_WAIT
             reason = "timeout"

@@ -36,6 +36,7 @@ class JailFeature(Feature):
         self.core = core
         self.emptiers: dict[str, asyncio.Task[None]] = {}
         self.status: dict[str, dict[str, Any]] = {}  # per guest: the jail's state this boot
+        self.keep_at_up: dict[str, list[str]] = {}  # per guest: this boot's plan.kept_at_up()
 
     async def check_fleet(self, fleet: Fleet) -> None:
         """Refuse, before anything is applied, image paths a jail would not take."""
@@ -84,6 +85,7 @@ class JailFeature(Feature):
                 None, plan.prepare, guest, self.core, extras, limits, repaired
             )
             extras.jail = jp.to_dict()
+            self.keep_at_up[guest.name] = jp.kept_at_up()
         finally:
             for old, new in repaired:  # an event is for the loop's thread
                 self.core.event(guest.name, "cow-header-repaired", named=display(old), now=new)
@@ -111,7 +113,8 @@ class JailFeature(Feature):
         def event(kind: str, **kv: Any) -> None:
             self.core.event(name, kind, **kv)
 
-        self.emptiers[name] = spawn(Emptier(guest, status, event).run(), f"jail-empty:{name}")
+        emptier = Emptier(guest, status, event, self.keep_at_up.pop(name, None))
+        self.emptiers[name] = spawn(emptier.run(), f"jail-empty:{name}")
 
     # ---- the API
     async def audit(self, name: str) -> dict[str, Any]:

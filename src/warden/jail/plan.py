@@ -43,7 +43,8 @@ JAIL_BASE = "/disk/base"
 JAIL_SEED = "/disk/seed"
 # Under a directory that cannot be listed (0711), with names drawn for each boot: the memory
 # file's tmpfs (TMPDIR) and the ctl directory (the kernel's working directory), which the
-# guest's uid can write to until "up" (the kernel makes its umid directory and memory file).
+# guest's uid can write to until the jail is emptied (the kernel makes its umid directory by
+# "up", its memory files before and just after it: TMPDIR stays until "disks").
 JAIL_HIDDEN = "/run"
 
 _SECCOMP = seccomp.compile_filter().hex()
@@ -107,7 +108,8 @@ def prepare(
     ctl = f"{JAIL_HIDDEN}/{secrets.token_hex(12)}"
     others = [
         jail.Bind("/dev/null", "/dev/null", kind=jail.DEV, writable=True),
-        jail.Bind("/dev/random", "/dev/random", kind=jail.DEV),
+        # rng_init, a device initcall after the notify, opens it (the guest's hw_random)
+        jail.Bind("/dev/random", "/dev/random", kind=jail.DEV, until=jail.AT_DISKS),
         jail.Bind(str(files.cow), JAIL_COW, writable=True, until=jail.AT_DISKS),
         jail.Bind(os.path.realpath(base), JAIL_BASE, until=jail.AT_DISKS),
         # The kernel's working directory: it made NAME/{pid,mconsole} there by "up", and
