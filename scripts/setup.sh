@@ -30,6 +30,8 @@ packages=(
     linux-source-6.1 make bc bison flex libssl-dev libelf-dev libvdeplug-dev xz-utils
     # the web console's tests: a real browser and its WebDriver
     chromium chromium-driver
+    # the jail test that holds a kernel at a chosen system call (tests/jail/test_late_initcalls.py)
+    strace
 )
 # npm fetches the web console's browser libraries (below). A host that has npm already (e.g.
 # with NodeSource's nodejs) keeps it: Debian's npm would pull Debian's nodejs over it.

@@ -11,7 +11,6 @@ step is done, then let go: the storm's timing, made certain on one guest.
 """
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -49,7 +48,6 @@ def _kernel_pid(d: DaemonProc, name: str, timeout: float = 60) -> int:
     raise AssertionError(f"no kernel process of {name} within {timeout} s")
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to hold the kernel")
 def test_kernel_held_after_up_survives_the_first_emptying(
     daemon: DaemonProc, tmp_path: Path
 ) -> None:
