@@ -44,6 +44,7 @@ from warden.memory import observe
 from warden.memory.balancer import OBSERVE_DEADLINE, Balancer
 from warden.memory.policy import Config
 from warden.memory.procfs import parse_meminfo
+from warden.memory.watch import Watch
 from warden.paths import Layout
 from warden.spec import fleet as fleetmod
 from warden.store import Store
@@ -440,13 +441,18 @@ def test_a_slow_or_garbage_mconsole_does_not_hold_up_the_balancers_tick(home: La
         b.ledger.budget = 1 << 40
         for name in sups:
             b.ledger.up(name, 64 << 20)
-            b.settle[name] = time.monotonic() + 1e9  # no baseline, no action: reads only
+            # no baseline, no action: reads only
+            b.watches[name] = Watch(settle=time.monotonic() + 1e9)
         b.ledger.entries["slow"].lo = 0  # uncertain: reconciled (read until stable) first
         t0 = time.monotonic()
         await b.tick(True)
-        got.update(took=time.monotonic() - t0, read=set(b.mem), silent=set(b.silent))
-        for task in b.silent.values():
-            await tasks.cancel(task)
+        got.update(
+            took=time.monotonic() - t0,
+            read={n for n, x in b.watches.items() if x.mem is not None},
+            silent={n for n, x in b.watches.items() if x.silent},
+        )
+        for x in b.watches.values():
+            await tasks.cancel(x.probe)
 
     run_debug(main)
     print(f"\ntick with a slow and a garbage guest: {got}")

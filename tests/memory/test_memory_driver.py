@@ -179,7 +179,7 @@ class World:
                 await self.settle(1)
             self.b.ledger.boot(name, sup.kernel.size)
             await self.b.on_up(sup)
-            self.b.settle.pop(name)  # no baseline wait: the model has no boot noise
+            self.b.watches[name].settle = None  # no baseline wait: the model has no boot noise
 
     def check(self) -> None:
         """The ledger against the truth, and the budget with everyone's credit."""
@@ -207,7 +207,8 @@ class World:
             await self.drain()
 
     async def drain(self) -> None:
-        tasks = [*self.b.acting.values(), *self.b.rescues.values()]
+        rescues = [w.rescue for w in self.b.watches.values() if w.rescue is not None]
+        tasks = [*self.b.acting.values(), *rescues]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
 
@@ -251,7 +252,8 @@ def test_an_unplug_that_ends_while_reads_are_in_flight_leaves_no_phantom_growth(
         e = w.b.ledger.entries["a"]
         assert e.hi == a.plugged < 160 * MIB  # squeezed, and booked as done
         # No phantom burst from a reading taken before the step and a ledger after it.
-        assert w.b.memos["a"].burst < 20 * MIB, w.b.memos["a"]
+        memo = w.b.watches["a"].memo
+        assert memo is not None and memo.burst < 20 * MIB, memo
 
     run(tmp_path, 1 << 30, [a, b], body)
 
@@ -268,7 +270,7 @@ def test_a_guest_that_dies_mid_unplug_is_released_and_the_others_are_served(
         e = w.b.ledger.entries["a"]
         assert not e.certain and e.hi == 320 * MIB  # counted in full until known
         await w.tick(True)  # b is still served meanwhile
-        assert "a" in w.b.silent
+        assert w.b.watches["a"].silent
         w.guests["a"].state = m.State.CRASHED
         await w.b.after_exit(w.guests["a"])
         assert "a" not in w.b.ledger.entries and "a" not in w.b.acting
@@ -320,7 +322,7 @@ def test_a_waiting_guest_is_served_from_the_others_when_the_budget_is_full(
         w.b.memory_notified(w.guests["a"], b"oom credit=0 waiting=1")
         await w.drain()
         if free < RESCUE_MIN:
-            assert w.b.emergency.get("a", 0) > 0  # owed, through the plan's hold
+            assert w.b.watches["a"].emergency > 0  # owed, through the plan's hold
         for i in range(30):
             await w.tick(full=i % 10 == 0)
             await w.drain()
@@ -421,7 +423,7 @@ def test_a_boot_waits_for_a_guest_that_is_up_but_not_yet_looked_at(tmp_path: Pat
         sup.state = m.State.STARTING
         w.b.ledger.boot("a", a.size)
         await w.b.on_up(w.guests["a"])
-        w.b.settle.pop("a")  # a is up and settled, not yet assessed
+        w.b.watches["a"].settle = None  # a is up and settled, not yet assessed
         w.b.ledger.holds["b"] = nxt.size
         w.b._task = spawn(w.b._run(), "memory-balancer")  # the loop, as start() runs it
         try:

@@ -15,16 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warden import guestinput, proc
-from warden.daemon import bootplan, kernelout
+from warden import proc
+from warden.daemon import bootplan, kernelout, listing
 from warden.daemon import machine as m
 from warden.daemon.context import Context
 from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
 from warden.daemon.lines import Line
+from warden.daemon.notify import NotifyChannel
 from warden.daemon.seam import BootExtras
 from warden.disk import backing, snapshot
 from warden.disk import create as disk_create
 from warden.errors import Conflict, WardenError
+from warden.guestinput import NotifyBudget
 from warden.host import cgroup
 from warden.images import seed as seedmod
 from warden.spec.fleet import Machine as Spec
@@ -60,10 +62,7 @@ class Supervisor:
         self._pidfd: int | None = None
         self.mconsole: mconsole.AsyncClient | None = None
         self.mconsole_intr: mconsole.AsyncClient | None = None
-        self._notify: mconsole.NotifyListener | None = None
-        self._notify_budget = guestinput.notify_budget()
-        self._notify_paused: asyncio.TimerHandle | None = None
-        self._notify_report: asyncio.TimerHandle | None = None
+        self.notify = NotifyChannel(self._from_kernel, self._dispatch_notify, self._flood_event)
         self._panicked_boot: int | None = None
         self._changed = asyncio.Condition()
         self._rebooting = False
@@ -109,39 +108,11 @@ class Supervisor:
         snapshot.sweep(self.files.cow)
 
     def row(self) -> MachineRow:
-        return MachineRow(
-            name=self.name,
-            state=str(self.machine.state),
-            desired=self.machine.desired,
-            pid=self.machine.pid,
-            pid_start=self.pid_start,
-            boot=self.boot,
-            started_at=self.started_at,
-            base=self.base,
-            uid=self.uid,
-            last_exit=self.machine.last_exit,
-        )
+        return listing.row_of(self)
 
     def info(self) -> dict[str, Any]:
         """What `warden ls` shows (kept cheap: no I/O)."""
-        up = time.time() - self.started_at if self.started_at and self.machine.pid else None
-        return {
-            "name": self.name,
-            "owner": self.spec.owner,
-            "state": str(self.machine.state),
-            "memory": self.spec.memory,
-            "image": self.spec.image,
-            "kernel": self.spec.kernel,
-            "pid": self.machine.pid,
-            "uptime": up,
-            "boot": self.boot,
-            "lines": list(self.spec.lines),
-            "last_exit": self.machine.last_exit,
-            "desired": self.machine.desired,
-            "cpu": self.cpus,
-            "waiting": self.ctx.boots.waiting(self.name) or None,
-            "pause_reason": self.machine.pause_reason or None,
-        }
+        return listing.info_of(self)
 
     # ---- events and actions ---------------------------------------------------------------
     def post(self, event: m.Event) -> None:
@@ -406,7 +377,7 @@ class Supervisor:
 
     def _bind_sockets(self) -> None:
         self._close_sockets()
-        self._notify = mconsole.NotifyListener(self.files.notify)
+        self.notify.open(self.files.notify)
         # Bound by a relative name: UML replies to it from its working directory, ctl/, which
         # a jailed kernel can still reach when its root cannot
         # (docs/decisions/2026-11-29-cgroups-and-jails.md, "Jails").
@@ -426,19 +397,10 @@ class Supervisor:
         for sock in (self.files.notify, self.files.reply, self.files.reply_intr):
             os.chown(sock, 0, group)
             os.chmod(sock, 0o660 if group else 0o600)
-        asyncio.get_running_loop().add_reader(self._notify.sock.fileno(), self._notified)
+        self.notify.watch()
 
     def _close_sockets(self) -> None:
-        if self._notify is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._notify.sock.fileno())
-            self._notify.close()
-            self._notify = None
-        for handle in (self._notify_paused, self._notify_report):
-            if handle is not None:
-                handle.cancel()
-        self._notify_paused = self._notify_report = None
-        self._report_notify_flood(force=True)
+        self.notify.close()
         if self.mconsole is not None:
             self.mconsole.close()
             self.mconsole = None
@@ -454,84 +416,34 @@ class Supervisor:
             return pid == self.machine.pid
         return uid in (0, os.geteuid(), self.uid)
 
-    # ---- the notify socket: a flood source (docs/security.md, "Guest channels") ------------
-    def _notified(self) -> None:
-        listener = self._notify
-        if listener is None:
-            return
-        budget = self._notify_budget
-        now = time.monotonic()
-        limit = min(guestinput.NOTIFY_BATCH, budget.read.available(now))
-        if limit <= 0:
-            self._pause_notify(budget.read.wait(now, guestinput.NOTIFY_BATCH))
-            return
-        items = listener.read_ready(limit, self._from_kernel)
-        budget.read.take(now, len(items))
-        if budget.read.available(now) < guestinput.NOTIFY_BATCH:
-            # wake up again for a whole batch, not for every datagram the budget frees
-            self._pause_notify(budget.read.wait(now, guestinput.NOTIFY_BATCH))
-        for item in items:
-            if isinstance(item, mconsole.Refused):
-                budget.tally.add(now, item.reason, item.size, item.problem)
-            elif item.type is mconsole.NotifyType.USER_NOTIFY:
-                if budget.user.admit(now, len(item.data)):
-                    self.ctx.guest_event(
-                        self.name, "guest-notify", type=item.type.name, text=item.text
-                    )
-            elif item.type is mconsole.NotifyType.PANIC:
-                # Never refused by the rate (the guest's first panic counts), once a boot.
-                if self._panicked_boot == self.boot:
-                    budget.tally.add(now, "repeated-panic", len(item.data))
-                else:
-                    self._panicked(item.text)
-            elif not budget.control.admit(now, len(item.data)):
-                pass  # counted in the tally: a kernel comes up once in a while, not often
-            elif item.type is mconsole.NotifyType.SOCKET:
-                self._kernel_up()
-            elif any(f.notified(self, item) for f in self.ctx.features):
-                # a feature's own notify (warden's kernel's MEMORY hint): the feature bounds
-                # what it does with a flood of them (the balancer's RESCUE_GAP)
-                pass
-            else:
+    # ---- the notify socket: a flood source (daemon/notify.py reads it within its budget) ---
+    def _dispatch_notify(
+        self, item: mconsole.Notify | mconsole.Refused, now: float, budget: NotifyBudget
+    ) -> None:
+        if isinstance(item, mconsole.Refused):
+            budget.tally.add(now, item.reason, item.size, item.problem)
+        elif item.type is mconsole.NotifyType.USER_NOTIFY:
+            if budget.user.admit(now, len(item.data)):
                 self.ctx.guest_event(self.name, "guest-notify", type=item.type.name, text=item.text)
-        if budget.tally.pending and self._notify_report is None:
-            deadline = budget.tally.deadline()
-            assert deadline is not None
-            self._notify_report = asyncio.get_running_loop().call_later(
-                max(0.0, deadline - now), self._report_notify_flood
-            )
+        elif item.type is mconsole.NotifyType.PANIC:
+            # Never refused by the rate (the guest's first panic counts), once a boot.
+            if self._panicked_boot == self.boot:
+                budget.tally.add(now, "repeated-panic", len(item.data))
+            else:
+                self._panicked(item.text)
+        elif not budget.control.admit(now, len(item.data)):
+            pass  # counted in the tally: a kernel comes up once in a while, not often
+        elif item.type is mconsole.NotifyType.SOCKET:
+            self._kernel_up()
+        elif any(f.notified(self, item) for f in self.ctx.features):
+            # a feature's own notify (warden's kernel's MEMORY hint): the feature bounds
+            # what it does with a flood of them (the balancer's RESCUE_GAP)
+            pass
+        else:
+            self.ctx.guest_event(self.name, "guest-notify", type=item.type.name, text=item.text)
 
-    def _pause_notify(self, seconds: float) -> None:
-        """Over the read budget: stop reading for a moment. The guest's kernel then waits in its
-        own sendto (the socket queue is full): the flood slows the guest that sends it."""
-        listener = self._notify
-        if listener is None or self._notify_paused is not None:
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(listener.sock.fileno())
-
-        def resume() -> None:
-            self._notify_paused = None
-            if self._notify is listener:
-                loop.add_reader(listener.sock.fileno(), self._notified)
-
-        self._notify_paused = loop.call_later(max(seconds, 0.01), resume)
-
-    def _report_notify_flood(self, force: bool = False) -> None:
-        self._notify_report = None
-        now = time.monotonic()
-        tally = self._notify_budget.tally
-        report = tally.flush(now) if force else tally.due(now)
-        if report is not None:
-            # one a window by construction: not through the guest's event gate, so that
-            # the counts always reach the database
-            self.ctx.event(self.name, tally.kind, **report)
-        if tally.pending and self._notify is not None:
-            deadline = tally.deadline()
-            assert deadline is not None
-            self._notify_report = asyncio.get_running_loop().call_later(
-                max(0.0, deadline - now), self._report_notify_flood
-            )
+    def _flood_event(self, kind: str, counts: dict[str, Any]) -> None:
+        self.ctx.event(self.name, kind, **counts)
 
     def _kernel_up(self) -> None:
         self.ctx.boots.up(self.name, self.cgroup.path)  # its slot goes when the boot settles

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from warden.spec import checks
 from warden.spec import fleet as fl
 from warden.spec.recycle import parse_duration
 
@@ -52,7 +53,7 @@ class Pool:
 
 def _duration(lo: int, hi: int) -> fl.Check:
     def check(v: Any) -> int:
-        seconds = parse_duration(fl._str(v))
+        seconds = parse_duration(checks._str(v))
         if not lo <= seconds <= hi:
             raise ValueError(f'expected a duration from {lo}s to {hi}s, e.g. "10m"')
         return seconds
@@ -68,7 +69,7 @@ def _listen(v: Any) -> int:
 
 
 def _addresses(v: Any) -> tuple[str, ...]:
-    items = fl._str_list(v)
+    items = checks._str_list(v)
     if not 1 <= len(items) <= MAX_ADDRESSES:
         raise ValueError(f"expected 1 to {MAX_ADDRESSES} IPv4 addresses, one per guest")
     for a in items:
@@ -82,13 +83,13 @@ def _addresses(v: Any) -> tuple[str, ...]:
 
 
 POOL_FIELDS: dict[str, fl.Check] = {
-    "name": fl._pattern(POOL_NAME, "lower-case letters, digits and '-', at most 20"),
-    "owner": fl._str,
-    "network": fl._str,
+    "name": checks._pattern(POOL_NAME, "lower-case letters, digits and '-', at most 20"),
+    "owner": checks._str,
+    "network": checks._str,
     "addresses": _addresses,
-    "size": fl._int_range(0, MAX_ADDRESSES),
+    "size": checks._int_range(0, MAX_ADDRESSES),
     "listen": _listen,
-    "port": fl._int_range(1, 65535),
+    "port": checks._int_range(1, 65535),
     "idle": _duration(*IDLE_RANGE),
     "wait": _duration(*WAIT_RANGE),
     **{k: fl.MACHINE_FIELDS[k] for k in TEMPLATE},
