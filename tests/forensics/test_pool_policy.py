@@ -176,7 +176,9 @@ def test_a_claim_without_a_handshake_is_released_unrecycled_and_offered_again() 
     # A real client's claim is confirmed by its handshake and kept until idle.
     p.claimed(C, "p-1", 8)
     p.confirmed({C}, 8.1)
+    p.seen({C}, 8.1)
     assert p.tick(100) == [] and p.guest_of(C) == "p-1"
+    p.confirmed({C}, 600)  # reported at every poll: a handshake once is not activity
     assert p.tick(608.1) == [Unmap(C, "p-1"), Recycle("p-1", f"pool: {C} idle 600s")]
 
 

@@ -223,11 +223,12 @@ class PoolPolicy:
                 self.state[guest].last_seen = now
 
     def confirmed(self, srcs: set[str], now: float) -> None:
+        """`srcs` completed a handshake (reported at every poll while they keep a guest: not
+        activity, which `seen` reports)."""
         for src in srcs:
             guest = self.by_src.get(src)
             if guest is not None:
                 self.state[guest].confirm_by = None
-                self.state[guest].last_seen = now
 
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
