@@ -44,7 +44,8 @@ The rules:
   it received a SYN and answered a SYN-ACK, which no process saw (sshd's accept() returns only
   after a completed handshake), so nothing in it changed but a request socket its kernel drops
   by itself. A waiting address mapped to a guest gets longer: its next SYN retransmission
-  comes at most (time waited so far) + 1 s later (Linux doubles the interval: 1, 3, 7, 15 s).
+  comes at most (time waited so far) + 1 s later (Linux: 1, 3, 7, 15 s after the first
+  before 6.7; 1, 2, 3, 4, 5, 7, 11, 19 s since, with tcp_syn_linear_timeouts = 4).
   So a flood of spoofed SYNs holds each warm guest for `claim_timeout`, not `idle`.
 - At most UNCONFIRMED_PER_NET claims from one /24 await their handshake at once; a further
   claim from that /24 is taken back at once (a spoofer inside its own provider's prefix, where
