@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.netlab import wait_for
+from tests.support.netlab import OUTSIDE_IP, wait_for
 from tests.support.poollab import ATTACKER2_IP, HOST2_IP, PoolLab
 from warden.forensics.pooldriver import GateClient
 
@@ -130,3 +130,21 @@ def test_any_packet_of_an_address_with_a_guest_is_activity(lab: PoolLab, gate: G
     # An address without a guest is nobody's activity.
     assert lab.connect(lab.attacker2, HOST2_IP, port=80, timeout=1).startswith("error")
     assert gate("poll")["pools"]["ssh"]["seen"] == ["192.168.250.2"]
+
+
+def test_a_completed_handshake_is_reported_and_a_spoofed_syn_is_not(
+    lab: PoolLab, gate: Gate
+) -> None:
+    lab.run(lab.host, "ip", "route", "add", "100.64.0.0/10", "via", OUTSIDE_IP)
+    gate("offer", pool="ssh", warm=["g-1", "g-2"])
+    # A spoofed SYN claims g-1 (the guest answers with a SYN-ACK nobody acknowledges) ...
+    lab.spoof_syns(lab.outside, ["100.64.0.7"])
+    wait_for("the spoofed claim", lambda: gate("poll")["pools"]["ssh"]["claims"], 5)
+    # ... a real client completes its handshake with g-2.
+    assert lab.connect(lab.outside).startswith("SSH-2.0-10.66.0.51 sees 192.168.250.2 ")
+    polled = gate("poll")["pools"]["ssh"]
+    assert polled["claims"] == [["g-1", "100.64.0.7"], ["g-2", "192.168.250.2"]]
+    assert polled["handshakes"] == ["192.168.250.2"]
+    # An address that loses its last guest must shake hands again for the next.
+    gate("unmap", pool="ssh", guest="g-2", src="192.168.250.2", last=True)
+    assert gate("poll")["pools"]["ssh"]["handshakes"] == []

@@ -3,11 +3,13 @@
 from warden.forensics.poolpolicy import (
     MAX_WAITING,
     RETRY_AFTER,
+    UNCONFIRMED_PER_NET,
     Forget,
     Map,
     Offer,
     PoolPolicy,
     Recycle,
+    Release,
     Slot,
     Start,
     Unmap,
@@ -67,6 +69,7 @@ def test_idle_recycle_order_and_reason() -> None:
     p = warm_pool(idle=60)
     p.claimed(A, "p-1", 5)
     p.claimed(B, "p-2", 5)
+    p.confirmed({A, B}, 5)
     p.seen({B}, 50)
     assert p.tick(64) == []  # A idle 59 s
     assert p.tick(65) == [Unmap(A, "p-1"), Recycle("p-1", f"pool: {A} idle 60s")]
@@ -91,6 +94,7 @@ def test_an_exhausted_pool_lets_an_address_wait_up_to_wait() -> None:
     p.ready("p-3", 1)
     for i, g in enumerate(GUESTS):
         p.claimed(f"10.0.0.{i}", g, 2)
+        p.confirmed({f"10.0.0.{i}"}, 2)
     assert p.waiting_src(C, 3) == []  # every guest taken, none stopped: nothing to boot
     assert p.tick(13) == []
     assert p.tick(14) == [Forget(C)]
@@ -99,6 +103,7 @@ def test_an_exhausted_pool_lets_an_address_wait_up_to_wait() -> None:
     p.seen({"10.0.0.1", "10.0.0.2"}, 58)
     assert p.tick(62) == [Unmap("10.0.0.0", "p-1"), Recycle("p-1", "pool: 10.0.0.0 idle 60s")]
     assert p.ready("p-1", 65) == [Map(B, "p-1")]
+    p.confirmed({B}, 66)
 
 
 def test_a_waiter_past_its_deadline_is_forgotten_when_a_guest_comes() -> None:
@@ -151,3 +156,68 @@ def test_guests_running_at_start_are_recycled_before_use() -> None:
     ]
     assert p.offered == ()
     assert p.ready("p-2", 2) == [Offer(("p-2",))]
+
+
+def test_a_claim_without_a_handshake_is_released_unrecycled_and_offered_again() -> None:
+    p = PoolPolicy(["p-1", "p-2"], size=2, idle=600, wait=10, claim_timeout=5)
+    p.tick(0)
+    p.ready("p-1", 1)
+    p.ready("p-2", 1)
+    # Spoofed SYNs took both guests: nobody at those addresses answers the SYN-ACK.
+    p.claimed(A, "p-1", 2)
+    assert p.claimed(B, "p-2", 2) == [Offer(())]
+    assert p.tick(7) == []  # 5 s: not yet
+    assert p.tick(7.5) == [
+        Release(A, "p-1", f"pool: {A} sent no handshake"),
+        Release(B, "p-2", f"pool: {B} sent no handshake"),
+        Offer(("p-1", "p-2")),
+    ]
+    assert p.guest_of(A) is None and p.slot("p-1") is Slot.WARM
+    # A real client's claim is confirmed by its handshake and kept until idle.
+    p.claimed(C, "p-1", 8)
+    p.confirmed({C}, 8.1)
+    p.seen({C}, 8.1)
+    assert p.tick(100) == [] and p.guest_of(C) == "p-1"
+    p.confirmed({C}, 600)  # reported at every poll: a handshake once is not activity
+    assert p.tick(608.1) == [Unmap(C, "p-1"), Recycle("p-1", f"pool: {C} idle 600s")]
+
+
+def test_a_released_guest_goes_to_a_waiting_address_first() -> None:
+    p = PoolPolicy(["p-1"], size=1, idle=600, wait=10, claim_timeout=3)
+    p.tick(0)
+    p.ready("p-1", 1)
+    p.claimed(A, "p-1", 2)
+    assert p.waiting_src(B, 2.5) == []  # no stopped guest left to boot for it
+    assert p.tick(5.5) == [Release(A, "p-1", f"pool: {A} sent no handshake"), Map(B, "p-1")]
+    assert p.offered == ()
+
+
+def test_a_mapped_waiter_has_until_its_next_retransmission_to_confirm() -> None:
+    p = PoolPolicy(["p-1"], size=0, idle=600, wait=20, claim_timeout=2)
+    p.waiting_src(A, 0)
+    assert p.ready("p-1", 6) == [Map(A, "p-1")]
+    # Waited 6 s: its SYNs went at 0, 1, 3 and 7 s, then 15 s; it has 6 + 1 + 2 s to confirm.
+    assert p.tick(15) == []
+    assert p.tick(15.1) == [Release(A, "p-1", f"pool: {A} sent no handshake"), Offer(("p-1",))]
+
+
+def test_unconfirmed_claims_per_24_are_bounded() -> None:
+    guests = [f"p-{i}" for i in range(1, 6)]
+    p = PoolPolicy(guests, size=5, idle=600, wait=10, claim_timeout=5)
+    p.tick(0)
+    for g in guests:
+        p.ready(g, 1)
+    for i in range(UNCONFIRMED_PER_NET):
+        p.claimed(f"198.51.100.{i + 1}", guests[i], 2)
+    n = UNCONFIRMED_PER_NET
+    third = "198.51.100.200"
+    assert p.claimed(third, guests[n], 2) == [
+        Release(third, guests[n], f"pool: 198.51.100.0/24 has {n} unconfirmed")
+    ]
+    assert p.slot(guests[n]) is Slot.WARM and p.guest_of(third) is None
+    # Another /24 is not held back, and a confirmed neighbour frees a place.
+    assert p.claimed(C, guests[n], 2) == [Offer(tuple(guests[n + 1 :]))]
+    assert p.guest_of(C) == guests[n]
+    p.confirmed({"198.51.100.1"}, 2.2)
+    assert p.claimed(third, guests[n + 1], 2.3) == [Offer(tuple(guests[n + 2 :]))]
+    assert p.guest_of(third) == guests[n + 1]

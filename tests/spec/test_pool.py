@@ -52,6 +52,7 @@ def test_a_pool_adds_one_machine_per_address_with_the_template() -> None:
 def test_defaults() -> None:
     (pool,) = parse(POOL).pools
     assert (pool.size, pool.listen, pool.guest_port, pool.idle, pool.wait) == (1, 22, 22, 600, 20)
+    assert pool.claim_timeout == 5
 
 
 @pytest.mark.parametrize(
@@ -63,6 +64,7 @@ def test_defaults() -> None:
         ('idle = "5s"\n', "pool 'ssh': idle = '5s': expected a duration from 10s"),
         ('idle = "ten"\n', "idle = 'ten': duration 'ten': expected whole numbers"),
         ('wait = "3m"\n', "wait = '3m': expected a duration from 0s to 120s"),
+        ('claim_timeout = "0s"\n', "claim_timeout = '0s': expected a duration from 1s to 60s"),
         ('forwards = ["tcp:22:22"]\n', "pool 'ssh': key 'forwards' is not allowed in a pool"),
         ('restart = "always"\n', "key 'restart' is not allowed in a pool"),
         ('memroy = "64M"\n', "key 'memroy' is unknown (did you mean 'memory'?)"),

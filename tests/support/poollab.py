@@ -3,7 +3,8 @@
 HOST; optionally GUESTS, a namespace of servers standing in for guests (the gate's own test).
 
 `connect` opens a TCP connection from an attacker and prints what the server sent first
-(repr), and how long it took; `hold` keeps one open for a while (for what the guest sees).
+(repr), and how long it took; `hold` keeps one open for a while (for what the guest sees);
+`spoof_syns` sends one SYN from each of many forged source addresses (a raw socket).
 """
 
 import subprocess
@@ -34,6 +35,28 @@ try:
     time.sleep(float(sys.argv[4]))
 except OSError as e:
     print("error", type(e).__name__, round(time.monotonic() - t, 4))
+"""
+
+# One SYN from each address to DST:DPORT, built by hand (IPPROTO_RAW: the kernel fills the IP
+# checksum and length; the TCP checksum is ours).
+SPOOF_SYNS = """
+import socket, struct, sys
+def csum(b):
+    if len(b) % 2: b += b"\\0"
+    s = sum(struct.unpack(f"!{len(b)//2}H", b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+dst, dport = sys.argv[1], int(sys.argv[2])
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i, src in enumerate(sys.argv[3:]):
+    sport = 40000 + i
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000 + i, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    raw.sendto(ip + tcp, (dst, 0))
+print("sent", len(sys.argv) - 3)
 """
 
 
@@ -86,3 +109,7 @@ class PoolLab(Lab):
     ) -> "subprocess.Popen[bytes]":
         return self.spawn(ns, sys.executable, "-c", CONNECT, to, "10", str(port), str(seconds),
                           stdout=subprocess.DEVNULL)  # fmt: skip
+
+    def spoof_syns(self, ns: str, srcs: list[str], to: str = HOST_IP, port: int = 22) -> None:
+        out = self.run(ns, sys.executable, "-c", SPOOF_SYNS, to, str(port), *srcs).stdout
+        assert out.split() == ["sent", str(len(srcs))], out

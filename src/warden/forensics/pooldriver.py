@@ -150,7 +150,13 @@ class PoolDriver:
         now = time.monotonic()
         running = {g.name for g in self.core.guests if g.state in m.LIVE}
         for p in self.pools:
-            policy = pp.PoolPolicy(list(p.guests), size=p.size, idle=p.idle, wait=p.wait)
+            policy = pp.PoolPolicy(
+                list(p.guests),
+                size=p.size,
+                idle=p.idle,
+                wait=p.wait,
+                claim_timeout=p.claim_timeout,
+            )
             self.policies[p.name] = policy
             for g in p.guests:
                 self.pool_of[g] = p
@@ -211,6 +217,7 @@ class PoolDriver:
             for src in got.get("waiting", []):
                 await self._run(p, policy.waiting_src(src, now))
             policy.seen(set(got.get("seen", [])), now)
+            policy.confirmed(set(got.get("handshakes", [])), now)
         for guest, seconds in seen.get("probes", {}).items():
             owner = self.pool_of.get(guest)
             if owner is None:
@@ -257,7 +264,10 @@ class PoolDriver:
                     self.core.event(c.guest, "pool-claimed", pool=p.name, src=c.src)
                 except WardenError as e:  # claimed in the kernel meanwhile: the poll tells
                     log.warning("pool %s: map %s -> %s: %s", p.name, c.src, c.guest, e)
-            elif isinstance(c, pp.Unmap):
+            elif isinstance(c, pp.Unmap | pp.Release):
+                if isinstance(c, pp.Release):
+                    self.core.event(c.guest, "pool-released", pool=p.name, src=c.src,
+                                    reason=c.reason)  # fmt: skip
                 last = policy.guest_of(c.src) is None
                 await self.gate.call("unmap", pool=p.name, guest=c.guest, src=c.src, last=last)
             elif isinstance(c, pp.Forget):

@@ -14,7 +14,8 @@ Protocol: SOCK_SEQPACKET, one JSON object per message. Request {"op": OP, ...}; 
     unmap {pool, guest, src, last}  last: `src` has no other guest of the pool
     forget {pool, src}
     probe {guest, address, port, timeout}   starts a probe; its result comes with a poll
-    poll {} -> {pools: {P: {claims: [[guest, src]], seen: [src], waiting: [src]}},
+    poll {} -> {pools: {P: {claims: [[guest, src]], seen: [src], waiting: [src],
+                            handshakes: [src]}},
                 probes: {guest: seconds | null}}
 When the daemon's end closes, the gate deletes the table and exits: no address keeps a route
 to a guest that nobody watches.
@@ -77,7 +78,7 @@ class Gate:
         self.run(rules.map_src(pool, guest, addr, src))
 
     def unmap(self, pool: str, guest: str, src: str, last: bool) -> None:
-        for text in [rules.unmap_guest(guest, src)] + ([rules.drop_src(pool, src)] if last else []):
+        for text in [rules.unmap_guest(guest, src)] + (rules.drop_src(pool, src) if last else []):
             try:
                 self.run(text)
             except GateError:
@@ -126,6 +127,7 @@ class Gate:
                 "claims": claims,
                 "seen": rules.addresses(rules.elements(listing, rules.seen_set(name))),
                 "waiting": rules.addresses(rules.elements(listing, rules.wait_set(name))),
+                "handshakes": rules.addresses(rules.elements(listing, rules.hand_set(name))),
             }
         with self._lock:
             probes, self.probes = self.probes, {}

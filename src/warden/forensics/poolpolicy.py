@@ -16,6 +16,8 @@ Observations
     ready(guest)        the guest's service answers on the pool's port
     failed(guest)       the guest did not start, or died: not used again before RETRY_AFTER
     seen(srcs)          these addresses sent packets recently (activity)
+    confirmed(srcs)     these addresses completed a TCP handshake with their guest (the
+                        kernel's conntrack marked a connection of theirs ASSURED)
     tick()              once a second: waits that ran out, idle guests, the refill
 
 Commands
@@ -36,6 +38,18 @@ The rules:
   addresses wait at once: a flood of spoofed addresses cannot boot the pool empty for nothing
   more than the addresses bound it.
 - A guest whose address sent nothing for `idle` seconds is recycled, and comes back warm.
+- A claim must be confirmed: an address that has not completed a TCP handshake with its guest
+  `claim_timeout` seconds after the claim (its SYN may have been spoofed: nobody there gets
+  the guest's SYN-ACK) loses the guest, which goes back to the warm guests WITHOUT a recycle:
+  it received a SYN and answered a SYN-ACK, which no process saw (sshd's accept() returns only
+  after a completed handshake), so nothing in it changed but a request socket its kernel drops
+  by itself. A waiting address mapped to a guest gets longer: its next SYN retransmission
+  comes at most (time waited so far) + 1 s later (Linux: 1, 3, 7, 15 s after the first
+  before 6.7; 1, 2, 3, 4, 5, 7, 11, 19 s since, with tcp_syn_linear_timeouts = 4).
+  So a flood of spoofed SYNs holds each warm guest for `claim_timeout`, not `idle`.
+- At most UNCONFIRMED_PER_NET claims from one /24 await their handshake at once; a further
+  claim from that /24 is taken back at once (a spoofer inside its own provider's prefix, where
+  BCP 38 filtering lets it forge only neighbours' addresses, holds that many guests at most).
 - Two SYNs of one new address on two CPUs may claim two guests: the second is taken back.
 - The refill keeps `size` guests warm or booting, plus one per waiting address, while stopped
   guests are left.
@@ -47,6 +61,12 @@ from dataclasses import dataclass, field
 
 MAX_WAITING = 64
 RETRY_AFTER = 30.0
+UNCONFIRMED_PER_NET = 2
+
+
+def _net(src: str) -> str:
+    """The /24 of an IPv4 address (the gate checked it)."""
+    return src.rsplit(".", 1)[0] + ".0/24"
 
 
 class Slot(enum.Enum):
@@ -89,7 +109,17 @@ class Forget:
     src: str
 
 
-Command = Start | Recycle | Offer | Map | Unmap | Forget
+@dataclass(frozen=True)
+class Release:
+    """Take the guest from `src`, which never completed a handshake (unmapped like Unmap); the
+    guest stays warm, unrecycled (the module's docstring says why it is still pristine)."""
+
+    src: str
+    guest: str
+    reason: str
+
+
+Command = Start | Recycle | Offer | Map | Unmap | Forget | Release
 
 
 @dataclass
@@ -98,6 +128,7 @@ class _Guest:
     src: str | None = None
     last_seen: float = 0.0
     retry_at: float = 0.0
+    confirm_by: float | None = None  # taken, no handshake seen yet: released after this time
 
 
 @dataclass
@@ -106,6 +137,7 @@ class PoolPolicy:
     size: int
     idle: float
     wait: float
+    claim_timeout: float = 5.0
     state: dict[str, _Guest] = field(default_factory=dict)
     by_src: dict[str, str] = field(default_factory=dict)
     waiting: "OrderedDict[str, float]" = field(default_factory=OrderedDict)  # src -> deadline
@@ -151,9 +183,12 @@ class PoolPolicy:
             )
         if src in self.by_src:  # two SYNs of one address claimed two guests: give one back
             return self._done([Unmap(src, guest)])
+        if self._unconfirmed_in(_net(src)) >= UNCONFIRMED_PER_NET:
+            return self._done(
+                [Release(src, guest, f"pool: {_net(src)} has {UNCONFIRMED_PER_NET} unconfirmed")]
+            )
         self.waiting.pop(src, None)
-        g.slot, g.src, g.last_seen = Slot.TAKEN, src, now
-        self.by_src[src] = guest
+        self._take(guest, src, now, now + self.claim_timeout)
         return self._done(self._refill(now))
 
     def waiting_src(self, src: str, now: float) -> list[Command]:
@@ -170,14 +205,7 @@ class PoolPolicy:
             return []
         g.slot = Slot.WARM
         out: list[Command] = []
-        while self.waiting:
-            src, deadline = self.waiting.popitem(last=False)
-            if deadline >= now:
-                g.slot, g.src, g.last_seen = Slot.TAKEN, src, now
-                self.by_src[src] = guest
-                out.append(Map(src, guest))
-                break
-            out.append(Forget(src))
+        out = self._to_waiter(guest, now)
         return self._done(out)
 
     def failed(self, guest: str, now: float) -> list[Command]:
@@ -195,6 +223,14 @@ class PoolPolicy:
             if guest is not None:
                 self.state[guest].last_seen = now
 
+    def confirmed(self, srcs: set[str], now: float) -> None:
+        """`srcs` completed a handshake (reported at every poll while they keep a guest: not
+        activity, which `seen` reports)."""
+        for src in srcs:
+            guest = self.by_src.get(src)
+            if guest is not None:
+                self.state[guest].confirm_by = None
+
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
         for src, deadline in list(self.waiting.items()):
@@ -202,6 +238,14 @@ class PoolPolicy:
                 del self.waiting[src]
                 out.append(Forget(src))
         for name, g in self.state.items():
+            if g.slot is Slot.TAKEN and g.src is not None and g.confirm_by is not None:
+                if now > g.confirm_by:
+                    src = g.src
+                    self.by_src.pop(src, None)
+                    g.slot, g.src, g.confirm_by = Slot.WARM, None, None
+                    out.append(Release(src, name, f"pool: {src} sent no handshake"))
+                    out += self._to_waiter(name, now)
+                continue
             if g.slot is Slot.TAKEN and g.src is not None and now - g.last_seen >= self.idle:
                 out.append(Unmap(g.src, name))
                 out.append(Recycle(name, f"pool: {g.src} idle {now - g.last_seen:.0f}s"))
@@ -210,6 +254,32 @@ class PoolPolicy:
         return self._done(out + self._refill(now))
 
     # ---- inside ------------------------------------------------------------------------------
+    def _take(self, guest: str, src: str, now: float, confirm_by: float) -> None:
+        g = self.state[guest]
+        g.slot, g.src, g.last_seen, g.confirm_by = Slot.TAKEN, src, now, confirm_by
+        self.by_src[src] = guest
+
+    def _to_waiter(self, guest: str, now: float) -> list[Command]:
+        """The warm `guest` to the longest-waiting address still within its wait."""
+        out: list[Command] = []
+        while self.waiting:
+            src, deadline = self.waiting.popitem(last=False)
+            if deadline >= now:
+                # Its client retransmits its SYN at most (time waited) + 1 s from now.
+                waited = max(0.0, now - (deadline - self.wait))
+                self._take(guest, src, now, now + waited + 1.0 + self.claim_timeout)
+                out.append(Map(src, guest))
+                break
+            out.append(Forget(src))
+        return out
+
+    def _unconfirmed_in(self, net: str) -> int:
+        return sum(
+            1
+            for g in self.state.values()
+            if g.slot is Slot.TAKEN and g.confirm_by is not None and g.src and _net(g.src) == net
+        )
+
     def _first(self, slot: Slot, now: float) -> str | None:
         for name in self.guests:
             g = self.state[name]

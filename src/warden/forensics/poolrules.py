@@ -9,9 +9,15 @@ one it never touches). For each pool P with guests G (in the pool's order) liste
     set  seen-P   addresses of srcs-P that sent a packet (to any port) within SEEN_TIMEOUT
     set  wait-P   new addresses that found no warm guest, for `wait` seconds, at most
                   MAX_WAITING (poolpolicy)
+    set  hand-P   addresses of srcs-P that completed a TCP handshake with their guest: a
+                  packet of theirs to port L in a connection conntrack marked ASSURED (set by
+                  the client's ACK of the guest's SYN-ACK, which a spoofed address never
+                  sends: it never sees the SYN-ACK). The policy releases a claim whose address
+                  is not here within the pool's `claim_timeout`.
 
     prerouting (filter, priority -150: after conntrack, before NAT)
         ip saddr @srcs-P: update @seen-P (activity)
+        tcp dport L, to a local address, ip saddr @srcs-P, ct status assured: add @hand-P
         tcp dport L, to a local address: jump claim-P
     claim-P
         ip saddr @srcs-P: return (on to the DNAT below)
@@ -47,6 +53,8 @@ from warden.forensics.poolpolicy import MAX_WAITING
 TABLE = "warden_pool"
 FAMILY = "ip"
 SEEN_TIMEOUT = 3  # seconds; the gate reports activity once a second or more often
+# hand-P holds only addresses of srcs-P (one per guest, a few more in races), deleted with them.
+MAX_HANDSHAKES = 1024
 _NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,40}\Z")
 
 
@@ -74,6 +82,10 @@ def seen_set(pool: str) -> str:
 
 def wait_set(pool: str) -> str:
     return f"wait-{_name(pool)}"
+
+
+def hand_set(pool: str) -> str:
+    return f"hand-{_name(pool)}"
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,10 @@ def table(pools: list[PoolNet]) -> str:
             f"add set {T} {wait_set(name)} {{ type ipv4_addr; size {MAX_WAITING}; "
             f"flags dynamic,timeout; timeout {max(1, int(p.wait))}s; }}"
         )
+        lines.append(
+            f"add set {T} {hand_set(name)} {{ type ipv4_addr; size {MAX_HANDSHAKES}; "
+            "flags dynamic; }"
+        )
         lines.append(f"add chain {T} claim-{name}")
         lines.append(f"add chain {T} nat-{name}")
         # Activity: any packet from an address with a guest, to any port (a connection the
@@ -127,6 +143,12 @@ def table(pools: list[PoolNet]) -> str:
         lines.append(
             f"add rule {T} prerouting ip saddr @{srcs_set(name)} "
             f"update @{seen_set(name)} {{ ip saddr }}"
+        )
+        # conntrack (priority -200) has already seen this packet: the ACK that completes the
+        # handshake is ASSURED here.
+        lines.append(
+            f"add rule {T} prerouting {_to_port(p.listen)} ip saddr @{srcs_set(name)} "
+            f"ct status assured add @{hand_set(name)} {{ ip saddr }}"
         )
         lines.append(f"add rule {T} prerouting {_to_port(p.listen)} jump claim-{name}")
         lines.append(f"add rule {T} nat {_to_port(p.listen)} jump nat-{name}")
@@ -170,9 +192,14 @@ def unmap_guest(guest: str, src: str) -> str:
     return f"delete element {T} {dnat_map(guest)} {{ {_ip(src)} }}\n"
 
 
-def drop_src(pool: str, src: str) -> str:
-    """`src` has no guest of `pool` any more: it is new again (seen goes by its timeout)."""
-    return f"delete element {T} {srcs_set(pool)} {{ {_ip(src)} }}\n"
+def drop_src(pool: str, src: str) -> list[str]:
+    """`src` has no guest of `pool` any more: it is new again (seen goes by its timeout), and
+    its next guest waits for a handshake of its own. Out of srcs first: no packet adds it to
+    hand after. Separate commands: either element may be missing."""
+    return [
+        f"delete element {T} {srcs_set(pool)} {{ {_ip(src)} }}\n",
+        f"delete element {T} {hand_set(pool)} {{ {_ip(src)} }}\n",
+    ]
 
 
 def forget(pool: str, src: str) -> str:

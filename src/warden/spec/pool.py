@@ -20,6 +20,7 @@ LISTEN = re.compile(r"\Atcp:(\d{1,5})\Z")
 MAX_ADDRESSES = 64
 IDLE_RANGE = (10, 30 * 86400)
 WAIT_RANGE = (0, 120)
+CLAIM_TIMEOUT_RANGE = (1, 60)
 # Machine fields a pool owns itself (docs/formats/fleet.md says why each is not a template's).
 OWN = ("nics", "forwards", "autostart", "restart", "recycle", "name", "owner")
 TEMPLATE = tuple(k for k in fl.MACHINE_FIELDS if k not in OWN)
@@ -36,6 +37,7 @@ class Pool:
     port: int = 0  # the guests' port; 0: the same as listen
     idle: int = 600
     wait: int = 20
+    claim_timeout: int = 5
     template: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -92,6 +94,7 @@ POOL_FIELDS: dict[str, fl.Check] = {
     "port": checks._int_range(1, 65535),
     "idle": _duration(*IDLE_RANGE),
     "wait": _duration(*WAIT_RANGE),
+    "claim_timeout": _duration(*CLAIM_TIMEOUT_RANGE),
     **{k: fl.MACHINE_FIELDS[k] for k in TEMPLATE},
 }
 REQUIRED = ("name", "owner", "network", "addresses")
