@@ -2,36 +2,17 @@
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import FLEET_HEAD, machine_toml
-from tests.support.daemon import DaemonProc
+from tests.support.daemon import DaemonProc, run_on, wait_state
 
 pytestmark = pytest.mark.guest
 
 
-def wait_state(d: DaemonProc, name: str, state: str, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = d.ls()[name]
-        if info["state"] == state:
-            return info
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} is {info['state']}, not {state}: {info}")
-        time.sleep(0.1)
-
-
-def run_on(d: DaemonProc, name: str, command: str, timeout: float = 3.0) -> str:
-    """Type `command` on the guest's console; return what it printed between markers."""
-    tag = f"m{time.monotonic_ns()}"
-    out = d.console(name, f"echo {tag}-a; {command}; echo {tag}-b\n", timeout=timeout)
-    m = re.search(rf"\n{tag}-a\r?\n(.*?){tag}-b", out, re.S)
-    assert m, f"no marked output from {name}: {out!r}"
-    return m.group(1).replace("\r\n", "\n")
 
 
 def pids_of(d: DaemonProc, name: str) -> list[int]:

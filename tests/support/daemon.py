@@ -7,6 +7,7 @@ to clean: a test that leaks fails through `assert_clean()`.
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,3 +154,24 @@ class DaemonProc:
 
     def assert_clean(self) -> None:
         assert instance_groups(self.layout) == [], "cgroups left behind"
+
+
+def wait_state(d: "DaemonProc", name: str, state: str, timeout: float = 90) -> dict[str, Any]:
+    """`name`'s `warden ls` entry once it is in `state`; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = d.ls()[name]
+        if info["state"] == state:
+            return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is {info['state']}, not {state}: {info}")
+        time.sleep(0.1)
+
+
+def run_on(d: "DaemonProc", name: str, command: str, timeout: float = 3.0) -> str:
+    """Type `command` on the guest's console; return what it printed between markers."""
+    tag = f"m{time.monotonic_ns()}"
+    out = d.console(name, f"echo {tag}-a; {command}; echo {tag}-b\n", timeout=timeout)
+    m = re.search(rf"\n{tag}-a\r?\n(.*?){tag}-b", out, re.S)
+    assert m, f"no marked output from {name}: {out!r}"
+    return m.group(1).replace("\r\n", "\n")
