@@ -131,8 +131,11 @@ def main() -> int:
                 lat, rate = asyncio.run(one(mode, root / f"{mode}{i}"))
                 lats[mode] += lat
                 rates[mode].append(rate)
-                print(f"run {i} {mode}: {rate / 1e6:.1f} MB/s, echo p50 "
-                      f"{statistics.median(lat) * 1e6:.0f} us", flush=True)
+                print(
+                    f"run {i} {mode}: {rate / 1e6:.1f} MB/s, echo p50 "
+                    f"{statistics.median(lat) * 1e6:.0f} us",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for q, name in ((50, "p50"), (99, "p99")):

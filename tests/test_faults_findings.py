@@ -279,6 +279,7 @@ def test_a_stored_fleet_that_no_longer_validates_destroys_nothing(home: Layout) 
     assert store.machine("a") is not None and store.load_fleet() == ("old.toml", stale)
     store.close()
     assert (home.machine("a") / "evidence").read_bytes() == b"the guest's disk"
+
     # the fixed file is what the daemon attaches with
     async def attach() -> None:
         d = build(home).daemon

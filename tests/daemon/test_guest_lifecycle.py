@@ -13,8 +13,6 @@ from tests.support.daemon import DaemonProc, run_on, wait_state
 pytestmark = pytest.mark.guest
 
 
-
-
 def pids_of(d: DaemonProc, name: str) -> list[int]:
     group = Path(f"/sys/fs/cgroup/unified/warden-{d.layout.instance}/{name}/cgroup.procs")
     if not group.exists():

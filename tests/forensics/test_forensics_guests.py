@@ -182,9 +182,7 @@ def test_on_logout_recycles_by_itself_once_the_last_session_ends(daemon: DaemonP
     guest_sh(daemon, "m1", "echo loot > /root/loot")  # attach, type, detach
 
     def kept() -> dict[str, Any] | None:
-        return next(
-            (e for e in events(daemon, "m1") if e["kind"] == "evidence-kept"), None
-        )
+        return next((e for e in events(daemon, "m1") if e["kind"] == "evidence-kept"), None)
 
     ev = wait_for("the recycle's evidence", kept, 60, 0.5)
     assert ev["reason"] == "recycle: on-logout: the last session ended" and ev["boot"] == 1

@@ -22,8 +22,6 @@ from warden.host import ns, uids
 pytestmark = pytest.mark.guest
 
 
-
-
 def audit(d: DaemonProc, name: str) -> dict[str, Any]:
     return json.loads(d.cli("jail", "audit", name, "--json").stdout)
 

@@ -49,9 +49,7 @@ class LogService:
             if u is None or not busy:
                 # Nothing of this guest is open: count from the disk again (its logs may have
                 # been archived by `warden destroy`, or the quota changed).
-                u = GuestUsage(
-                    self.layout.machine(machine) / "logs", self.core.fleet.logs.quota
-                )
+                u = GuestUsage(self.layout.machine(machine) / "logs", self.core.fleet.logs.quota)
                 self._usage[machine] = u
             return u
 
