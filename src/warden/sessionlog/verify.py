@@ -48,6 +48,15 @@ def reconcile(v: sl.Verdict, notes: mf.PartNotes | None, manifest_found: bool) -
     if notes is None:
         if not v.noted:
             return v  # written before manifests existed: the chain is all there is
+        if v.last_seq == 1 and v.last_kind == "open" and v.status == "cut":
+            # The writer links a part whole (header and `open`) and notes it right after: a
+            # daemon killed in between leaves this. It vouches for nothing, so a planted one
+            # would claim nothing either.
+            return replace(
+                v,
+                message="the daemon stopped while opening this part, before the manifest noted "
+                "it: it holds only its opening",
+            )
         why = (
             f"but {mf.FILE} is not there (deleted?)"
             if not manifest_found

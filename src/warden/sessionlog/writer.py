@@ -46,6 +46,18 @@ QUEUE_RESERVE = 8 << 20  # more for input and tty-log records: they are not drop
 __all__ = ["RESERVE_MAX", "GuestUsage", "SessionLogWriter", "SessionLog", "reserve_for"]
 
 
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the O_TMPFILE `fd` the name `path`; FileExistsError if it is taken, as O_EXCL.
+
+    linkat(2) with AT_SYMLINK_FOLLOW on /proc/self/fd/N: os.link calls plain link(2), which
+    would link the /proc symlink itself, unless a dir fd is given."""
+    d = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=d, follow_symlinks=True)
+    finally:
+        os.close(d)
+
+
 class SessionLog:
     """One line's log for one boot: the LineLog daemon/lines.py writes to.
 
@@ -369,17 +381,38 @@ class SessionLogWriter(Worker):
         )
 
     def _create(self, lg: SessionLog, d: Path, usage: GuestUsage, t: int) -> LogFile:
+        """A new part, on disk only once whole: the header and its `open` event are written to
+        an unnamed file (O_TMPFILE) that is then linked under the part's name. A daemon killed
+        half-way leaves no empty or headless part (`logs verify` would call it tampered)."""
         part = 1
         while True:
             path = d / logstore.log_name(lg.line, lg.boot, part)
-            if not path.with_name(path.name + ".gz").exists():
-                try:
-                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-                    fd = os.open(path, flags, 0o600)
-                    break
-                except FileExistsError:
-                    pass
-            part += 1
+            if path.exists() or path.with_name(path.name + ".gz").exists():
+                part += 1
+                continue
+            f, mac0 = self._write_opening(lg, d, path, part, usage, t)
+            try:
+                _link_unnamed(f.fd, path)
+            except OSError as e:
+                os.close(f.fd)
+                usage.add(-f.size)
+                f.disk.took(-f.size)
+                if not isinstance(e, FileExistsError):
+                    raise
+                part += 1
+                continue
+            break
+        # After the link: a part whose `open` never reached the manifest holds only its opening
+        # (warden.sessionlog.verify tells it from a part put there).
+        f.note_manifest("open", t, False, mac0=mac0.hex())
+        return f
+
+    def _write_opening(
+        self, lg: SessionLog, d: Path, path: Path, part: int, usage: GuestUsage, t: int
+    ) -> tuple[LogFile, bytes]:
+        """The part's header and `open` event, written to an unnamed file in `d`."""
+        flags = os.O_TMPFILE | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(d, flags, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         meta = {
             "format": "warden-session-log",
@@ -405,11 +438,8 @@ class SessionLogWriter(Worker):
         f.flush()
         if f.failed_attempts:  # not even the header could be written: no file at all
             os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
             raise OSError(errno.ENOSPC, f"cannot write the header of {path}: {f.failed_error}")
-        f.note_manifest("open", t, False, mac0=mac0.hex())
-        return f
+        return f, mac0
 
     def _continue(self, lg: SessionLog, d: Path, usage: GuestUsage, t: int) -> LogFile | None:
         """Re-open this boot's last part after a daemon restart; None: start a new part."""
