@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.daemon import DaemonProc
 from tests.support.etcd import EtcdCluster
+from warden import proc
 from warden.host import cgroup
 from warden.paths import layout
 
@@ -113,6 +114,20 @@ def guest_pids(host: DaemonProc, name: str) -> list[int]:
         return [int(p) for p in path.read_text().split()]
     except (FileNotFoundError, ProcessLookupError):
         return []
+
+
+def guest_kernel(host: DaemonProc, name: str) -> tuple[int, int] | None:
+    """Which UML kernel runs guest `name` on `host`: (pid, start time) of the one process in
+    its cgroup whose parent is outside it. The other processes come and go with the guest's
+    own programs (UML gives every guest address space a host process), so a guest that keeps
+    running keeps this pair, not its whole process list."""
+    pids = guest_pids(host, name)
+    for pid in pids:
+        fields = proc.stat_fields(pid)
+        if fields is not None and int(fields[1]) not in pids:  # field 4 of proc(5): ppid
+            start = proc.start_time(pid)
+            return None if start is None else (pid, start)
+    return None
 
 
 class Watch:

@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import TTL, Cluster, Watch, guest_pids, kinds_after, running_on
+from tests.cluster.conftest import (
+    TTL,
+    Cluster,
+    Watch,
+    guest_kernel,
+    guest_pids,
+    kinds_after,
+    running_on,
+)
 from tests.support.daemon import kill_home
 from warden.cluster.etcd import CALL_TIMEOUT
 from warden.cluster.hostplan import GRACE
@@ -137,7 +145,8 @@ def test_quorum_lost_briefly_changes_nothing_running(cluster: Cluster) -> None:
     c.apply(c.fleet(c.machine("a")))
     rows = c.wait("a running", lambda r: running_on(r, "a") is not None)
     d = c.hosts[rows["a"]["host"]]
-    pids = guest_pids(d, "a")
+    kernel = guest_kernel(d, "a")
+    assert kernel is not None
     c.etcd.stop("m1")
     c.etcd.stop("m2")
     lost = time.monotonic()
@@ -145,7 +154,7 @@ def test_quorum_lost_briefly_changes_nothing_running(cluster: Cluster) -> None:
     r = c.cli("apply", str(c.storage / "fleet.toml"), check=False)
     assert r.returncode == 2 and "etcd at" in r.stderr, r.stderr
     # ... and the running guest keeps running.
-    assert guest_pids(d, "a") == pids
+    assert guest_kernel(d, "a") == kernel
     c.etcd.start("m1")
     c.etcd.start("m2")
     while not c.etcd.healthy():
@@ -154,7 +163,7 @@ def test_quorum_lost_briefly_changes_nothing_running(cluster: Cluster) -> None:
     print(f"\nquorum lost for {outage:.1f}s (hosts fence after {fence_after:.1f}s without etcd)")
     assert outage < fence_after, "the outage outlasted the fence deadline: rerun"
     time.sleep(c.ttl)  # leases renewed again: no failover, no restart
-    assert guest_pids(d, "a") == pids
+    assert guest_kernel(d, "a") == kernel
     assert running_on(c.ls(), "a") == rows["a"]["host"]
 
 

@@ -1,5 +1,7 @@
 """The core's routes: the daemon, its machines, the fleet file and the events."""
 
+import asyncio
+
 from aiohttp import web
 
 from warden.api.common import Ctx, body, peer_user
@@ -79,7 +81,11 @@ async def post_fleet(c: Ctx, request: web.Request) -> web.Response:
 async def events(c: Ctx, request: web.Request) -> web.Response:
     machine_ = request.query.get("machine")
     since = int(request.query.get("since", "0"))
-    return web.json_response(c.daemon.ctx.store.events(machine_, since))
+    store = c.daemon.ctx.store
+    # What the daemon did before this request is in the answer: wait for the writer thread off
+    # the loop (under heavy disk I/O a commit can take seconds; the read's own wait is short).
+    await asyncio.to_thread(store.flush)
+    return web.json_response(store.events(machine_, since))
 
 
 async def event_stream(c: Ctx, request: web.Request) -> web.WebSocketResponse:
