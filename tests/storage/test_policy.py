@@ -5,7 +5,15 @@ from collections.abc import Iterable
 import pytest
 
 from warden.sessionlog import quota
-from warden.storage.policy import FAST, SLOW, FloorSetting, Reading, Watch
+from warden.storage.policy import (
+    FAST,
+    MIN_WAIT,
+    SLOW,
+    WORST_RATE,
+    FloorSetting,
+    Reading,
+    Watch,
+)
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -150,3 +158,24 @@ def test_a_guest_that_writes_on_at_the_edge_waits_longer_each_time() -> None:
     assert w.step(reading(t, floor - 1, {"a": cow})).pause == ("a",)
     t += 0.25
     assert w.step(reading(t, floor + floor // 2, {"a": cow}, held={"a"})).resume == ("a",)
+
+
+@pytest.mark.parametrize("above_reserve_mib", [40, 76, 300, 900])
+def test_a_guest_starting_at_full_speed_after_a_quiet_reading_cannot_reach_the_reserve(
+    above_reserve_mib: int,
+) -> None:
+    """CI: a home with 60 MiB above a 32 MiB floor read every 2 s (nothing grew), and a guest
+    then wrote 220 MB/s: the disk was full before the next reading."""
+    setting = FloorSetting(bytes=32 * MiB)
+    w = Watch(setting)
+    size = 176 * MiB
+    free = setting.floor(size) // 2 + above_reserve_mib * MiB
+    d = w.step(Reading(0, free, size, {"a": 0}, frozenset()))
+    assert MIN_WAIT <= d.wait <= SLOW
+    # At WORST_RATE from the instant of the reading, half the room is left at the next one.
+    assert d.wait * WORST_RATE <= above_reserve_mib * MiB / 2 or d.wait == MIN_WAIT
+
+
+def test_far_above_the_floor_the_unseen_writer_costs_no_extra_readings() -> None:
+    w = Watch()
+    assert w.step(reading(0, 20 * GiB, {"a": 0})).wait == SLOW
