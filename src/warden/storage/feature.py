@@ -2,7 +2,8 @@
 them when space comes back (the decisions are warden.storage.policy's; this is the driver).
 
 start/stop     the watch loop: statvfs of the home and st_blocks of each live guest's COW,
-               every 0.25 s while space is low, up to every 2 s while there is plenty
+               every 0.25 s while space is low, up to every 2 s while there is plenty,
+               sooner near the floor (policy.WORST_RATE: a writer not yet seen)
 check_fleet    the [host] floor must leave room to write and stay above the logs' floor
 fleet_changed  the floor again
 
