@@ -132,7 +132,10 @@ FLOODER = textwrap.dedent(
     print(time.monotonic() - t)
     """
 )
-FLOOD = 100_000
+# The bounds below are fixed amounts whatever the flood's length, so 20,000 datagrams (over 100
+# times the guest's event budget a minute) prove them; the issue's 100,000 are sent by the
+# fault campaign at full size (benchmarks/faults.py), which reports the same figures.
+FLOOD = 20_000
 
 
 def test_a_notify_flood_is_counted_not_stored_and_the_loop_stays_responsive(
@@ -616,6 +619,7 @@ def test_events_are_written_off_the_calling_thread(tmp_path: Path) -> None:
     for i in range(2000):
         store.event("g", "guest-notify", n=i)
     took = time.monotonic() - t0
+    assert store.flush()  # as GET /events does: a loaded host's writer may take over a second
     seen = store.events("g", limit=5000)
     store.close()
     assert on_caller == [], f"{len(on_caller)} INSERTs ran on the caller's thread"
