@@ -452,12 +452,30 @@ class GroupMemory:
         return self.pss - self.pss_shmem + self.ram_file
 
 
+def shared_deleted_maps(pid: int) -> set[tuple[int, int]]:
+    """(dev, inode) of the unlinked files the process maps shared, from /proc/PID/maps."""
+    out: set[tuple[int, int]] = set()
+    try:
+        text = Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return out
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[1][3] == "s" and parts[5].endswith("(deleted)"):
+            major, minor = (int(x, 16) for x in parts[3].split(":"))
+            out.add((os.makedev(major, minor), int(parts[4])))
+    return out
+
+
 def ram_files(pids: list[int]) -> dict[tuple[int, int], int]:
-    """The unlinked regular files the processes hold open and map shared (UML's RAM file:
-    made with O_TMPFILE in TMPDIR, a tmpfs, and mapped MAP_SHARED), by (dev, inode):
-    their allocated bytes (st_blocks: the tmpfs pages the file holds)."""
+    """UML's RAM file (made with O_TMPFILE in TMPDIR, a tmpfs, and mapped MAP_SHARED): the
+    unlinked files the processes hold open and map shared, by (dev, inode), with their
+    allocated bytes (st_blocks: the tmpfs pages the file holds, mapped or not)."""
     out: dict[tuple[int, int], int] = {}
     for pid in pids:
+        mapped = shared_deleted_maps(pid)
+        if not mapped:
+            continue
         try:
             fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except (FileNotFoundError, PermissionError):
@@ -467,7 +485,7 @@ def ram_files(pids: list[int]) -> dict[tuple[int, int], int]:
                 st = fd.stat()
             except OSError:
                 continue
-            if (st.st_mode & 0o170000) == 0o100000 and st.st_nlink == 0:
+            if (st.st_dev, st.st_ino) in mapped and st.st_nlink == 0:
                 out[(st.st_dev, st.st_ino)] = st.st_blocks * 512
     return out
 
