@@ -65,6 +65,7 @@ WINDOW = float(os.environ.get("SCALE_WINDOW", "30"))
 RAW = int(os.environ.get("SCALE_RAW", "10"))
 MIN_AVAIL = float(os.environ.get("SCALE_MIN_AVAIL_GIB", "2")) * (1 << 30)
 LS_RUNS = 5
+SOLO = 20  # consoles asked one at a time after the all-at-once round
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNIFIED = Path("/sys/fs/cgroup/unified")
 SWITCHES = re.compile(r"(?m)^(?:non)?voluntary_ctxt_switches:\s+(\d+)")
@@ -363,18 +364,23 @@ def percentile(xs: list[float], p: float) -> float:
 
 
 def console_latency(lay: Layout, names: list[str]) -> dict[str, float]:
+    """All consoles at once (the figure), then a few one at a time: what one answer costs
+    when nothing else is asked, to tell a slow path from a queue."""
     lat = answer(lay.socket, names, "lat", 60)
     xs = list(lat.values()) or [float("inf")]
     out = {
         "p50": percentile(xs, 50),
         "p99": percentile(xs, 99),
         "max": max(xs),
-        "missing": float(len(names) - len(xs)),
+        "missing": float(len(names) - len(lat)),
     }
+    alone = [t for n in names[:SOLO] for t in answer(lay.socket, [n], "solo", 60).values()]
     print(
         f"consoles, all {len(names)} at once: p50 {out['p50'] * 1000:.0f} ms, p99 "
         f"{out['p99'] * 1000:.0f} ms, max {out['max'] * 1000:.0f} ms; "
-        f"{int(out['missing'])} never answered",
+        f"{int(out['missing'])} never answered; one at a time ({len(alone)}): median "
+        f"{median(alone or [float('nan')]) * 1000:.0f} ms, max "
+        f"{max(alone or [float('nan')]) * 1000:.0f} ms",
         flush=True,
     )
     return out
