@@ -28,6 +28,7 @@ under SCALE_MIN_AVAIL_GIB (2). SCALE_KEEP=1 keeps the run's WARDEN_HOME.
 """
 
 import asyncio
+import ctypes
 import json
 import math
 import os
@@ -347,8 +348,8 @@ def idle_cost(lay: Layout, daemon_pid: int, window: float) -> Idle:
     )
     print(
         f"idle, over {dt:.0f} s: the guests used {idle.guests_total * 100:.1f}% of a CPU "
-        f"({idle.guests_cpu * 1e5:.2f} ms/s per guest), the daemon "
-        f"{idle.daemon_cpu * N * 100:.1f}% ({idle.daemon_cpu * 1e5:.2f} ms/s per guest); "
+        f"({idle.guests_cpu * 1e3:.2f} ms/s per guest), the daemon "
+        f"{idle.daemon_cpu * N * 100:.1f}% ({idle.daemon_cpu * 1e3:.2f} ms/s per guest); "
         f"{idle.wakeups:.1f} context switches per guest per second ({len(sw1)} threads in "
         f"{len(pids)} processes); load average {idle.load}",
         flush=True,
@@ -449,7 +450,7 @@ class GroupMemory:
     pss: int = 0  # sum of Pss over the group's processes
     pss_shmem: int = 0  # the part of it that is shmem: the mapped pages of the RAM file
     ram_file: int = 0  # the RAM file's allocated size (its tmpfs pages, mapped or not)
-    processes: int = 0
+    processes: int = 0  # address spaces, in fact (address_spaces)
 
     @property
     def total(self) -> int:
@@ -496,9 +497,29 @@ def ram_files(pids: list[int]) -> dict[tuple[int, int], int]:
     return out
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_KCMP, KCMP_VM = 312, 1  # x86_64; kcmp(2)
+
+
+def same_mm(a: int, b: int) -> bool:
+    """Whether two processes share one address space (UML's kernel clones helpers with
+    CLONE_VM: each is a process of its own in cgroup.procs, with the same smaps)."""
+    return bool(_libc.syscall(SYS_KCMP, a, b, KCMP_VM, 0, 0) == 0)
+
+
+def address_spaces(pids: list[int]) -> list[int]:
+    """One pid per address space: PSS is per address space, and counting a shared one once
+    per process would count its pages several times."""
+    first: list[int] = []
+    for pid in pids:
+        if not any(same_mm(pid, other) for other in first):
+            first.append(pid)
+    return first
+
+
 def group_memory(pids: list[int]) -> GroupMemory:
     m = GroupMemory()
-    for pid in pids:
+    for pid in address_spaces(pids):
         r = rollup(pid)
         if r:
             m.pss += r.get("Pss", 0)
@@ -513,7 +534,7 @@ def mapped_ram_file(pids: list[int]) -> int:
     smaps (slow: for one guest only)."""
     inodes = {ino for _, ino in ram_files(pids)}
     total, current = 0, False
-    for pid in pids:
+    for pid in address_spaces(pids):
         try:
             text = Path(f"/proc/{pid}/smaps").read_text()
         except FileNotFoundError:
@@ -542,7 +563,7 @@ def memory_of_groups(groups: list[Path], what: str) -> float:
     print(
         f"{what}, {n} guests: {total:.1f} MB each = PSS {mean['pss']:.1f} MB - its RAM-file "
         f"part (Pss_Shmem) {mean['pss_shmem']:.1f} MB + the RAM file's tmpfs pages "
-        f"{mean['ram_file']:.1f} MB; {procs:.1f} processes each (check, one guest: Pss_Shmem "
+        f"{mean['ram_file']:.1f} MB; {procs:.1f} address spaces each (check, one guest: Pss_Shmem "
         f"{first.pss_shmem / 1e6:.1f} MB, the RAM file's mappings in smaps {check:.1f} MB)",
         flush=True,
     )
