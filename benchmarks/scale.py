@@ -321,36 +321,38 @@ class Idle:
     guests_total: float  # fraction of one CPU, all guests
 
 
-def idle_cost(lay: Layout, daemon_pid: int, window: float) -> Idle:
-    groups = guest_groups(lay.instance)
+def idle_cost(
+    instance: str, groups: list[Path], daemon_pid: int | None, window: float, what: str
+) -> Idle:
+    """The guests' CPU, the daemon's and the guests' wake-ups over `window` seconds."""
+    n = len(groups)
     pids = [p for g in groups for p in group_pids(g)]
-    sw0, g0, d0, t0 = (
-        context_switches(pids),
-        instance_cpu(lay.instance),
-        proc_cpu(daemon_pid),
-        time.monotonic(),
-    )
+
+    def daemon() -> float:
+        return proc_cpu(daemon_pid) if daemon_pid else 0.0
+
+    sw0, g0, d0, t0 = context_switches(pids), instance_cpu(instance), daemon(), time.monotonic()
     time.sleep(window)
-    sw1, g1, d1, t1 = (
-        context_switches(pids),
-        instance_cpu(lay.instance),
-        proc_cpu(daemon_pid),
-        time.monotonic(),
-    )
+    sw1, g1, d1, t1 = context_switches(pids), instance_cpu(instance), daemon(), time.monotonic()
     dt = t1 - t0
     switches = sum(sw1[t] - sw0[t] for t in sw1.keys() & sw0.keys())
     idle = Idle(
-        guests_cpu=(g1 - g0) / dt / N,
-        daemon_cpu=(d1 - d0) / dt / N,
-        wakeups=switches / dt / N,
+        guests_cpu=(g1 - g0) / dt / n,
+        daemon_cpu=(d1 - d0) / dt / n,
+        wakeups=switches / dt / n,
         load=loadavg(),
         guests_total=(g1 - g0) / dt,
     )
     print(
-        f"idle, over {dt:.0f} s: the guests used {idle.guests_total * 100:.1f}% of a CPU "
-        f"({idle.guests_cpu * 1e3:.2f} ms/s per guest), the daemon "
-        f"{idle.daemon_cpu * N * 100:.1f}% ({idle.daemon_cpu * 1e3:.2f} ms/s per guest); "
-        f"{idle.wakeups:.1f} context switches per guest per second ({len(sw1)} threads in "
+        f"{what} idle, {n} guests over {dt:.0f} s: the guests used "
+        f"{idle.guests_total * 100:.1f}% of a CPU ({idle.guests_cpu * 1e3:.2f} ms/s per guest)"
+        + (
+            f", the daemon {idle.daemon_cpu * n * 100:.1f}% ({idle.daemon_cpu * 1e3:.2f} ms/s "
+            "per guest)"
+            if daemon_pid
+            else ""
+        )
+        + f"; {idle.wakeups:.1f} context switches per guest per second ({len(sw1)} threads in "
         f"{len(pids)} processes); load average {idle.load}",
         flush=True,
     )
@@ -570,9 +572,10 @@ def memory_of_groups(groups: list[Path], what: str) -> float:
     return total
 
 
-def raw_memory(lay: Layout, image: Path, n: int, settle: float) -> float:
+def raw_guests(lay: Layout, image: Path, n: int, settle: float) -> tuple[float, Idle]:
     """Boot `n` raw linux.uml guests (the same kernel, image and memory; no daemon, no
-    balancer, no jail), wait for each prompt, let them settle and count them like warden's."""
+    balancer, no jail), wait for each prompt, let them settle, and count their memory and
+    idle cost like warden's."""
     work = lay.home / "raw"
     work.mkdir(exist_ok=True)
     guests = [
@@ -585,7 +588,9 @@ def raw_memory(lay: Layout, image: Path, n: int, settle: float) -> float:
         for g in guests:
             g.wait_prompt(120)
         time.sleep(settle)
-        return memory_of_groups([g.cg.path for g in guests], "raw linux.uml")
+        groups = [g.cg.path for g in guests]
+        idle = idle_cost(lay.instance, groups, None, WINDOW, "raw linux.uml")
+        return memory_of_groups(groups, "raw linux.uml"), idle
     finally:
         for g in guests:
             g.close()
@@ -688,7 +693,7 @@ def main() -> None:
             "guest",
             flush=True,
         )
-        idle = idle_cost(lay, daemon_pid, WINDOW)
+        idle = idle_cost(lay.instance, guest_groups(lay.instance), daemon_pid, WINDOW, "warden")
         latency = console_latency(lay, up)
         ls = ls_times(lay)
         per_guest = memory_of_groups(guest_groups(lay.instance), "warden")
@@ -697,13 +702,25 @@ def main() -> None:
     finally:
         d.close()
     try:
-        raw = raw_memory(lay, image, RAW, SETTLE) if RAW else None
+        raw, raw_idle = raw_guests(lay, image, RAW, SETTLE) if RAW else (None, None)
     finally:
         kill_home(lay)  # the raw guests' instance group too
     watch.done.set()
     print(f"lowest MemAvailable during the run: {watch.lowest / (1 << 30):.1f} GiB", flush=True)
     drop_home(home, "SCALE_KEEP")
-    report(boot, idle, latency, ls, per_guest, raw, used / N / 1e6, daemon_added / N, lost, bal)
+    report(
+        boot,
+        idle,
+        latency,
+        ls,
+        per_guest,
+        raw,
+        raw_idle,
+        used / N / 1e6,
+        daemon_added / N,
+        lost,
+        bal,
+    )
 
 
 def report(
@@ -713,6 +730,7 @@ def report(
     ls: list[float],
     per_guest: float,
     raw: float | None,
+    raw_idle: Idle | None,
     avail_drop: float,
     daemon_added: float,
     lost: dict[str, Any],
@@ -774,9 +792,24 @@ def report(
         "raw linux.uml by PSS" if raw else "",
     )
     result(f"{g}: daemon memory per guest", max(daemon_added, 0.0), None, "report", "MB")
-    result(f"{g}: guests' idle CPU per guest", idle.guests_cpu * 100, None, "report", "% of a CPU")
+    raw_name = f"{RAW} raw linux.uml" if raw_idle else ""
+    result(
+        f"{g}: guests' idle CPU per guest",
+        idle.guests_cpu * 100,
+        raw_idle.guests_cpu * 100 if raw_idle else None,
+        "report",
+        "% of a CPU",
+        raw_name,
+    )
     result(f"{g}: daemon's CPU per idle guest", idle.daemon_cpu * 100, None, "report", "% of a CPU")
-    result(f"{g}: wake-ups per idle guest", idle.wakeups, None, "report", "/s")
+    result(
+        f"{g}: wake-ups per idle guest",
+        idle.wakeups,
+        raw_idle.wakeups if raw_idle else None,
+        "report",
+        "/s",
+        raw_name,
+    )
     result(f"{g}: load average (1 min) idle", float(idle.load.split()[0]), None, "report", "")
     active = bal["ticks"] > 0 and bal["max_gap"] <= 5.0 and sum(bal["acts"].values()) > 0
     result(
