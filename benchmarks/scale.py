@@ -366,10 +366,13 @@ def percentile(xs: list[float], p: float) -> float:
     return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
 
 
-def console_latency(lay: Layout, names: list[str]) -> dict[str, float]:
+def console_latency(lay: Layout, names: list[str], daemon_pid: int) -> dict[str, float]:
     """All consoles at once (the figure), then a few one at a time: what one answer costs
-    when nothing else is asked, to tell a slow path from a queue."""
+    when nothing else is asked, to tell a slow path from a queue; and the CPU the round took
+    (the guests' and the daemon's, attaching included), per console."""
+    g0, d0 = instance_cpu(lay.instance), proc_cpu(daemon_pid)
     lat = answer(lay.socket, names, "lat", 60)
+    g1, d1 = instance_cpu(lay.instance), proc_cpu(daemon_pid)
     xs = list(lat.values()) or [float("inf")]
     out = {
         "p50": percentile(xs, 50),
@@ -381,7 +384,9 @@ def console_latency(lay: Layout, names: list[str]) -> dict[str, float]:
     print(
         f"consoles, all {len(names)} at once: p50 {out['p50'] * 1000:.0f} ms, p99 "
         f"{out['p99'] * 1000:.0f} ms, max {out['max'] * 1000:.0f} ms; "
-        f"{int(out['missing'])} never answered; one at a time ({len(alone)}): median "
+        f"{int(out['missing'])} never answered; CPU per console: guest "
+        f"{(g1 - g0) / len(names) * 1000:.1f} ms, daemon {(d1 - d0) / len(names) * 1000:.1f} ms; "
+        f"one at a time ({len(alone)}): median "
         f"{median(alone or [float('nan')]) * 1000:.0f} ms, max "
         f"{max(alone or [float('nan')]) * 1000:.0f} ms",
         flush=True,
@@ -694,7 +699,7 @@ def main() -> None:
             flush=True,
         )
         idle = idle_cost(lay.instance, guest_groups(lay.instance), daemon_pid, WINDOW, "warden")
-        latency = console_latency(lay, up)
+        latency = console_latency(lay, up, daemon_pid)
         ls = ls_times(lay)
         per_guest = memory_of_groups(guest_groups(lay.instance), "warden")
         lost = panics(lay, names)
