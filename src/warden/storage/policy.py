@@ -44,7 +44,8 @@ INTERVALS_OF_ROOM = 4
 # reading must not reach the reserve before the next. WORST_RATE is how fast a guest can fill
 # its COW: 220 MB/s measured here (dd to a minimal guest's root filesystem, an ext4 home on a
 # loop device), twice that. The watch looks again before it could use half of the room above
-# the reserve: within 1 GiB of the reserve it reads faster than every SLOW seconds.
+# the reserve: within 2 GiB of the reserve (4 x WORST_RATE x SLOW) it reads more often than
+# every SLOW seconds.
 WORST_RATE = 512 << 20
 MIN_WAIT = 0.05
 
