@@ -8,10 +8,11 @@ network service and the honeypot feature keep both for the processes that outliv
 
 from pathlib import Path
 
-# Fields after the command name in /proc/PID/stat: 0 is the state (field 3 of proc(5)), 19 the
-# start time (field 22). The name is in parentheses and may hold spaces and ")": split after
-# the last ")".
+# Fields after the command name in /proc/PID/stat: 0 is the state (field 3 of proc(5)), 1 the
+# parent's pid (field 4), 19 the start time (field 22). The name is in parentheses and may
+# hold spaces and ")": split after the last ")".
 STATE = 0
+PPID = 1
 START_TIME = 19
 GONE = ("Z", "X")  # a zombie or a dead process: it no longer runs
 

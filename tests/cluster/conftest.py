@@ -123,10 +123,9 @@ def guest_kernel(host: DaemonProc, name: str) -> tuple[int, int] | None:
     running keeps this pair, not its whole process list."""
     pids = guest_pids(host, name)
     for pid in pids:
-        fields = proc.stat_fields(pid)
-        if fields is not None and int(fields[1]) not in pids:  # field 4 of proc(5): ppid
-            start = proc.start_time(pid)
-            return None if start is None else (pid, start)
+        fields = proc.stat_fields(pid)  # one read: the parent and the start time together
+        if fields is not None and int(fields[proc.PPID]) not in pids:
+            return pid, int(fields[proc.START_TIME])
     return None
 
 
