@@ -220,25 +220,47 @@ def test_a_session_whose_key_is_removed_is_closed(env: Env, tmp_path: Path) -> N
     assert new_key.run(env.port, "list").returncode == 0
 
 
+HOSTILE_PRINTF = (
+    r"printf '\033]52;c;cHduZWQ=\007\033[6n\033P$qm\033\\\033[1;31m%s\033[0m\n' hi-$((6*7))"
+    "\n"
+)
+RAW = b"\x1b]52;c;cHduZWQ=\x07\x1b[6n\x1bP$qm\x1b\\"
+
+
+def assert_filtered(out: bytes) -> None:
+    assert b"\x1b]" not in out and b"\x1b[6n" not in out and b"\x1bP" not in out, out[-400:]
+
+
 @pytest.mark.guest
-def test_a_spy_gets_no_terminal_queries_the_writer_does(env: Env) -> None:  # noqa: F811
+def test_only_the_writer_on_a_pty_gets_terminal_queries(env: Env) -> None:  # noqa: F811
+    """A spy is filtered, and so is a writer without a PTY (`ssh -T ... web1 < script`: no
+    terminal answers, its output lands in a file someone cats later); the writer on a PTY
+    (`ssh -t`) and anyone asking `--raw` get the guest's bytes."""
     env.apply(machine_toml("web1", "alice"))
     wait_running(env.d, "web1")
-    writer = env.session(env.alice, "web1")
-    shell_ready(writer)
+    script = env.session(env.alice, "web1")  # ssh -T: the writer, without a PTY
+    script.expect("as the writer", stream="err")
+    shell_ready(script)
     spy = env.session(env.alice, "web1", "--spy")
     spy.expect("as a spy", stream="err")
     raw = env.session(env.alice, "web1", "--spy", "--raw")
     raw.expect("as a spy", stream="err")
-    writer.send(
-        r"printf '\033]52;c;cHduZWQ=\007\033[6n\033P$qm\033\\\033[1;31m%s\033[0m\n' hi-$((6*7))"
-        "\n"
-    )
-    for s in (writer, spy, raw):
+    script.send(HOSTILE_PRINTF)
+    for s in (script, spy, raw):
         s.expect(r"\x1b\[1;31mhi-42\x1b\[0m")
-    for s in (writer, raw):
-        assert b"\x1b]52;c;cHduZWQ=\x07\x1b[6n\x1bP$qm\x1b\\" in s.out
-    assert b"\x1b]" not in spy.out and b"\x1b[6n" not in spy.out and b"\x1bP" not in spy.out
-    for s in (writer, spy, raw):
+    assert RAW in raw.out
+    assert_filtered(script.out)
+    assert_filtered(spy.out)
+    for s in (script, spy, raw):
         s.close_input()
         assert s.wait() == 0
+    # The writer on a PTY, then a script asking --raw: both get the guest's bytes.
+    for args, tty in ((("web1",), True), (("web1", "--raw"), False)):
+        w = env.session(env.alice, *args, tty=tty)
+        w.expect("as the writer", stream="err")
+        shell_ready(w)
+        w.send(HOSTILE_PRINTF)
+        w.expect(r"\x1b\[1;31mhi-42\x1b\[0m")
+        assert RAW in w.out, (args, w.out[-400:])
+        w.close_input()
+        w.wait()

@@ -18,8 +18,8 @@ HELP = (
     "      --spy        watch only: your keystrokes go nowhere\n"
     "      --force      take the line over from its current writer (logged)\n"
     "      --scrollback N   first replay up to N bytes of recent output\n"
-    "      --raw        the guest's bytes untouched (a spy's output is otherwise filtered:\n"
-    "                   no OSC/DCS/APC strings, no terminal queries)\n"
+    "      --raw        the guest's bytes untouched (a spy's, or a session's without -t,\n"
+    "                   is otherwise filtered: no OSC/DCS/APC strings, no terminal queries)\n"
     "  While attached: Ctrl-] then . detaches, Ctrl-] Ctrl-] sends Ctrl-], Ctrl-] ? helps.\n"
 )
 

@@ -20,8 +20,9 @@ password hash it logged in with; when the fleet file no longer holds it, the con
 closed.
 
 A spy's terminal gets the guest's output through warden.termsafe.TerminalFilter (no OSC, DCS,
-APC, PM, SOS or terminal queries), as does any scrollback; the writer gets the raw stream (its
-programs need their terminal's answers), `--raw` asks for it as a spy too
+APC, PM, SOS or terminal queries), as does any scrollback and a writer without a PTY; the
+writer on a PTY gets the raw stream (its programs need their terminal's answers), `--raw` asks
+for it as a spy or a script too
 (docs/decisions/2026-12-07-operator-terminals.md).
 """
 

@@ -2,7 +2,8 @@
 refusal, or one terminal attached to one guest line as the writer or a spy.
 
 The guest's output reaches a spy through warden.termsafe.TerminalFilter within a CPU budget
-(warden.console.screen, shared with the web console); the writer gets the raw stream. Input
+(warden.console.screen, shared with the web console); the writer on a PTY gets the raw stream
+(a writer without one is filtered, as a script's `warden console` is). Input
 flows back under SSH flow control: a guest that reads slower than its writer types pauses the
 channel instead of dropping input.
 """
@@ -174,9 +175,13 @@ class Session(asyncssh.SSHServerSession[bytes]):
         chan.write(self._screen(data))
 
     def _screen(self, data: bytes) -> bytes:
-        """What this client's terminal may get: raw for the writer (and --raw), else
-        filtered; a writer demoted to spy is filtered from then on."""
-        out, notices = self.screen.feed(data, self.client is not None and self.client.writer)
+        """What this client's terminal may get: raw for the writer on a PTY (and --raw),
+        else filtered; a writer demoted to spy is filtered from then on. A writer without a
+        PTY (`ssh -T ... web1 < script`, cron) has no terminal to answer a query: its output
+        goes to a file or a pipe that someone later cats to a terminal, like `warden console`
+        without a TTY, so it is filtered too."""
+        writer = self.client is not None and self.client.writer and self.pty
+        out, notices = self.screen.feed(data, writer)
         for text in notices:
             self._notice(text)
         return out
