@@ -1,12 +1,15 @@
 """A real etcd cluster (Debian's etcd-server, 3.4) of three members on loopback ports, for a
 test: own data directories in a temporary folder, every member killed at close()."""
 
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,8 +80,6 @@ class EtcdCluster:
 
     def healthy(self) -> bool:
         """Every running member answers /health with a leader (quorum)."""
-        import urllib.request
-
         for n in self.names:
             if n not in self.procs:
                 continue
@@ -90,6 +91,38 @@ class EtcdCluster:
             except OSError:
                 return False
         return True
+
+    def _status(self, name: str) -> dict[str, Any]:
+        """etcd's maintenance status of member `name` (its id, and the leader it follows)."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.client[name]}/v3/maintenance/status", data=b"{}"
+        )
+        with urllib.request.urlopen(req, timeout=2) as r:
+            out: dict[str, Any] = json.loads(r.read())
+        return out
+
+    def leader(self) -> str | None:
+        """The member the running members agree leads, or None (no quorum, or an election)."""
+        ids = {self._status(n)["header"]["member_id"]: n for n in self.procs}
+        leaders = {self._status(n).get("leader") for n in self.procs}
+        return ids.get(leaders.pop()) if len(leaders) == 1 else None
+
+    def make_leader(self, name: str, timeout: float = 30.0) -> None:
+        """Move the leadership to `name` (etcd's MoveLeader, asked of the current leader), so
+        a test that kills `name` kills the leader: the worst case, an election, every time."""
+        target = self._status(name)["header"]["member_id"]
+        deadline = time.monotonic() + timeout
+        while (now := self.leader()) != name:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd: {name} did not become leader in {timeout}s")
+            if now is not None:
+                body = json.dumps({"targetID": target}).encode()
+                url = f"http://127.0.0.1:{self.client[now]}/v3/maintenance/transfer-leadership"
+                try:
+                    urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10)
+                except OSError:
+                    pass  # an election in between: ask again
+            time.sleep(0.1)
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name)

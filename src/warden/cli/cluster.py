@@ -17,13 +17,13 @@ T = TypeVar("T")
 
 
 def _with_etcd(args: argparse.Namespace, fn: "Callable[[Any], Awaitable[T]]") -> T:
-    from warden.cluster.etcd import Etcd
+    from warden.cluster.etcd import ADMIN_CALL_TIMEOUT, Etcd
 
     if not args.cluster:
         raise WardenError(f"warden {args.command} needs --cluster URL (an etcd client URL)")
 
     async def go() -> T:
-        etcd = Etcd(args.cluster)
+        etcd = Etcd(args.cluster, timeout=ADMIN_CALL_TIMEOUT)
         try:
             return await fn(etcd)
         finally:
