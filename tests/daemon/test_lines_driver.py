@@ -24,6 +24,7 @@ class Log:
         self.inp = 0
         self.events: list[tuple[str, dict[str, object]]] = []
         self.done: Callable[[int], None] | None = None
+        self.input_done: Callable[[int], None] | None = None
 
     def output(self, data: bytes) -> None:
         self.out += len(data)
@@ -33,8 +34,13 @@ class Log:
     def on_written(self, done: Callable[[int], None]) -> None:
         self.done = done
 
+    def on_input_written(self, done: Callable[[int], None]) -> None:
+        self.input_done = done
+
     def input(self, data: bytes, user: str) -> None:
         self.inp += len(data)
+        if self.input_done is not None:
+            self.input_done(len(data))  # written at once
 
     def event(self, kind: str, **fields: object) -> None:
         self.events.append((kind, fields))
@@ -135,14 +141,114 @@ def test_a_guest_that_reads_no_input_gets_a_bounded_queue(tmp_path: Path) -> Non
 
 
 class HeldLog(Log):
-    """A LineLog whose writer confirms only when told (`confirm`), or never."""
+    """A LineLog whose writer confirms only when told (`confirm`, `confirm_input`), or never."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp_confirmed = 0
 
     def output(self, data: bytes) -> None:
         self.out += len(data)
 
+    def input(self, data: bytes, user: str) -> None:
+        self.inp += len(data)
+
     def confirm(self) -> None:
         if self.done is not None:  # (a relay that asks for no confirmation: nothing to do)
             self.done(self.out)
+
+    def confirm_input(self) -> None:
+        if self.input_done is not None:
+            self.input_done(self.inp - self.inp_confirmed)
+            self.inp_confirmed = self.inp
+
+
+def guest_read(kernel: Any) -> bytes:
+    """What the guest could read of its input now."""
+    try:
+        return os.read(kernel.read, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_a_keystroke_reaches_the_guest_only_once_the_log_has_it(tmp_path: Path) -> None:
+    """What a daemon killed now would leave: typed bytes the log has not confirmed are held,
+    so the guest never got one the log lacks; `daemon-detach` counts the ones held."""
+    files = MachineFiles(tmp_path / "m5", "m5")
+    files.create(("con0",))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        kernel = open_kernel_ends(files, "con0")
+        line = Line("m5", "con0", files)
+        log = HeldLog()
+        line.open_boot(log)
+        writer = Viewer("alice", reads=True)
+        line.attach(writer.client, want_write=True)
+        line.write(writer.client, b"ls -l\n")
+        await asyncio.sleep(0.05)
+        got["before"] = guest_read(kernel)
+        log.confirm_input()  # the writer: the 6 bytes are in the file
+        await asyncio.sleep(0.05)
+        got["after"] = guest_read(kernel)
+        line.write(writer.client, b"rm -rf /tmp/x\n")  # typed; the daemon then goes away
+        await asyncio.sleep(0.05)
+        line.detach_daemon()
+        await asyncio.sleep(0.05)
+        got["detached"] = guest_read(kernel)
+        got["events"] = list(log.events)
+        log.confirm_input()  # a late confirmation belongs to nobody now
+        await asyncio.sleep(0.05)
+        got["late"] = guest_read(kernel)
+        kernel.close()
+
+    run_driver(main)
+    assert got["before"] == b""
+    assert got["after"] == b"ls -l\n"
+    assert got["detached"] == b"" and got["late"] == b""
+    detach = [f for k, f in got["events"] if k == "daemon-detach"]
+    assert detach and detach[0]["input_held"] == len(b"rm -rf /tmp/x\n")
+
+
+def test_a_writer_that_never_confirms_input_holds_keystrokes_for_ack_grace_only(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(lines, "ACK_GRACE", 0.2)
+    files = MachineFiles(tmp_path / "m6", "m6")
+    files.create(("con0",))
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        kernel = open_kernel_ends(files, "con0")
+        line = Line("m6", "con0", files)
+        log = HeldLog()  # never confirms, until the end
+        line.open_boot(log)
+        writer = Viewer("alice", reads=True)
+        line.attach(writer.client, want_write=True)
+        line.write(writer.client, b"a")
+        await asyncio.sleep(0.1)
+        got["held"] = guest_read(kernel)
+        await asyncio.sleep(0.3)  # past the grace: relayed unconfirmed
+        got["grace"] = guest_read(kernel)
+        line.write(writer.client, b"b")  # the writer is still behind: at once
+        await asyncio.sleep(0.02)
+        got["late_mode"] = guest_read(kernel)
+        log.confirm_input()  # it catches up: nothing is relayed twice
+        await asyncio.sleep(0.05)
+        got["twice"] = guest_read(kernel)
+        line.write(writer.client, b"c")  # and the next keystroke waits for its own again
+        await asyncio.sleep(0.05)
+        got["next_held"] = guest_read(kernel)
+        log.confirm_input()
+        await asyncio.sleep(0.05)
+        got["next"] = guest_read(kernel)
+        line.close_boot("test over")
+        kernel.close()
+
+    run_driver(main)
+    assert got["held"] == b"" and got["grace"] == b"a"
+    assert got["late_mode"] == b"b" and got["twice"] == b""
+    assert got["next_held"] == b"" and got["next"] == b"c"
 
 
 def test_output_stays_in_the_fifo_until_the_log_has_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import hmac
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,29 @@ def test_other_record_types_for_the_tty_log(tmp_path: Path) -> None:
     ]
     assert sl.verify(path, KEY, live=False).status == "complete"
     assert [r.line for r in logstore.logs_in("m1", path.parent, False)] == ["tty"]
+
+
+def test_input_is_confirmed_once_its_record_is_in_the_file(tmp_path: Path) -> None:
+    """The line relays a keystroke only after this confirmation (daemon/lines.py): at that
+    moment the file, read as a killed daemon would leave it, holds the keystroke."""
+    w, usage = _writer(tmp_path)
+    lg = SessionLog(w, "m1", "con0", 1, False, lambda: usage)
+    path = tmp_path / "m1" / "logs" / "con0-1.wlog"
+    seen: list[bytes] = []
+    confirmed = threading.Event()
+
+    def done(n: int) -> None:  # on the writer thread, as the line's callback is
+        _, recs, _ = sl.read_all(path, KEY)
+        seen.extend(r.data for r in recs if r.type == sl.INPUT)
+        confirmed.set()
+
+    lg.on_input_written(done)
+    lg.input(b"rm -rf /\n", "mallory")
+    assert confirmed.wait(30)
+    assert seen == [b"rm -rf /\n"]
+    lg.close()
+    after: list[int] = []
+    lg.on_input_written(after.append)
+    lg.input(b"late", "mallory")  # a closed log logs nothing: it holds nothing back either
+    assert after == [4]
+    _done(w)

@@ -18,6 +18,11 @@ writer says they are written (or counted as not written). A daemon killed in bet
 them in the FIFO, which outlives it while the kernel holds its ends: the next daemon logs them
 again (its `reattach` event says how many may repeat) instead of nobody logging them
 (docs/decisions/2026-12-07-zero-loss.md).
+
+Input is logged before it is relayed, the other way round: a keystroke is held until the log's
+writer says it is written, then written to the guest. A daemon killed in between leaves a
+keystroke in the log that the guest never got (and `daemon-detach` counts the ones held),
+never one the guest got that the log lacks.
 """
 
 import asyncio
@@ -70,10 +75,15 @@ class LineLog(Protocol):
         in it as not written (quota, disk, a failed write)."""
         ...
 
+    def on_input_written(self, done: Callable[[int], None]) -> None:
+        """The same for the bytes given to `input`."""
+        ...
+
 
 class NullLog:
     def __init__(self) -> None:
         self._done: Callable[[int], None] | None = None
+        self._input_done: Callable[[int], None] | None = None
 
     def output(self, data: bytes) -> None:
         if self._done is not None:
@@ -82,8 +92,12 @@ class NullLog:
     def on_written(self, done: Callable[[int], None]) -> None:
         self._done = done
 
+    def on_input_written(self, done: Callable[[int], None]) -> None:
+        self._input_done = done
+
     def input(self, data: bytes, user: str) -> None:
-        pass
+        if self._input_done is not None:
+            self._input_done(len(data))
 
     def event(self, kind: str, **fields: object) -> None:
         pass
@@ -119,7 +133,13 @@ class Line:
         self.log: LineLog = NullLog()
         self._rfd: int | None = None
         self._wfd: int | None = None
-        self._pending = bytearray()
+        self._pending = bytearray()  # input the log has: to the guest as it reads
+        # input handed to the log and not yet confirmed written: held back (module docstring)
+        self._unlogged = bytearray()
+        # confirmations to skip: of input logged but not held (dropped, or relayed unconfirmed)
+        self._in_skip = 0
+        self._in_late = False  # the writer was overdue: input goes on unconfirmed till it is not
+        self._in_overdue: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # the peek (module docstring): a private pipe tee(2) copies into, /dev/null to take
         # bytes off the FIFO without copying them, and the bytes of the FIFO's head that were
@@ -193,7 +213,12 @@ class Line:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(self._written, gen, n)
 
+        def input_done(n: int) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._input_written, gen, n)
+
         self.log.on_written(done)
+        self.log.on_input_written(input_done)
         self._paused = False
         self._loop.add_reader(self._rfd, self._readable)
         self._notify_all(f"[warden: {self.machine} {self.name} connected]")
@@ -236,10 +261,13 @@ class Line:
         if self._rfd is not None and self._null is not None and self._acked:
             with contextlib.suppress(OSError):
                 self._take(self._acked)  # written: the next daemon must not see them again
+        held = len(self._unlogged) + len(self._pending)
         self._close_fds()
         # `unconsumed`: bytes logged above (or queued to be) that stay in the FIFO, where the
-        # next daemon reads them again (its `reattach` says they may repeat).
-        self.log.event("daemon-detach", unconsumed=left)
+        # next daemon reads them again (its `reattach` says they may repeat). `input_held`:
+        # keystrokes logged (or queued to be) that never reached the guest.
+        self.log.event("daemon-detach", unconsumed=left, input_held=held)
+        self._pending.clear()
         self.log.close()
         self.log = NullLog()
 
@@ -254,9 +282,12 @@ class Line:
         self._inflight = self._acked = self._forced = 0
 
     def _close_fds(self) -> None:
-        if self._overdue is not None:
-            self._overdue.cancel()
-            self._overdue = None
+        for timer in (self._overdue, self._in_overdue):
+            if timer is not None:
+                timer.cancel()
+        self._overdue = self._in_overdue = None
+        self._unlogged.clear()
+        self._in_skip, self._in_late = 0, False
         self._gen += 1  # confirmations still on their way belong to nobody now
         for fd in (self._rfd, self._wfd, self._peek_r, self._peek_w, self._null):
             if fd is not None:
@@ -394,22 +425,70 @@ class Line:
     @property
     def pending_input(self) -> int:
         """Bytes clients sent that the guest has not read yet (for flow control upstream)."""
-        return len(self._pending)
+        return len(self._pending) + len(self._unlogged)
 
     def write(self, client: Client, data: bytes) -> None:
         if not client.writer:
             return  # a spy's keystrokes go nowhere
-        self.log.input(data, client.user)
         self.bytes_in += len(data)
-        if self._wfd is None:
-            return
-        if len(self._pending) + len(data) > MAX_PENDING_INPUT:
+        relay = self._wfd is not None
+        if relay and self.pending_input + len(data) > MAX_PENDING_INPUT:
             client.notify(
                 f"[warden: {self.name} is not reading its input; {len(data)} bytes dropped]"
             )
             self.log.event("input-dropped", bytes=len(data), user=client.user)
+            relay = False
+        if not relay or self._in_late:
+            # Logged, and not held: dropped (or nothing can reach the guest), or the writer is
+            # overdue and input goes on unconfirmed. Its confirmation must release nothing.
+            self._in_skip += len(data)
+            self.log.input(data, client.user)
+            if relay:
+                self._pending += data
+                self._flush()
             return
-        self._pending += data
+        self._unlogged += data
+        self.log.input(data, client.user)  # its confirmation (_input_written) relays it
+        if self._unlogged and self._in_overdue is None and self._loop is not None:
+            self._in_overdue = self._loop.call_later(ACK_GRACE, self._input_overdue, self._gen)
+
+    def _input_written(self, gen: int, n: int) -> None:
+        """The writer confirmed n more input bytes: relay as many held ones to the guest."""
+        if gen != self._gen:
+            return
+        # Confirmations of bytes not held are taken first: that may hold a keystroke a little
+        # longer than needed, never relay one before the log has it.
+        early = min(n, self._in_skip)
+        self._in_skip -= early
+        if not self._in_skip:
+            self._in_late = False
+        k = min(n - early, len(self._unlogged))
+        if k:
+            self._pending += self._unlogged[:k]
+            del self._unlogged[:k]
+            self._flush()
+        if self._in_overdue is not None:  # the writer moves: the grace starts again
+            self._in_overdue.cancel()
+            self._in_overdue = None
+        if self._unlogged and self._loop is not None:
+            self._in_overdue = self._loop.call_later(ACK_GRACE, self._input_overdue, self._gen)
+
+    def _input_overdue(self, gen: int) -> None:
+        self._in_overdue = None
+        if gen != self._gen or not self._unlogged:
+            return
+        log.warning(
+            "%s/%s: the log writer has not confirmed %d typed bytes in %.0f s; relaying them"
+            " without waiting",
+            self.machine,
+            self.name,
+            len(self._unlogged),
+            ACK_GRACE,
+        )
+        self._in_skip += len(self._unlogged)
+        self._in_late = True
+        self._pending += self._unlogged
+        self._unlogged.clear()
         self._flush()
 
     def _flush(self) -> None:

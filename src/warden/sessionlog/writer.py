@@ -85,12 +85,17 @@ class SessionLog:
         self._end_reason = ""
         self.closed = False
         self.done: Callable[[int], None] | None = None  # see on_written
+        self.input_done: Callable[[int], None] | None = None  # see on_input_written
         writer.submit(self, "open", logstore.now_us(), None)
 
     def on_written(self, done: Callable[[int], None]) -> None:
         """`done(n)` from the writer thread once n more output bytes are written (write(2)
         returned) or counted as not written: the line then takes them off its FIFO."""
         self.done = done
+
+    def on_input_written(self, done: Callable[[int], None]) -> None:
+        """The same for input: the line relays a keystroke to the guest only after this."""
+        self.input_done = done
 
     def output(self, data: bytes) -> None:
         if not self.closed:
@@ -99,6 +104,8 @@ class SessionLog:
     def input(self, data: bytes, user: str) -> None:
         if not self.closed:
             self.writer.submit(self, "in", logstore.now_us(), (user, data))
+        elif self.input_done is not None:
+            self.input_done(len(data))  # nothing will log it: hold nothing back
 
     def event(self, kind: str, **fields: object) -> None:
         if self.closed:
@@ -217,13 +224,17 @@ class SessionLogWriter(Worker):
         # to 64 KiB, stamped with the first chunk's time): fewer headers, MACs and Python.
         outs: dict[LogFile, tuple[int, list[bytes], int]] = {}
         done = 0
-        # Output bytes per SessionLog that this batch writes or counts: confirmed to its line
-        # once the batch's writes returned (SessionLog.on_written).
+        # Output (and input) bytes per SessionLog that this batch writes or counts: confirmed
+        # to its line once the batch's writes returned (SessionLog.on_written and
+        # on_input_written).
         confirm: dict[SessionLog, int] = {}
+        confirm_in: dict[SessionLog, int] = {}
         for lg, op, t, arg, n in batch:
             done += n
             if isinstance(lg, SessionLog) and (op == "out" or (op == "lost" and arg[0] == "out")):
                 confirm[lg] = confirm.get(lg, 0) + (len(arg) if op == "out" else arg[1])
+            elif isinstance(lg, SessionLog) and (op == "in" or (op == "lost" and arg[0] == "in")):
+                confirm_in[lg] = confirm_in.get(lg, 0) + (len(arg[1]) if op == "in" else arg[1])
             if op == "stale":
                 self._out_all(outs)
                 self._flush_all(touched)
@@ -274,12 +285,14 @@ class SessionLogWriter(Worker):
         self._flush_all(touched)
         for other in others:
             other.flush_in_thread(self)
-        for lg, count in confirm.items():
-            if lg.done is not None:
-                try:
-                    lg.done(count)
-                except Exception:  # a line's callback must not stop the other logs
-                    log.exception("%s %s: confirming output", lg.machine, lg.line)
+        for what, confirms in (("output", confirm), ("input", confirm_in)):
+            for lg, count in confirms.items():
+                cb = lg.done if what == "output" else lg.input_done
+                if cb is not None:
+                    try:
+                        cb(count)
+                    except Exception:  # a line's callback must not stop the other logs
+                        log.exception("%s %s: confirming %s", lg.machine, lg.line, what)
         if done:
             with self.qlock:
                 self.queued -= done
