@@ -122,9 +122,7 @@ def test_the_writer_is_paused_the_others_run_and_it_resumes_when_space_returns(
             assert (w.state, w.pause_reason) == (m.State.PAUSED, "storage")
             assert q.state is m.State.RUNNING
             assert json.loads((tmp_path / "storage-held.json").read_text()) == ["w"]
-            # Space returns: above floor + floor/4 and room for a quarter second of the
-            # writer at its rate of the pause (8 MiB between two readings).
-            disk.free = 4 * FLOOR
+            disk.free = FLOOR + FLOOR // 4
             await readings(0.6)
             assert w.state is m.State.RUNNING
             assert (a.state, a.pause_reason) == (m.State.PAUSED, "admin")  # never resumed
