@@ -130,8 +130,9 @@ def _scenario(d: DaemonProc, home: Path, image: str) -> None:
         )
     assert state["pause_reason"] == "storage", state
     # A pause made above the floor (the writer's rate would cross it before the next reading)
-    # lasts until that rate would no longer cross it (docs/decisions/2026-12-07-storage-
-    # floor.md); the CLI's `ls` comes a moment after the API's, so it is polled.
+    # is lifted at the next reading while space is above floor + floor/4, and made again,
+    # with a growing back-off (docs/decisions/2026-12-07-storage-floor.md): the CLI may see
+    # one of those resumes. Once the writer brought the home under the floor, it stays paused.
     ls = ""
     shown = time.monotonic() + 60
     while time.monotonic() < shown:

@@ -20,10 +20,8 @@ GiB = 1 << 30
 SIZE = 100 * GiB  # the default floor there: 2 GiB
 
 
-def reading(
-    now: float, free: int, cows: dict[str, int], held: Iterable[str] = (), size: int = SIZE
-) -> Reading:
-    return Reading(now, free, size, cows, frozenset(held))
+def reading(now: float, free: int, cows: dict[str, int], held: Iterable[str] = ()) -> Reading:
+    return Reading(now, free, SIZE, cows, frozenset(held))
 
 
 def test_the_default_floor_is_the_larger_of_1_gib_and_2_percent_at_most_an_eighth() -> None:
@@ -181,34 +179,3 @@ def test_a_guest_starting_at_full_speed_after_a_quiet_reading_cannot_reach_the_r
 def test_far_above_the_floor_the_unseen_writer_costs_no_extra_readings() -> None:
     w = Watch()
     assert w.step(reading(0, 20 * GiB, {"a": 0})).wait == SLOW
-
-
-def test_a_guest_paused_above_the_floor_stays_paused_while_its_rate_would_cross_it() -> None:
-    """The flap the guest test saw: paused above the floor because its rate would cross it
-    before the next reading, then resumed at that reading (space above floor + floor/4), then
-    paused again. It now stays paused until its rate of the pause no longer would cross."""
-    w = Watch(FloorSetting(bytes=32 * MiB))
-    floor = 32 * MiB
-    size = 192 * MiB
-    w.step(reading(0, 80 * MiB, {"w": 0}, size=size))
-    d = w.step(reading(0.25, 53 * MiB, {"w": 62 * MiB}, size=size))  # 248 MiB/s
-    assert d.pause == ("w",) and d.floor == floor
-    for i in range(1, 20):  # held, the home as it was: above resume_at, but too close
-        d = w.step(reading(0.25 + i * 0.25, 53 * MiB, {"w": 62 * MiB}, held={"w"}, size=size))
-        assert d.resume == () and d.pause == ()
-    d = w.step(reading(6.0, floor + 62 * MiB, {"w": 62 * MiB}, held={"w"}, size=size))
-    assert d.resume == ("w",)
-
-
-def test_held_guests_resume_slowest_first_while_the_room_lasts() -> None:
-    w = Watch(FloorSetting(bytes=GiB))
-    w.step(reading(0, 2 * GiB, {"fast": 0, "slow": 0}))
-    cows = {"fast": 2 * GiB, "slow": 40 * MiB}  # 2 GiB/s and 40 MiB/s
-    d = w.step(reading(1, GiB // 2, cows))
-    assert d.pause == ("fast", "slow")
-    # Room for the slow one's next quarter second (10 MiB), not also the fast one's (512 MiB).
-    room = GiB + GiB // 4 + 100 * MiB
-    d = w.step(reading(2, room, cows, held={"fast", "slow"}))
-    assert d.resume == ("slow",)
-    d = w.step(reading(3, 2 * GiB, cows, held={"fast"}))
-    assert d.resume == ("fast",)

@@ -6,10 +6,8 @@ read-only until a reboot (docs/decisions/2026-12-07-fault-campaign.md, finding 7
 keeps a floor of free space: below it, the guests whose COW grows are frozen (fastest first,
 as many as it takes for the rest to leave half of the floor untouched for HORIZON seconds;
 above it already when the measured rates would cross it before the next reading) before the
-disk is full, and thawed when the space comes back above the floor plus a margin (the
-hysteresis) and far enough above it that the guest's own rate, measured when it was paused,
-would not cross the floor before the next reading: a guest is not resumed only to be paused
-again at the next reading.
+disk is full, and thawed when the space comes back above the floor plus a margin
+(the hysteresis, so that a guest at the edge is not paused and resumed on every reading).
 Guests that do not write their disk keep running.
 
 Sans-io: the driver (storage/feature.py) reads statvfs and each COW's allocated blocks and
@@ -112,8 +110,7 @@ class Watch:
     setting: FloorSetting = field(default_factory=FloorSetting)
     _last: dict[str, tuple[float, int]] = field(default_factory=dict)
     _resumed: dict[str, float] = field(default_factory=dict)  # when it was last resumed
-    # paused at, back-off, and its rate then (bytes/s)
-    _hold: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    _hold: dict[str, tuple[float, float]] = field(default_factory=dict)  # paused at, backoff
 
     def step(self, r: Reading) -> Decision:
         floor = self.setting.floor(r.size)
@@ -147,21 +144,15 @@ class Watch:
                 projected += rates[name] * FAST
         for name in pause:
             again = r.now - self._resumed.get(name, -BACKOFF_RESET) < BACKOFF_RESET
-            before = self._hold.get(name, (0.0, 0.0, 0.0))[1]
+            before = self._hold.get(name, (0.0, 0.0))[1]
             backoff = min(BACKOFF_MAX, max(FAST * 2, before * 2)) if again else 0.0
-            self._hold[name] = (r.now, backoff, rates[name])
+            self._hold[name] = (r.now, backoff)
         resume: list[str] = []
         if r.free >= resume_at and not pause:
-            # Slowest first, each only if the free space still stays above the floor until the
-            # next reading with it writing at its rate of the pause (the rule that paused it
-            # above the floor): resuming it sooner would only pause it again at that reading.
-            projected = r.free - sum(rates.values()) * FAST
-            held = sorted(r.held, key=lambda n: (self._hold.get(n, (0.0, 0.0, 0.0))[2], n))
-            for name in held:
-                since, backoff, rate = self._hold.get(name, (0.0, 0.0, 0.0))
-                if r.now - since >= backoff and projected - rate * FAST >= floor:
+            for name in sorted(r.held):
+                since, backoff = self._hold.get(name, (0.0, 0.0))
+                if r.now - since >= backoff:
                     resume.append(name)
-                    projected -= rate * FAST
                     self._resumed[name] = r.now
         # A guest that ran BACKOFF_RESET seconds since its resume starts again from no back-off.
         for name, at in list(self._resumed.items()):
