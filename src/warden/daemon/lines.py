@@ -432,18 +432,18 @@ class Line:
             return  # a spy's keystrokes go nowhere
         self.bytes_in += len(data)
         relay = self._wfd is not None
-        if relay and self.pending_input + len(data) > MAX_PENDING_INPUT:
-            client.notify(
-                f"[warden: {self.name} is not reading its input; {len(data)} bytes dropped]"
-            )
-            self.log.event("input-dropped", bytes=len(data), user=client.user)
-            relay = False
-        if not relay or self._in_late:
+        dropped = relay and self.pending_input + len(data) > MAX_PENDING_INPUT
+        if dropped or not relay or self._in_late:
             # Logged, and not held: dropped (or nothing can reach the guest), or the writer is
             # overdue and input goes on unconfirmed. Its confirmation must release nothing.
             self._in_skip += len(data)
             self.log.input(data, client.user)
-            if relay:
+            if dropped:
+                client.notify(
+                    f"[warden: {self.name} is not reading its input; {len(data)} bytes dropped]"
+                )
+                self.log.event("input-dropped", bytes=len(data), user=client.user)
+            elif relay:
                 self._pending += data
                 self._flush()
             return
