@@ -103,8 +103,9 @@ class EtcdCluster:
 
     def leader(self) -> str | None:
         """The member the running members agree leads, or None (no quorum, or an election)."""
-        ids = {self._status(n)["header"]["member_id"]: n for n in self.procs}
-        leaders = {self._status(n).get("leader") for n in self.procs}
+        status = {n: self._status(n) for n in self.procs}
+        ids = {st["header"]["member_id"]: n for n, st in status.items()}
+        leaders = {st.get("leader") for st in status.values()}
         return ids.get(leaders.pop()) if len(leaders) == 1 else None
 
     def make_leader(self, name: str, timeout: float = 30.0) -> None:
