@@ -79,10 +79,24 @@ class Cluster:
             if cond(rows):
                 return rows
             time.sleep(0.2)
-        logs = "\n".join(
-            f"--- {n}\n{d.log_text()[-3000:]}\n{self._events(d)}" for n, d in self.hosts.items()
+        raise AssertionError(f"{what}: not within {timeout}s; ls: {rows}\n{self.logs(events=True)}")
+
+    def logs(self, events: bool = False) -> str:
+        """Every host's last log lines (and last events): what a failed assertion needs."""
+        return "\n".join(
+            f"--- {n}\n{d.log_text()[-3000:]}" + (f"\n{self._events(d)}" if events else "")
+            for n, d in self.hosts.items()
         )
-        raise AssertionError(f"{what}: not within {timeout}s; ls: {rows}\n{logs}")
+
+    def run_alone(self, name: str) -> tuple[DaemonProc, tuple[int, int], dict[str, Any]]:
+        """Apply a fleet of `name` alone and wait until it runs: its host, its kernel process
+        (guest_kernel), and the rows of `ls`."""
+        self.apply(self.fleet(self.machine(name)))
+        rows = self.wait(f"{name} running", lambda r: running_on(r, name) is not None)
+        d = self.hosts[rows[name]["host"]]
+        kernel = guest_kernel(d, name)
+        assert kernel is not None, f"no kernel process of {name} on {rows[name]['host']}"
+        return d, kernel, rows
 
     @staticmethod
     def _events(d: DaemonProc) -> str:

@@ -131,11 +131,7 @@ def test_one_etcd_member_down_keeps_working(cluster: Cluster) -> None:
     margin - a renewal interval - a call timeout = 6.5 s here, against up to ~4.5 s for an
     election of these test members, whose election timeout is 2 s)."""
     c = cluster
-    c.apply(c.fleet(c.machine("a")))
-    rows = c.wait("a running", lambda r: running_on(r, "a") is not None)
-    d = c.hosts[rows["a"]["host"]]
-    kernel = guest_kernel(d, "a")
-    assert kernel is not None
+    d, kernel, _ = c.run_alone("a")
     # m0 is the first URL (every client's first choice) and the leader: killing it costs an
     # election, during which a command waits rather than fails.
     c.etcd.make_leader("m0")
@@ -143,7 +139,7 @@ def test_one_etcd_member_down_keeps_working(cluster: Cluster) -> None:
     c.apply(c.fleet(c.machine("a") + c.machine("b")))
     rows = c.wait("b placed and running", lambda r: running_on(r, "b") is not None)
     hosts = c.host_list()
-    logs = "\n".join(f"--- {n}\n{h.log_text()[-3000:]}" for n, h in c.hosts.items())
+    logs = c.logs()
     assert all(h["alive"] for h in hosts.values()), f"{hosts}\n{logs}"
     assert guest_kernel(d, "a") == kernel, f"a was restarted or moved: {rows}\n{logs}"
     for n, h in c.hosts.items():
@@ -158,11 +154,7 @@ def test_quorum_lost_briefly_changes_nothing_running(cluster: Cluster) -> None:
     # quorum was lost; and after quorum is back, a renewal takes up to an interval again.
     # TTL 40: the refused apply below alone waits ADMIN_CALL_TIMEOUT (6 s) of the outage.
     fence_after = c.ttl - max(c.ttl / 3, 2.0) - 2 * (c.ttl / 10) - CALL_TIMEOUT
-    c.apply(c.fleet(c.machine("a")))
-    rows = c.wait("a running", lambda r: running_on(r, "a") is not None)
-    d = c.hosts[rows["a"]["host"]]
-    kernel = guest_kernel(d, "a")
-    assert kernel is not None
+    d, kernel, rows = c.run_alone("a")
     c.etcd.stop("m1")
     c.etcd.stop("m2")
     lost = time.monotonic()

@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.support.loopcheck import run_driver
 from warden.daemon import lines
-from warden.daemon.files import MachineFiles, open_kernel_ends
+from warden.daemon.files import KernelLineFds, MachineFiles, open_kernel_ends
 from warden.daemon.lines import CLIENT_QUEUE, Client, Line
 
 
@@ -73,16 +73,23 @@ class Viewer:
         self.closed = reason
 
 
-def test_a_client_too_slow_is_dropped_and_slows_nobody(tmp_path: Path) -> None:
-    files = MachineFiles(tmp_path / "m1", "m1")
+def boot_line(tmp_path: Path, machine: str, log: Log) -> tuple[KernelLineFds, Line]:
+    """A machine's con0 FIFOs, the kernel's ends of them (the test plays the kernel), and a
+    Line booted on them with `log`; called on the loop."""
+    files = MachineFiles(tmp_path / machine, machine)
     files.create(("con0",))
+    kernel = open_kernel_ends(files, "con0")
+    line = Line(machine, "con0", files)
+    line.open_boot(log)
+    return kernel, line
+
+
+def test_a_client_too_slow_is_dropped_and_slows_nobody(tmp_path: Path) -> None:
     got: dict[str, Any] = {}
 
     async def main() -> None:
-        kernel = open_kernel_ends(files, "con0")  # the kernel's ends of the FIFOs
-        line = Line("m1", "con0", files)
         log = Log()
-        line.open_boot(log)
+        kernel, line = boot_line(tmp_path, "m1", log)
         fast, slow = Viewer("alice", reads=True), Viewer("bob", reads=False)
         line.attach(fast.client, want_write=True)
         line.attach(slow.client, want_write=False)
@@ -111,15 +118,11 @@ def test_a_client_too_slow_is_dropped_and_slows_nobody(tmp_path: Path) -> None:
 
 
 def test_a_guest_that_reads_no_input_gets_a_bounded_queue(tmp_path: Path) -> None:
-    files = MachineFiles(tmp_path / "m2", "m2")
-    files.create(("con0",))
     got: dict[str, Any] = {}
 
     async def main() -> None:
-        kernel = open_kernel_ends(files, "con0")
-        line = Line("m2", "con0", files)
         log = Log()
-        line.open_boot(log)
+        kernel, line = boot_line(tmp_path, "m2", log)
         writer = Viewer("alice", reads=True)
         line.attach(writer.client, want_write=True)
         paste = b"y" * (1 << 20)
@@ -174,15 +177,11 @@ def guest_read(kernel: Any) -> bytes:
 def test_a_keystroke_reaches_the_guest_only_once_the_log_has_it(tmp_path: Path) -> None:
     """What a daemon killed now would leave: typed bytes the log has not confirmed are held,
     so the guest never got one the log lacks; `daemon-detach` counts the ones held."""
-    files = MachineFiles(tmp_path / "m5", "m5")
-    files.create(("con0",))
     got: dict[str, Any] = {}
 
     async def main() -> None:
-        kernel = open_kernel_ends(files, "con0")
-        line = Line("m5", "con0", files)
         log = HeldLog()
-        line.open_boot(log)
+        kernel, line = boot_line(tmp_path, "m5", log)
         writer = Viewer("alice", reads=True)
         line.attach(writer.client, want_write=True)
         line.write(writer.client, b"ls -l\n")
@@ -214,15 +213,11 @@ def test_a_writer_that_never_confirms_input_holds_keystrokes_for_ack_grace_only(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(lines, "ACK_GRACE", 0.2)
-    files = MachineFiles(tmp_path / "m6", "m6")
-    files.create(("con0",))
     got: dict[str, Any] = {}
 
     async def main() -> None:
-        kernel = open_kernel_ends(files, "con0")
-        line = Line("m6", "con0", files)
         log = HeldLog()  # never confirms, until the end
-        line.open_boot(log)
+        kernel, line = boot_line(tmp_path, "m6", log)
         writer = Viewer("alice", reads=True)
         line.attach(writer.client, want_write=True)
         line.write(writer.client, b"a")
@@ -254,15 +249,11 @@ def test_a_writer_that_never_confirms_input_holds_keystrokes_for_ack_grace_only(
 def test_output_stays_in_the_fifo_until_the_log_has_it(tmp_path: Path) -> None:
     """What a daemon killed now would leave: the bytes it relayed and logged but whose write
     the log has not confirmed are still in the FIFO, for the next daemon."""
-    files = MachineFiles(tmp_path / "m3", "m3")
-    files.create(("con0",))
     got: dict[str, Any] = {}
 
     async def main() -> None:
-        kernel = open_kernel_ends(files, "con0")
-        line = Line("m3", "con0", files)
         log = HeldLog()
-        line.open_boot(log)
+        kernel, line = boot_line(tmp_path, "m3", log)
         viewer = Viewer("alice", reads=True)
         line.attach(viewer.client, want_write=False)
         os.write(kernel.write, b"a" * 1000)
@@ -294,15 +285,11 @@ def test_a_writer_that_never_confirms_stops_the_relay_for_ack_grace_only(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(lines, "ACK_GRACE", 0.2)
-    files = MachineFiles(tmp_path / "m4", "m4")
-    files.create(("con0",))
     got: dict[str, Any] = {}
 
     async def main() -> None:
-        kernel = open_kernel_ends(files, "con0")
-        line = Line("m4", "con0", files)
         log = HeldLog()  # never confirms
-        line.open_boot(log)
+        kernel, line = boot_line(tmp_path, "m4", log)
         viewer = Viewer("alice", reads=True)
         line.attach(viewer.client, want_write=False)
         total = 3 << 20  # three times the FIFO
