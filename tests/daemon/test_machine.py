@@ -81,6 +81,19 @@ def test_clean_stop() -> None:
     assert mm.state is m.State.STOPPED and mm.last_exit["reason"] == "stopped"  # type: ignore[index]
 
 
+def test_a_panic_on_the_way_down_is_a_stop_that_keeps_the_message() -> None:
+    mm = running()
+    mm.handle(m.Stop(), 1)
+    mm.handle(m.Panic("Attempted to kill init!"), 2)
+    mm.handle(m.Exited(134, None), 3)
+    assert mm.state is m.State.STOPPED and mm.last_exit == {
+        "status": 134,
+        "signal": None,
+        "reason": "stopped",
+        "message": "Attempted to kill init!",
+    }
+
+
 def test_guest_poweroff_is_not_restarted_even_with_always() -> None:
     mm = running(restart="always")
     acts = mm.handle(m.Exited(0, None), 5)

@@ -467,6 +467,10 @@ class Machine:
             state, kind = State.STOPPED, "killed"
         elif phase in ("cad", "halt"):
             exit_info["reason"] = "stopped" if phase == "cad" else "halted after timeout"
+            if self._panic:
+                # It was asked to stop and it stopped, but its kernel panicked on the way down
+                # (an exit status of 134): keep what it said, the operator will want it.
+                exit_info["message"] = self._panic
             state, kind = State.STOPPED, "stopped"
         elif self.state is State.STOPPING:
             # Read back from the database: the daemon that was stopping it died, and the guest
