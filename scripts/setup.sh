@@ -32,6 +32,8 @@ packages=(
     chromium chromium-driver
     # the jail test that holds a kernel at a chosen system call (tests/jail/test_late_initcalls.py)
     strace
+    # benchmarks/snapshot.py: a home on XFS, whose reflinks make a snapshot's pause constant
+    xfsprogs
 )
 # npm fetches the web console's browser libraries (below). A host that has npm already (e.g.
 # with NodeSource's nodejs) keeps it: Debian's npm would pull Debian's nodejs over it.
