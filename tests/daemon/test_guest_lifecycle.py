@@ -34,8 +34,11 @@ def test_boot_command_stop(daemon: DaemonProc) -> None:
     info = daemon.ls()["web1"]
     assert info["state"] == "stopped"
     assert info["last_exit"]["reason"] == "stopped"
-    # busybox init powered off on ctrl-alt-del; if not, show what the kernel said on its way down
-    assert info["last_exit"]["status"] == 0, (info["last_exit"], kernel_log_tail(daemon, "web1"))
+    # busybox init powered off on ctrl-alt-del: status 0, or (under load, about 1 stop in 80)
+    # the kernel said it halted and UML 6.1's exit path faulted after it (machine.py _exited)
+    last = info["last_exit"]
+    assert last["status"] == 0 or "after_halt" in last, (last, kernel_log_tail(daemon, "web1"))
+    assert "message" not in last, last  # no panic before the halt
 
 
 def test_kill_leaves_no_process(daemon: DaemonProc) -> None:

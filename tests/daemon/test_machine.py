@@ -134,6 +134,44 @@ def test_panic_is_reported_as_such() -> None:
     assert "oops" in str(mm.last_exit["message"])  # type: ignore[index]
 
 
+FAULT = "Kernel mode fault at addr 0x308, ip 0x600835b6"  # UML 6.1's exit path, seen in CI
+
+
+def test_a_fault_after_the_kernel_halted_is_a_poweroff_not_a_crash() -> None:
+    mm = running(restart="always")
+    mm.handle(m.Panic(FAULT), 2)
+    acts = mm.handle(m.Exited(134, None, halted=True), 2.1)
+    assert mm.state is m.State.STOPPED and mm.desired == "stopped"
+    assert mm.last_exit == {
+        "status": 134,
+        "signal": None,
+        "reason": "guest powered off",
+        "after_halt": FAULT,
+    }
+    assert "Launch" not in kinds(acts) and not any(
+        k.startswith("timer:restart") for k in kinds(acts)
+    )
+
+
+def test_a_fault_after_a_reboot_line_still_reboots() -> None:
+    mm = running(restart="no")
+    mm.handle(m.Panic(FAULT), 2)
+    acts = mm.handle(m.Exited(134, None, rebooting=True), 2.1)
+    assert mm.state is m.State.STARTING and "Launch" in kinds(acts)
+    assert mm.last_exit["reason"] == "guest rebooted"  # type: ignore[index]
+    assert mm.last_exit["after_halt"] == FAULT  # type: ignore[index]
+
+
+def test_a_fault_after_halt_in_a_stop_is_a_clean_stop() -> None:
+    mm = running()
+    mm.handle(m.Stop(), 1)
+    mm.handle(m.Panic(FAULT), 2)
+    mm.handle(m.Exited(134, None, halted=True), 3)
+    assert mm.state is m.State.STOPPED
+    assert mm.last_exit["reason"] == "stopped" and "message" not in mm.last_exit  # type: ignore[index,operator]
+    assert mm.last_exit["after_halt"] == FAULT  # type: ignore[index]
+
+
 def test_guest_reboot_restarts_regardless_of_policy() -> None:
     mm = running(restart="no")
     acts = mm.handle(m.Exited(1, None, rebooting=True), 5)

@@ -187,3 +187,24 @@ def test_a_guest_that_dies_before_it_is_up(guest_home: Layout) -> None:
     assert got["exit"]["signal"] == signal.SIGKILL
     assert rec.calls == ["before_boot", "after_launch", "after_exit"]
     assert not sup.cgroup.exists()
+
+
+def test_the_kernels_last_words_are_remembered_only_while_they_are_last(
+    guest_home: Layout,
+) -> None:
+    """How an exit is read (machine.Exited's halted/rebooting) comes from the console: the
+    kernel's halt or reboot line, unless something was printed after it."""
+    sup = make(guest_home, FakeLauncher())
+    sup._watch_reboot(b"\rRequesting system poweroff\r\n")
+    assert (sup._halted, sup._rebooting) == (False, False)
+    sup._watch_reboot(b"reboot: System halted\n")
+    assert (sup._halted, sup._rebooting) == (True, False)
+    sup._watch_reboot(b"\r\n")  # blank output changes nothing
+    assert sup._halted
+    sup._watch_reboot(b"web1:/# ")  # a file that held the words, then a prompt: not the last
+    assert (sup._halted, sup._rebooting) == (False, False)
+    sup._watch_reboot(b"reboot: Restarting system\n")
+    assert (sup._halted, sup._rebooting) == (False, True)
+    sup._watch_reboot(b"reboot: Power down\n")
+    assert (sup._halted, sup._rebooting) == (True, False)
+    sup.ctx.store.close()

@@ -97,6 +97,7 @@ class Exited:
     status: int | None
     signal: int | None
     rebooting: bool = False  # the guest asked for a reboot (seen on its console)
+    halted: bool = False  # its kernel said it halted or powered off (seen on its console)
 
 
 @dataclass(frozen=True)
@@ -459,6 +460,12 @@ class Machine:
             self.restarts = 0
         self._up_since = None
         self.pid = None
+        if self._panic and (ev.halted or ev.rebooting):
+            # The kernel had halted (its disks synced and unmounted) when it faulted: UML 6.1's
+            # exit path can run a pending timer or I/O signal on the host's own stack, which
+            # faults (docs/decisions/2026-12-07-halt-fault.md). Not a crash; said, not hidden.
+            exit_info["after_halt"] = self._panic
+            self._panic = ""
         if phase == "kill" and self.last_exit == {"reason": "boot timeout"}:
             exit_info["reason"] = "boot timeout"
             state, kind = State.CRASHED, "crashed"
@@ -468,8 +475,8 @@ class Machine:
         elif phase in ("cad", "halt"):
             exit_info["reason"] = "stopped" if phase == "cad" else "halted after timeout"
             if self._panic:
-                # It was asked to stop and it stopped, but its kernel panicked on the way down
-                # (an exit status of 134): keep what it said, the operator will want it.
+                # Asked to stop, and it stopped, but its kernel panicked on the way down
+                # before it halted: keep what it said, the operator will want it.
                 exit_info["message"] = self._panic
             state, kind = State.STOPPED, "stopped"
         elif self.state is State.STOPPING:
@@ -484,7 +491,7 @@ class Machine:
         elif ev.rebooting:
             exit_info["reason"] = "guest rebooted"
             state, kind = State.STOPPED, "rebooting"
-        elif ev.status == 0 and ev.signal is None:
+        elif ev.halted or (ev.status == 0 and ev.signal is None):
             exit_info["reason"] = "guest powered off"
             self.desired = "stopped"
             state, kind = State.STOPPED, "powered-off"

@@ -37,7 +37,9 @@ from warden.uml import cow, kernel, mconsole, xstate
 log = logging.getLogger("warden.supervisor")
 
 PANIC_GRACE = 3.0
+# The kernel's last words on its console (kernel/reboot.c): how this boot is about to end.
 REBOOT_MARK = b"reboot: Restarting system"
+HALT_MARKS = (b"reboot: System halted", b"reboot: Power down")
 
 
 class Supervisor:
@@ -66,6 +68,7 @@ class Supervisor:
         self._panicked_boot: int | None = None
         self._changed = asyncio.Condition()
         self._rebooting = False
+        self._halted = False
 
     # ---- what features see of it (seam.Guest) ----------------------------------------------
     @property
@@ -468,8 +471,14 @@ class Supervisor:
             self._kill_group()
 
     def _watch_reboot(self, data: bytes) -> None:
-        if REBOOT_MARK in data:
-            self._rebooting = True
+        """Remember the kernel's last words. Anything printed after them means they were not
+        the last (a file on the console that holds the words, say): forget them."""
+        if b"reboot: " not in data:
+            if data.strip():
+                self._rebooting = self._halted = False
+            return
+        self._rebooting = REBOOT_MARK in data
+        self._halted = any(mark in data for mark in HALT_MARKS)
 
     # ---- exit -----------------------------------------------------------------------------
     def _watch_exit(self, pid: int) -> None:
@@ -518,8 +527,9 @@ class Supervisor:
             except Exception:
                 log.exception("%s: feature %s after exit", self.name, feature.name)
         rebooting, self._rebooting = self._rebooting, False
+        halted, self._halted = self._halted, False
         self.pid_start = None
-        self.post(m.Exited(status, signo, rebooting=rebooting))
+        self.post(m.Exited(status, signo, rebooting=rebooting, halted=halted))
 
     @staticmethod
     def _exit_reason(status: int | None, signo: int | None) -> str:
