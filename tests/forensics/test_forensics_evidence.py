@@ -4,6 +4,7 @@ key, and unpacks to the same COW file. And the recycle policy (part 3), on scrip
 observations, and its fleet key.
 """
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -213,6 +215,21 @@ def test_damaged_archives_are_refused_with_the_reason(home: Layout, tmp_path: Pa
     assert any("not a safe name" in p for p in verify(home, evil).problems)
     with pytest.raises(evidence.EvidenceError, match="not a safe member"):
         evidence.unpack(evil, tmp_path / "evil-out")
+
+
+def test_threads_making_the_first_key_at_once_all_get_one_key(home: Layout) -> None:
+    """Two recycles of a fresh home pack their evidence at once, each in an executor thread
+    of the one daemon: both must get the same key (CI saw one fail with EEXIST)."""
+    barrier = threading.Barrier(8)
+
+    def make() -> bytes:
+        barrier.wait()
+        return signing.raw_public(signing.host_key(home).public_key())
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        keys = [f.result() for f in [pool.submit(make) for _ in range(8)]]
+    assert len(set(keys)) == 1
+    assert sorted(p.name for p in home.keys.iterdir()) == [signing.PRIVATE, signing.PUBLIC]
 
 
 def test_pack_never_overwrites(home: Layout, tmp_path: Path) -> None:
