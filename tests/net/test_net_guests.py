@@ -229,8 +229,11 @@ def test_capture_holds_exactly_the_exchange(daemon: DaemonProc, lab: Lab, tmp_pa
     # neighbours learnt before the capture starts: no ARP inside the exchange
     lab.run(lab.host, "ping", "-c", "1", "-W", "2", "10.77.0.10")
     pcap = tmp_path / "web1.pcap"
+    # Started as a script starts a background job: with SIGINT ignored (which `exec` keeps).
+    # The capture must stop on SIGINT all the same.
     cap = subprocess.Popen(
-        [*WARDEN, "net", "capture", "web1", "--out", str(pcap)],
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *WARDEN, "net", "capture", "web1"]
+        + ["--out", str(pcap)],
         env=daemon.env,
         stderr=subprocess.PIPE,
         text=True,
@@ -244,9 +247,14 @@ def test_capture_holds_exactly_the_exchange(daemon: DaemonProc, lab: Lab, tmp_pa
         time.sleep(0.5)
     finally:
         cap.send_signal(signal.SIGINT)
-        cap.wait(20)
-        assert cap.stderr is not None
-        cap.stderr.close()
+        try:
+            cap.wait(20)
+        finally:
+            if cap.poll() is None:  # it did not stop: fail, but leave no process behind
+                cap.kill()
+                cap.wait()
+            assert cap.stderr is not None
+            cap.stderr.close()
     # the interrupted client took its tcpdump with it
     wait_for(
         "tcpdump to end",

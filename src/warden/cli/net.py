@@ -105,6 +105,9 @@ def _capture(args: argparse.Namespace) -> int:
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # Both, explicitly: a capture started in the background by a script (`… & kill -INT $!`)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt for it.
+    signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     packets_note = ""
     try:
