@@ -85,7 +85,7 @@ BELOW_MAY = {
     "uml": {"host"},
     "disk": {"uml", "spec", "store"},  # recorded.py: the base warden.db recorded for a disk
     "kernelbuild": {"uml"},
-    "doctor": {"host", "images", "uml"},
+    "doctor": {"host", "images", "uml", "disk"},  # disk: whether a snapshot can clone blocks
 }
 
 # What features may see of the core: the seam and its pure parts, never the Daemon, the
