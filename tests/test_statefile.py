@@ -1,7 +1,9 @@
 """warden.statefile: state files are replaced atomically and durably, with one guarantee."""
 
+import concurrent.futures
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,44 @@ def test_every_state_file_writer_syncs_the_file_and_its_directory(
     uid = uids.allocate(home, "g1", 3_900_000_000, 8, None)
     assert synced_into(uids.claims_dir(home))
     assert (uids.claims_dir(home) / str(uid)).exists()
+
+
+def test_threads_writing_one_file_at_once_leave_one_whole_version(tmp_path: Path) -> None:
+    """Two threads of one process used to share a pid-named temporary: their bytes mixed in it
+    (O_TRUNC), or one renamed it away under the other."""
+    path = tmp_path / "state.json"
+    versions = [bytes([65 + i]) * 200_000 for i in range(8)]
+    barrier = threading.Barrier(len(versions))
+
+    def write(data: bytes) -> None:
+        barrier.wait()
+        statefile.write(path, data)
+
+    with concurrent.futures.ThreadPoolExecutor(len(versions)) as pool:
+        for f in [pool.submit(write, v) for v in versions]:
+            f.result()
+    assert path.read_bytes() in versions
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+@pytest.mark.parametrize("make", ["session-log key", "persona key"])
+def test_threads_making_a_homes_key_at_once_all_get_the_same_key(tmp_path: Path, make: str) -> None:
+    from warden import persona
+    from warden.paths import layout
+    from warden.sessionlog import store as logstore
+
+    home = layout(tmp_path / "home")
+    fn = {
+        "session-log key": lambda: logstore.load_key(home, create=True),
+        "persona key": lambda: persona.home_key(home),
+    }[make]
+    barrier = threading.Barrier(8)
+
+    def one() -> bytes:
+        barrier.wait()
+        return bytes(fn())
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        keys = {f.result() for f in [pool.submit(one) for _ in range(8)]}
+    assert len(keys) == 1
+    assert len(list(home.keys.iterdir())) == 1

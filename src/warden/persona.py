@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from warden import statefile
 from warden.paths import Layout
 
 if TYPE_CHECKING:
@@ -320,7 +321,7 @@ def home_key(layout: Layout) -> bytes:
         pass
     layout.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = os.urandom(32)
-    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+    tmp = statefile.temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key)

@@ -11,13 +11,21 @@ Used for net/state.json, memory/state.json, machines/NAME/honeypot.json and the 
 import contextlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 
+def temp_path(path: Path) -> Path:
+    """A hidden temporary beside `path`, named for this call alone: the writer's pid (so that
+    a leftover says whose it was) and a random part, since two threads of one process may
+    write the same file at once (two recycles made the evidence key together, CI, stop 23)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` (the file gets `mode`)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:

@@ -9,13 +9,13 @@ Made on first use, published with link(2) so that two makers at once keep one ke
 import base64
 import hashlib
 import os
-import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from warden import statefile
 from warden.errors import WardenError
 from warden.paths import Layout
 
@@ -61,9 +61,7 @@ def from_description(d: object) -> Ed25519PublicKey:
 
 
 def _publish(path: Path, data: bytes, mode: int) -> None:
-    # A name of its own per call: two threads of one daemon (two recycles packing evidence at
-    # once, on a fresh home) made the same pid-named temporary and one failed with EEXIST.
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = statefile.temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)

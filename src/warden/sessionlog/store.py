@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from warden import statefile
 from warden.errors import NotFound, WardenError
 from warden.paths import Layout
 from warden.sessionlog import codec as sl
@@ -40,7 +41,7 @@ def load_key(layout: Layout, create: bool = False) -> bytes:
                 "writes a log); is WARDEN_HOME right?"
             ) from None
         layout.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp = statefile.temp_path(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, os.urandom(KEY_LEN))

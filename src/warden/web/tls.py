@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from warden import statefile
 from warden.errors import SpecError
 from warden.spec.fleet import Web
 
@@ -81,7 +82,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = statefile.temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
