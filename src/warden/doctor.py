@@ -86,7 +86,7 @@ def _cpuset_check(h: cgroup.Hierarchy) -> Check:
 def _snapshot_check(layout: Layout) -> Check:
     """Informational: a snapshot pauses its guest for the copy of what the guest wrote, unless
     WARDEN_HOME's file system clones blocks (benchmarks/snapshot.py: ~1 ms on XFS whatever the
-    guest wrote; on ext4 ~2 ms per MiB written)."""
+    guest wrote; on ext4 ~0.5 ms per MiB written, more on a busy host)."""
     where = next((p for p in (layout.machines, *layout.machines.parents) if p.is_dir()), None)
     if where is None:
         return Check("snapshots", True, f"{layout.machines}: not probed (no directory)")
@@ -95,7 +95,7 @@ def _snapshot_check(layout: Layout) -> Check:
     return Check(
         "snapshots",
         True,
-        f"{where} cannot clone blocks: a snapshot pauses its guest ~2 ms per MiB it wrote "
+        f"{where} cannot clone blocks: a snapshot pauses its guest ~0.5 ms per MiB it wrote "
         "(XFS or btrfs make it ~1 ms)",
     )
 
