@@ -51,8 +51,11 @@ def group_pids(group: Path) -> list[str]:
         return []
 
 
-def processes_of_uid(uid: int) -> int:
-    n = 0
+def processes_of_uid(uid: int) -> tuple[int, int]:
+    """(live processes, zombies) of `uid` on the host. A zombie has exited: it runs nothing and
+    holds no memory, only its pid until its parent reaps it (for a guest's processes, the
+    pid namespace's teardown), so it is counted apart."""
+    live = zombies = 0
     for e in os.scandir("/proc"):
         if e.name.isdigit():
             try:
@@ -60,13 +63,20 @@ def processes_of_uid(uid: int) -> int:
             except OSError:
                 continue
             m = re.search(r"^Uid:\s+(\d+)", status, re.M)
-            n += bool(m and int(m.group(1)) == uid)
-    return n
+            if m and int(m.group(1)) == uid:
+                if re.search(r"^State:\s+Z", status, re.M):
+                    zombies += 1
+                else:
+                    live += 1
+    return live, zombies
 
 
-def warden_kill(d: DaemonProc, api: ApiClient, cli: bool = False) -> tuple[float, int, int]:
-    """(ms from the kill request to an empty cgroup, host processes the guest had, processes of
-    its uid left anywhere on the host afterwards). cli: through a `warden kill` process."""
+def warden_kill(
+    d: DaemonProc, api: ApiClient, cli: bool = False
+) -> tuple[float, int, tuple[int, int]]:
+    """(ms from the kill request to an empty cgroup, host processes the guest had, (live
+    processes, zombies) of its uid anywhere on the host afterwards). cli: through a `warden
+    kill` process."""
     api.post("/machines/k1/start", {"wait": True})
     out = d.console("k1", START_PROCS, timeout=1.0)
     assert "started-15" in out, out[-500:]
@@ -129,22 +139,25 @@ def main() -> None:
     procs: list[int] = []
     try:
         d.apply(FLEET)
-        left_ours = 0
+        left_ours = zombies_ours = 0
         for i in range(N):
-            took, before, left_uid = warden_kill(d, api)
+            took, before, (left_uid, zombies) = warden_kill(d, api)
             ours.append(took)
             procs.append(before)
             left_ours += left_uid
+            zombies_ours += zombies
             a_took, a_before, left = plain_sigkill(lay, image, home / "raw.cow")
             anchor.append(a_took)
             orphans.append(left)
             print(
-                f"run {i + 1}: warden kill {took:6.1f} ms ({before} processes, {left_uid} left) | "
+                f"run {i + 1}: warden kill {took:6.1f} ms ({before} processes, {left_uid} left, "
+                f"{zombies} zombies) | "
                 f"SIGKILL kernel {a_took:6.1f} ms ({a_before} processes, {left} left)",
                 flush=True,
             )
-        cli_took, _, cli_left = warden_kill(d, api, cli=True)
+        cli_took, _, (cli_left, cli_zombies) = warden_kill(d, api, cli=True)
         left_ours += cli_left
+        zombies_ours += cli_zombies
         print(
             f"the same through the `warden kill --no-wait` command (a new Python process): "
             f"{cli_took:.0f} ms, most of it that process starting",
@@ -156,8 +169,8 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
     med, amed = median(ours), median(anchor)
     print(
-        f"warden kill: median {med:.1f} ms, max {max(ours):.1f} ms, {left_ours} processes of the "
-        f"guest's uid left on the host; "
+        f"warden kill: median {med:.1f} ms, max {max(ours):.1f} ms, {left_ours} live processes "
+        f"of the guest's uid left on the host (and {zombies_ours} zombies not yet reaped); "
         f"plain SIGKILL of the kernel: median {amed:.1f} ms, leaving a median of "
         f"{median([float(o) for o in orphans]):.0f} orphans (of {median(procs):.0f} processes)"
     )
