@@ -10,11 +10,11 @@ made for the purpose), where the kernel's copy_file_range clones extents instead
 bytes (reflink, XFS's default since xfsprogs 5.1).
 
 Reported for each file system: how much the pause grows per 100 MiB written (from 16 to 192
-MiB), beside the pause at 16 MiB (the anchor: what a snapshot costs when there is little to
-copy). Goal: <= 1 ms per 100 MiB, a pause that does not grow with the data. (A ratio of the two
-pauses is no measure on XFS: both are ~1 ms, mostly two mconsole round trips, and vary by more
-than they differ.) Without mkfs.xfs (package xfsprogs), the XFS half says so and only ext4 is
-reported.
+MiB), and the pause at 16 MiB in the claim; the XFS row's anchor is the same growth on ext4
+(a plain copy, measured in the same run). Goal: <= 1 ms per 100 MiB, a pause that does not
+grow with the data. (A ratio of the two pauses is no measure on XFS: both are ~1 ms, mostly
+two mconsole round trips, and vary by more than they differ.) Without mkfs.xfs (package
+xfsprogs), the XFS half says so and only ext4 is reported.
 """
 
 import contextlib
@@ -100,18 +100,24 @@ def pauses(home: Path, label: str) -> dict[int, float]:
     return out
 
 
-def report(label: str, p: dict[int, float]) -> None:
+def growth(p: dict[int, float]) -> float:
+    """How much the pause grows per 100 MiB written, in ms (from the first step to the last)."""
     small, big = p[STEPS_MIB[0]], p[STEPS_MIB[-1]]
-    growth = (big - small) * 1e3 / (STEPS_MIB[-1] - STEPS_MIB[0]) * 100  # ms per 100 MiB
+    return (big - small) * 1e3 / (STEPS_MIB[-1] - STEPS_MIB[0]) * 100
+
+
+def report(label: str, p: dict[int, float], anchor: dict[int, float] | None) -> None:
+    """One RESULT; `anchor`: the plain copy's figures (ext4) that the XFS row is set against."""
+    ours = growth(p)
     result(
-        f"snapshot pause growth per 100 MiB written ({label})",
-        round(growth, 2),
-        round(small * 1e3, 2),
+        f"snapshot pause growth per 100 MiB written ({label}; "
+        f"{p[STEPS_MIB[0]] * 1e3:.1f} ms at {STEPS_MIB[0]} MiB)",
+        round(ours, 2),
+        round(growth(anchor), 2) if anchor else None,
         "<= 1 ms per 100 MiB (the pause does not grow with the data)",
         "ms",
-        anchor_name=f"the pause at {STEPS_MIB[0]} MiB written",
-        ratio=None,
-        ok=growth <= 1.0,
+        anchor_name="the same on ext4 (a plain copy)" if anchor else "",
+        ok=ours <= 1.0,
     )
 
 
@@ -132,9 +138,9 @@ def main() -> None:
         if on_xfs:
             row += f"   xfs {on_xfs[step] * 1e3:8.1f} ms"
         print(row)
-    report("ext4", on_ext4)
+    report("ext4", on_ext4, None)
     if on_xfs:
-        report("xfs, reflink", on_xfs)
+        report("xfs, reflink", on_xfs, on_ext4)
 
 
 if __name__ == "__main__":

@@ -320,18 +320,7 @@ def home_key(layout: Layout) -> bytes:
     except FileNotFoundError:
         pass
     layout.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = os.urandom(32)
-    tmp = statefile.temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    try:
-        os.link(tmp, path)  # the first writer wins; a racing one reads the winner's key
-    except FileExistsError:
-        key = path.read_bytes()
-    finally:
-        tmp.unlink()
-    return key
+    return statefile.create_once(path, os.urandom(32), 0o600)  # the first writer wins
 
 
 _fleets: dict[tuple[str, str, str, tuple[tuple[str, int], ...]], dict[str, Persona]] = {}

@@ -6,6 +6,7 @@ so that the rename itself survives a crash. After a crash (of warden or of the m
 file holds the old or the new contents, never a mix, an empty file or nothing.
 
 Used for net/state.json, memory/state.json, machines/NAME/honeypot.json and the uid claims.
+`create_once` makes a file that must never be replaced (a home's keys): the first writer wins.
 """
 
 import contextlib
@@ -42,6 +43,30 @@ def write(path: Path, data: bytes, mode: int = 0o600) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def create_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
+    """Create `path` with `data` unless it exists; return what it holds then. Made whole (and
+    fsync'd) under a temporary and published with link(2), which never replaces a file another
+    writer made meanwhile: of writers racing to make a home's key, the first wins and every
+    one of them returns the winner's key."""
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink()
+    fsync_dir(path.parent)
+    return path.read_bytes()
 
 
 def write_json(path: Path, doc: Any, mode: int = 0o600, **dumps: Any) -> None:

@@ -195,16 +195,16 @@ def test_the_kernels_last_words_are_remembered_only_while_they_are_last(
     """How an exit is read (machine.Exited's halted/rebooting) comes from the console: the
     kernel's halt or reboot line, unless something was printed after it."""
     sup = make(guest_home, FakeLauncher())
-    sup._watch_reboot(b"\rRequesting system poweroff\r\n")
+    sup._watch_last_words(b"\rRequesting system poweroff\r\n")
     assert (sup._halted, sup._rebooting) == (False, False)
-    sup._watch_reboot(b"reboot: System halted\n")
+    sup._watch_last_words(b"reboot: System halted\n")
     assert (sup._halted, sup._rebooting) == (True, False)
-    sup._watch_reboot(b"\r\n")  # blank output changes nothing
+    sup._watch_last_words(b"\r\n")  # blank output changes nothing
     assert sup._halted
-    sup._watch_reboot(b"web1:/# ")  # a file that held the words, then a prompt: not the last
+    sup._watch_last_words(b"web1:/# ")  # a file that held the words, then a prompt: not the last
     assert (sup._halted, sup._rebooting) == (False, False)
-    sup._watch_reboot(b"reboot: Restarting system\n")
+    sup._watch_last_words(b"reboot: Restarting system\n")
     assert (sup._halted, sup._rebooting) == (False, True)
-    sup._watch_reboot(b"reboot: Power down\n")
+    sup._watch_last_words(b"reboot: Power down\n")
     assert (sup._halted, sup._rebooting) == (True, False)
     sup.ctx.store.close()

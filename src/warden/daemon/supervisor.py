@@ -351,7 +351,7 @@ class Supervisor:
             self._watch_exit(pid)
             for name, relay in self.lines.items():
                 if name in spec.lines:
-                    relay.on_output = [self._watch_reboot]
+                    relay.on_output = [self._watch_last_words]
                     relay.open_boot(self.ctx.logs(self.name, name, self.boot, False))
             self.post(m.Launched(pid))
             for feature in self.ctx.features:
@@ -470,7 +470,7 @@ class Supervisor:
         if boot == self.boot and self.machine.pid is not None and self.machine.state in m.LIVE:
             self._kill_group()
 
-    def _watch_reboot(self, data: bytes) -> None:
+    def _watch_last_words(self, data: bytes) -> None:
         """Remember the kernel's last words. Anything printed after them means they were not
         the last (a file on the console that holds the words, say): forget them."""
         if b"reboot: " not in data:
@@ -564,7 +564,7 @@ class Supervisor:
         self._watch_exit(pid)
         for name, line in self.lines.items():
             if name in self.spec.lines:
-                line.on_output = [self._watch_reboot]
+                line.on_output = [self._watch_last_words]
                 line.open_boot(self.ctx.logs(self.name, name, self.boot, True), reattach=True)
         self.post(m.Reattached(pid))
         spawn(self._go_after_reattach(), f"go:{self.name}")

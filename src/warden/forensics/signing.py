@@ -8,7 +8,6 @@ Made on first use, published with link(2) so that two makers at once keep one ke
 
 import base64
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -60,22 +59,6 @@ def from_description(d: object) -> Ed25519PublicKey:
         raise ValueError("signer: public_key is not 32 bytes of base64") from None
 
 
-def _publish(path: Path, data: bytes, mode: int) -> None:
-    tmp = statefile.temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces a key another process made meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-
-
 def host_key(layout: Layout) -> Ed25519PrivateKey:
     """This home's signing key, made on first use."""
     path = layout.keys / PRIVATE
@@ -87,7 +70,7 @@ def host_key(layout: Layout) -> Ed25519PrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _publish(path, pem, 0o600)
+        statefile.create_once(path, pem, 0o600)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except PermissionError:
@@ -98,7 +81,7 @@ def host_key(layout: Layout) -> Ed25519PrivateKey:
         raise SigningKeyError(f"{path}: not an Ed25519 key")
     pub = layout.keys / PUBLIC
     if not pub.exists():
-        _publish(pub, public_pem(key.public_key()), 0o644)
+        statefile.create_once(pub, public_pem(key.public_key()), 0o644)
     return key
 
 

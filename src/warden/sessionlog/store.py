@@ -41,20 +41,7 @@ def load_key(layout: Layout, create: bool = False) -> bytes:
                 "writes a log); is WARDEN_HOME right?"
             ) from None
         layout.keys.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = statefile.temp_path(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, os.urandom(KEY_LEN))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # never replaces a key another process made meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        key = path.read_bytes()
+        key = statefile.create_once(path, os.urandom(KEY_LEN), 0o600)
     except PermissionError:
         raise WardenError(f"{path}: cannot read the session-log key (run as root)") from None
     if len(key) != KEY_LEN:

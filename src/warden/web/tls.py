@@ -13,7 +13,6 @@ signatures); nothing here shells out to openssl.
 
 import datetime
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,17 +80,6 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = statefile.temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def make(keys_dir: Path, names: list[str], now: datetime.datetime | None = None) -> None:
     """A new self-signed certificate for `names` (key first: a crash between the two renames
     leaves a pair that does not match, which `own` replaces at the next start)."""
@@ -119,7 +107,7 @@ def make(keys_dir: Path, names: list[str], now: datetime.datetime | None = None)
         .sign(key, hashes.SHA256())
     )
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(
+    statefile.write(
         keys_dir / KEY,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -127,7 +115,7 @@ def make(keys_dir: Path, names: list[str], now: datetime.datetime | None = None)
             serialization.NoEncryption(),
         ),
     )
-    _write_private(keys_dir / CERT, cert.public_bytes(serialization.Encoding.PEM))
+    statefile.write(keys_dir / CERT, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _matches(cert: x509.Certificate, key_path: Path) -> bool:
