@@ -24,10 +24,10 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` (the file gets `mode`)."""
+def _whole_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data` in a new temporary beside `path`, with `mode`, on disk (fsync'd)."""
     tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
             os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
@@ -37,6 +37,17 @@ def write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` (the file gets `mode`)."""
+    tmp = _whole_temp(path, data, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -50,17 +61,8 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:
     fsync'd) under a temporary and published with link(2), which never replaces a file another
     writer made meanwhile: of writers racing to make a home's key, the first wins and every
     one of them returns the winner's key."""
-    tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    tmp = _whole_temp(path, data, mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:
